@@ -1,0 +1,21 @@
+"""Shared pytest fixtures: guardrails on, real data located through one helper."""
+
+import os
+
+import jax
+import pytest
+
+from bert_jax.data import shared_data
+
+jax.config.update("jax_numpy_rank_promotion", "raise")
+
+
+@pytest.fixture(scope="session")
+def data_dir():
+    """The staged real data; skipped with a reason when absent, required under CI."""
+    path = shared_data.shared_data_dir()
+    if not path.is_dir():
+        if os.environ.get("CI"):
+            pytest.fail(f"CI requires the staged data at {path} ({shared_data.ENV_VAR})")
+        pytest.skip(f"staged data not found at {path}; set {shared_data.ENV_VAR}")
+    return path
