@@ -1,0 +1,97 @@
+"""The frozen model config: the only thing layers know about a run."""
+
+import dataclasses
+from typing import Any
+
+import jax.numpy as jnp
+
+# (num_layers, hidden_size, num_heads); intermediate size is 4x hidden, as in the BERT paper.
+NAMED_SIZES = {
+    "tiny": (2, 128, 2),
+    "mini": (4, 256, 4),
+    "small": (4, 512, 8),
+    "medium": (8, 512, 8),
+    "base": (12, 768, 12),
+    "large": (24, 1024, 16),
+}
+REMAT_POLICIES = ("none", "full", "dots", "dots_no_batch")
+ATTENTION_IMPLEMENTATIONS = (None, "xla", "cudnn")
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelConfig:
+    """Architecture and numerics of a BERT encoder (defaults: BERT-Base, uncased vocab)."""
+
+    vocab_size: int = 30522
+    hidden_size: int = 768
+    num_layers: int = 12
+    num_heads: int = 12
+    intermediate_size: int = 3072
+    max_position_embeddings: int = 512
+    type_vocab_size: int = 2
+    hidden_dropout: float = 0.1
+    attention_dropout: float = 0.1
+    layer_norm_eps: float = 1e-12
+    initializer_range: float = 0.02
+    dtype: str = "float32"  # compute dtype of matmuls and activations
+    param_dtype: str = "float32"
+    remat_policy: str = "none"
+    scan_layers: bool = False
+    # None lets XLA choose; "cudnn" asks for the fused GPU kernel.
+    attention_implementation: str | None = None
+
+    def __post_init__(self):
+        if self.hidden_size % self.num_heads:
+            raise ValueError(
+                f"hidden_size {self.hidden_size} is not divisible by num_heads {self.num_heads}"
+            )
+        for name in ("vocab_size", "hidden_size", "num_layers", "num_heads", "intermediate_size",
+                     "max_position_embeddings", "type_vocab_size"):
+            if getattr(self, name) <= 0:
+                raise ValueError(f"{name} must be positive, got {getattr(self, name)}")
+        if self.remat_policy not in REMAT_POLICIES:
+            raise ValueError(f"remat_policy {self.remat_policy!r} not in {REMAT_POLICIES}")
+        if self.attention_implementation not in ATTENTION_IMPLEMENTATIONS:
+            raise ValueError(
+                f"attention_implementation {self.attention_implementation!r} not in "
+                f"{ATTENTION_IMPLEMENTATIONS}"
+            )
+        for name in ("dtype", "param_dtype"):
+            jnp.dtype(getattr(self, name))  # raises TypeError on an unknown dtype name
+
+    @property
+    def head_dim(self) -> int:
+        return self.hidden_size // self.num_heads
+
+    @property
+    def compute_dtype(self) -> jnp.dtype:
+        return jnp.dtype(self.dtype)
+
+    @property
+    def params_dtype(self) -> jnp.dtype:
+        return jnp.dtype(self.param_dtype)
+
+    @classmethod
+    def from_size(cls, size: str, **overrides: Any) -> "ModelConfig":
+        """A named size (tiny ... large) with optional field overrides."""
+        if size not in NAMED_SIZES:
+            raise ValueError(f"unknown model size {size!r}; expected one of {sorted(NAMED_SIZES)}")
+        num_layers, hidden, heads = NAMED_SIZES[size]
+        fields = dict(num_layers=num_layers, hidden_size=hidden, num_heads=heads,
+                      intermediate_size=4 * hidden)
+        if "hidden_size" in overrides and "intermediate_size" not in overrides:
+            fields["intermediate_size"] = 4 * overrides["hidden_size"]
+        fields.update(overrides)
+        return cls(**fields)
+
+    @classmethod
+    def from_dict(cls, values: dict) -> "ModelConfig":
+        """Inverse of `to_dict`; rejects unknown keys so a stale checkpoint is noticed."""
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(values) - known)
+        if unknown:
+            raise ValueError(f"unknown model config keys {unknown}; known: {sorted(known)}")
+        return cls(**values)
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)

@@ -1,0 +1,69 @@
+"""Checks on what the model is fed: clear errors instead of silent garbage or a cryptic trace."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from bert_jax.model.config import ModelConfig
+
+
+def _check_field(name: str, value, rank: int, shape=None):
+    if value is None:
+        return
+    if value.ndim != rank:
+        raise ValueError(f"batch field {name!r} must have rank {rank}, got shape {value.shape}")
+    if not jnp.issubdtype(value.dtype, jnp.integer):
+        raise TypeError(f"batch field {name!r} must be an integer array, got {value.dtype}")
+    if shape is not None and tuple(value.shape) != tuple(shape):
+        raise ValueError(f"batch field {name!r} has shape {value.shape}, expected {shape}")
+
+
+def _is_concrete(value) -> bool:
+    return not isinstance(value, jax.core.Tracer)
+
+
+def _check_range(name: str, value, upper: int, what: str):
+    """Value checks run only on concrete arrays: inside jit the data pipeline is the guard."""
+    if value is None or not _is_concrete(value) or value.size == 0:
+        return
+    host_value = np.asarray(value)
+    lo, hi = int(host_value.min()), int(host_value.max())
+    if lo < 0 or hi >= upper:
+        bad = hi if hi >= upper else lo
+        raise ValueError(f"batch field {name!r} holds {bad}, outside [0, {upper}) ({what})")
+
+
+def complete_and_check(config: ModelConfig, input_ids, token_type_ids, attention_mask,
+                       sequence_ids, position_ids):
+    """Validates the encoder inputs and fills the optional ones with BERT's defaults."""
+    _check_field("input_ids", input_ids, 2)
+    batch, length = input_ids.shape
+    if length > config.max_position_embeddings:
+        raise ValueError(
+            f"sequence length {length} exceeds max_position_embeddings "
+            f"{config.max_position_embeddings}"
+        )
+    for name, value in (("token_type_ids", token_type_ids), ("attention_mask", attention_mask),
+                        ("sequence_ids", sequence_ids), ("position_ids", position_ids)):
+        _check_field(name, value, 2, shape=(batch, length))
+    _check_range("input_ids", input_ids, config.vocab_size, "vocab_size")
+    _check_range("token_type_ids", token_type_ids, config.type_vocab_size, "type_vocab_size")
+    _check_range("position_ids", position_ids, config.max_position_embeddings,
+                 "max_position_embeddings")
+
+    if token_type_ids is None:
+        token_type_ids = jnp.zeros_like(input_ids)
+    if attention_mask is None:
+        attention_mask = jnp.ones_like(input_ids)
+    if position_ids is None:
+        position_ids = jnp.broadcast_to(jnp.arange(length, dtype=input_ids.dtype), (batch, length))
+    return input_ids, token_type_ids, attention_mask, position_ids
+
+
+def check_masked_positions(masked_positions, batch: int, length: int):
+    _check_field("masked_positions", masked_positions, 2)
+    if masked_positions.shape[0] != batch:
+        raise ValueError(
+            f"batch field 'masked_positions' has batch {masked_positions.shape[0]}, expected {batch}"
+        )
+    _check_range("masked_positions", masked_positions, length, "sequence length")

@@ -1,0 +1,164 @@
+"""BERT building blocks: embeddings, self-attention and the post-LayerNorm encoder layer.
+
+Every parameter carries logical axis names and the main activations carry logical constraints;
+which mesh axis a name maps to is decided by the rules in the run config, never here.
+"""
+
+import functools
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from bert_jax.model.config import ModelConfig
+
+
+def bert_init(stddev: float):
+    """BERT's initializer: a normal(0, stddev) truncated at two standard deviations."""
+
+    def init(key, shape, dtype=jnp.float32):
+        return jax.random.truncated_normal(key, -2.0, 2.0, shape, dtype) * stddev
+
+    return init
+
+
+def partitioned(init, names: tuple[str | None, ...]):
+    return nn.with_logical_partitioning(init, names)
+
+
+def constrain(x, names: tuple[str | None, ...]):
+    return nn.with_logical_constraint(x, names)
+
+
+def layer_norm(config: ModelConfig, name: str) -> nn.LayerNorm:
+    # flax computes LayerNorm statistics in float32 whatever the compute dtype.
+    return nn.LayerNorm(
+        epsilon=config.layer_norm_eps,
+        dtype=config.compute_dtype,
+        param_dtype=config.params_dtype,
+        scale_init=partitioned(nn.initializers.ones, ("embed",)),
+        bias_init=partitioned(nn.initializers.zeros, ("embed",)),
+        name=name,
+    )
+
+
+def dense(config: ModelConfig, features, names, *, axis=-1, name: str) -> nn.DenseGeneral:
+    """A dense layer whose kernel axes are `names` (inputs then outputs) and bias the outputs."""
+    num_out = 1 if isinstance(features, int) else len(features)
+    return nn.DenseGeneral(
+        features=features,
+        axis=axis,
+        dtype=config.compute_dtype,
+        param_dtype=config.params_dtype,
+        kernel_init=partitioned(bert_init(config.initializer_range), names),
+        bias_init=partitioned(nn.initializers.zeros, names[-num_out:]),
+        name=name,
+    )
+
+
+def gelu(x):
+    return nn.gelu(x, approximate=False)  # BERT uses the exact erf GELU
+
+
+class Embeddings(nn.Module):
+    """Token + segment + learned position embeddings, then LayerNorm and dropout."""
+
+    config: ModelConfig
+
+    def setup(self):
+        cfg = self.config
+        init = bert_init(cfg.initializer_range)
+
+        def embed(num, axis_name, name):
+            return nn.Embed(
+                num, cfg.hidden_size, dtype=cfg.compute_dtype, param_dtype=cfg.params_dtype,
+                embedding_init=partitioned(init, (axis_name, "embed")), name=name,
+            )
+
+        self.token_embed = embed(cfg.vocab_size, "vocab", "token_embed")
+        self.position_embed = embed(cfg.max_position_embeddings, "position", "position_embed")
+        self.type_embed = embed(cfg.type_vocab_size, "type", "type_embed")
+        self.layer_norm = layer_norm(cfg, "layer_norm")
+        self.dropout = nn.Dropout(cfg.hidden_dropout)
+
+    def __call__(self, input_ids, token_type_ids, position_ids, deterministic: bool):
+        # [B, L] ids -> [B, L, H]
+        x = (
+            self.token_embed(input_ids)
+            + self.type_embed(token_type_ids)
+            + self.position_embed(position_ids)
+        )
+        x = self.layer_norm(x)
+        x = self.dropout(x, deterministic=deterministic)
+        return constrain(x, ("batch", "length", "act_embed"))
+
+    def attend(self, x):
+        """Scores against every token embedding (the MLM decoder tied to the input matrix)."""
+        return self.token_embed.attend(x)
+
+
+class SelfAttention(nn.Module):
+    """Multi-head self-attention; the score/softmax runs in float32 whatever the compute dtype."""
+
+    config: ModelConfig
+    deterministic: bool
+
+    @nn.compact
+    def __call__(self, x, mask):
+        # x: [B, L, H]; mask: bool, broadcastable to [B, heads, L, L], True = may attend.
+        cfg = self.config
+        heads = (cfg.num_heads, cfg.head_dim)
+        names = ("embed", "heads", "kv")
+        query = dense(cfg, heads, names, name="query")(x)  # [B, L, N, K]
+        key = dense(cfg, heads, names, name="key")(x)
+        value = dense(cfg, heads, names, name="value")(x)
+        query = constrain(query, ("batch", "length", "act_heads", None))
+        key = constrain(key, ("batch", "length", "act_heads", None))
+        value = constrain(value, ("batch", "length", "act_heads", None))
+
+        use_dropout = not self.deterministic and cfg.attention_dropout > 0.0
+        if use_dropout:
+            # jax.nn.dot_product_attention has no dropout on the probabilities, which BERT
+            # applies; this explicit path is only taken while training with attention dropout.
+            context = self._attention_with_dropout(query, key, value, mask)
+        else:
+            context = jax.nn.dot_product_attention(
+                query, key, value, mask=mask, implementation=cfg.attention_implementation
+            )  # [B, L, N, K]
+        context = constrain(context, ("batch", "length", "act_heads", None))
+        out = dense(cfg, cfg.hidden_size, ("heads", "kv", "embed"), axis=(-2, -1), name="out")
+        return out(context)  # [B, L, H]
+
+    def _attention_with_dropout(self, query, key, value, mask):
+        cfg = self.config
+        scale = jnp.float32(cfg.head_dim) ** -0.5
+        logits = jnp.einsum(
+            "bqnk,bsnk->bnqs", query, key, preferred_element_type=jnp.float32
+        ) * scale  # [B, N, L, L] float32
+        logits = jnp.where(mask, logits, jnp.finfo(jnp.float32).min)
+        probs = jax.nn.softmax(logits, axis=-1)
+        probs = nn.Dropout(cfg.attention_dropout)(probs, deterministic=False)
+        return jnp.einsum("bnqs,bsnk->bqnk", probs.astype(value.dtype), value)
+
+
+class EncoderLayer(nn.Module):
+    """One post-LayerNorm transformer layer exactly as BERT: x = LN(x + Drop(Attn(x))), etc."""
+
+    config: ModelConfig
+    deterministic: bool
+    scanned: bool = False  # nn.scan needs a (carry, output) return
+
+    @nn.compact
+    def __call__(self, x, mask):
+        cfg = self.config
+        dropout = functools.partial(nn.Dropout(cfg.hidden_dropout), deterministic=self.deterministic)
+        attended = SelfAttention(cfg, self.deterministic, name="attention")(x, mask)
+        x = layer_norm(cfg, "attention_layer_norm")(x + dropout(attended))
+        x = constrain(x, ("batch", "length", "act_embed"))
+
+        hidden = dense(cfg, cfg.intermediate_size, ("embed", "mlp"), name="intermediate")(x)
+        hidden = constrain(gelu(hidden), ("batch", "length", "act_mlp"))  # [B, L, I]
+        hidden = dense(cfg, cfg.hidden_size, ("mlp", "embed"), name="output")(hidden)
+        x = layer_norm(cfg, "output_layer_norm")(x + dropout(hidden))
+        x = constrain(x, ("batch", "length", "act_embed"))
+        return (x, None) if self.scanned else x
