@@ -19,3 +19,13 @@ def data_dir():
             pytest.fail(f"CI requires the staged data at {path} ({shared_data.ENV_VAR})")
         pytest.skip(f"staged data not found at {path}; set {shared_data.ENV_VAR}")
     return path
+
+
+def require(module_name: str):
+    """Imports an optional dependency; a skip normally, a failure when BERT_JAX_REQUIRE_TORCH=1.
+
+    CI sets the variable so parity tests cannot silently vanish when torch/transformers are missing.
+    """
+    if os.environ.get("BERT_JAX_REQUIRE_TORCH") == "1":
+        return __import__(module_name)
+    return pytest.importorskip(module_name)

