@@ -1,0 +1,223 @@
+"""The encoder and pre-training heads: sizes, shapes, dtypes, masking semantics, bad input."""
+
+import dataclasses
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from bert_jax.model import NAMED_SIZES, BertEncoder, BertForPreTraining, ModelConfig
+
+
+def _count(tree) -> int:
+    return sum(x.size for x in jax.tree_util.tree_leaves(tree))
+
+
+def _abstract_params(model, config, with_heads):
+    ids = jnp.zeros((1, 8), jnp.int32)
+    kwargs = {"masked_positions": jnp.zeros((1, 2), jnp.int32)} if with_heads else {}
+    return jax.eval_shape(lambda: model(config).init(jax.random.key(0), ids, **kwargs))["params"]
+
+
+@pytest.mark.parametrize("size,encoder_count,pretraining_count", [
+    ("base", 109_482_240, 110_106_428),
+    ("large", 335_141_888, 336_226_108),
+])
+def test_parameter_counts_equal_the_reference(size, encoder_count, pretraining_count):
+    config = ModelConfig.from_size(size)
+    assert _count(_abstract_params(BertEncoder, config, False)) == encoder_count
+    assert _count(_abstract_params(BertForPreTraining, config, True)) == pretraining_count
+
+
+@pytest.mark.parametrize("size", sorted(NAMED_SIZES))
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
+def test_output_shapes_and_dtypes_at_every_size(size, dtype):
+    config = ModelConfig.from_size(size, dtype=dtype)
+    batch, length, predictions = 2, 16, 3
+    ids = jnp.ones((batch, length), jnp.int32)
+    positions = jnp.zeros((batch, predictions), jnp.int32)
+    model = BertForPreTraining(config)
+
+    def forward():
+        variables = model.init(jax.random.key(0), ids, masked_positions=positions)
+        return variables, model.apply(variables, ids, masked_positions=positions)
+
+    variables, out = jax.eval_shape(forward)
+    assert out["mlm_logits"].shape == (batch, predictions, config.vocab_size)
+    assert out["nsp_logits"].shape == (batch, 2)
+    assert out["mlm_logits"].dtype == jnp.float32  # losses are computed in float32
+    assert {x.dtype for x in jax.tree_util.tree_leaves(variables)} == {jnp.dtype("float32")}
+    enc = jax.eval_shape(lambda p: BertEncoder(config).apply({"params": p}, ids),
+                         nn.unbox(variables["params"]["bert"]))
+    assert enc[0].shape == (batch, length, config.hidden_size)
+    assert enc[0].dtype == jnp.dtype(dtype)
+    assert enc[1].shape == (batch, config.hidden_size)
+
+
+def _tiny(**overrides):
+    return ModelConfig.from_size("tiny", vocab_size=300, max_position_embeddings=64, **overrides)
+
+
+@pytest.fixture(scope="module")
+def tiny_params():
+    config = _tiny()
+    ids = jnp.ones((1, 8), jnp.int32)
+    return nn.unbox(jax.jit(BertEncoder(config).init)(jax.random.key(0), ids)["params"])
+
+
+def _jitted_apply(config):
+    """Jitted forward: eager flax on CPU spends its time dispatching small ops."""
+    return jax.jit(BertEncoder(config).apply, static_argnames="deterministic")
+
+
+def _random_ids(rng, shape):
+    return jnp.asarray(rng.integers(5, 300, shape), jnp.int32)
+
+
+def test_padding_does_not_change_outputs_at_real_positions(tiny_params):
+    rng = np.random.default_rng(0)
+    ids = _random_ids(rng, (1, 10))
+    types = jnp.asarray([[0] * 5 + [1] * 5], jnp.int32)
+    model = _jitted_apply(_tiny())
+    seq, pooled = model({"params": tiny_params}, ids, types)
+    padded_ids = jnp.concatenate([ids, _random_ids(rng, (1, 6))], axis=1)
+    padded_types = jnp.concatenate([types, jnp.zeros((1, 6), jnp.int32)], axis=1)
+    mask = jnp.asarray([[1] * 10 + [0] * 6], jnp.int32)
+    padded_seq, padded_pooled = model({"params": tiny_params}, padded_ids, padded_types, mask)
+    np.testing.assert_allclose(padded_seq[:, :10], seq, atol=1e-5)
+    np.testing.assert_allclose(padded_pooled, pooled, atol=1e-5)
+
+
+def test_packed_row_equals_its_examples_run_separately(tiny_params):
+    rng = np.random.default_rng(1)
+    lengths = [7, 5, 9]
+    examples = [_random_ids(rng, (1, n)) for n in lengths]
+    model = _jitted_apply(_tiny())
+    separate = [model({"params": tiny_params}, ids)[0] for ids in examples]
+
+    total, pad = sum(lengths), 3
+    packed_ids = jnp.concatenate(examples + [jnp.zeros((1, pad), jnp.int32)], axis=1)
+    sequence_ids = jnp.asarray([sum(([i + 1] * n for i, n in enumerate(lengths)), []) + [0] * pad])
+    position_ids = jnp.asarray([sum((list(range(n)) for n in lengths), []) + [0] * pad])
+    mask = jnp.asarray([[1] * total + [0] * pad], jnp.int32)
+    packed, _ = model({"params": tiny_params}, packed_ids, None, mask,
+                            sequence_ids=sequence_ids, position_ids=position_ids)
+    start = 0
+    for n, expected in zip(lengths, separate):
+        np.testing.assert_allclose(packed[:, start:start + n], expected, atol=1e-5)
+        start += n
+
+
+def test_bfloat16_forward_is_close_to_float32(tiny_params):
+    ids = _random_ids(np.random.default_rng(2), (2, 32))
+    f32, _ = _jitted_apply(_tiny())({"params": tiny_params}, ids)
+    bf16, _ = _jitted_apply(_tiny(dtype="bfloat16"))({"params": tiny_params}, ids)
+    assert bf16.dtype == jnp.bfloat16
+    error = np.abs(np.asarray(bf16, np.float32) - np.asarray(f32))
+    assert error.max() < 0.1 and error.mean() < 0.02, (error.max(), error.mean())
+
+
+def test_remat_does_not_change_outputs_or_gradients(tiny_params):
+    ids = _random_ids(np.random.default_rng(3), (2, 12))
+
+    def loss_and_grads(config):
+        def loss(params):
+            return jnp.sum(BertEncoder(config).apply({"params": params}, ids)[0] ** 2)
+        return jax.jit(jax.value_and_grad(loss))(tiny_params)
+
+    expected_loss, expected_grads = loss_and_grads(_tiny())
+    remat_loss, remat_grads = loss_and_grads(_tiny(remat_policy="full"))
+    np.testing.assert_allclose(remat_loss, expected_loss, rtol=1e-6)
+    jax.tree_util.tree_map(lambda a, b: np.testing.assert_allclose(a, b, atol=1e-5),
+                           remat_grads, expected_grads)
+
+
+def test_dropout_is_active_only_when_not_deterministic(tiny_params):
+    ids = _random_ids(np.random.default_rng(4), (2, 12))
+    model = _jitted_apply(_tiny())
+    eval_a = model({"params": tiny_params}, ids)[0]
+    eval_b = model({"params": tiny_params}, ids)[0]
+    train = model({"params": tiny_params}, ids, deterministic=False,
+                  rngs={"dropout": jax.random.key(1)})[0]
+    np.testing.assert_array_equal(eval_a, eval_b)
+    assert np.abs(np.asarray(train) - np.asarray(eval_a)).max() > 1e-3
+
+
+def test_initialisation_is_truncated_normal_with_bert_std():
+    init = jax.jit(BertEncoder(ModelConfig.from_size("mini")).init)
+    params = nn.unbox(init(jax.random.key(0), jnp.ones((1, 4), jnp.int32))["params"])
+    kernel = np.asarray(params["encoder"]["layer_0"]["intermediate"]["kernel"])
+    assert abs(kernel.std() - 0.02 * 0.8796) < 1e-3  # std of a normal truncated at 2 sigma
+    assert np.abs(kernel).max() <= 0.04 + 1e-7
+    np.testing.assert_array_equal(params["encoder"]["layer_0"]["intermediate"]["bias"], 0.0)
+
+
+def test_parameters_and_activations_carry_logical_axis_names():
+    config = ModelConfig.from_size("tiny", scan_layers=True)
+    boxed = jax.eval_shape(lambda: BertForPreTraining(config).init(
+        jax.random.key(0), jnp.ones((1, 4), jnp.int32),
+        masked_positions=jnp.zeros((1, 1), jnp.int32)))["params"]
+    leaves = jax.tree_util.tree_leaves(boxed, is_leaf=lambda x: isinstance(x, nn.Partitioned))
+    assert all(isinstance(leaf, nn.LogicallyPartitioned) for leaf in leaves)
+    bert = boxed["bert"]
+    assert bert["embeddings"]["token_embed"]["embedding"].names == ("vocab", "embed")
+    assert bert["encoder"]["layers"]["attention"]["query"]["kernel"].names == (
+        "layers", "embed", "heads", "kv")
+    assert bert["encoder"]["layers"]["intermediate"]["kernel"].names == ("layers", "embed", "mlp")
+
+
+# --- bad input -------------------------------------------------------------------------------
+
+def test_hidden_size_not_divisible_by_heads_is_rejected():
+    with pytest.raises(ValueError, match="hidden_size 100 is not divisible by num_heads 3"):
+        ModelConfig(hidden_size=100, num_heads=3)
+
+
+def test_unknown_size_and_dtype_are_rejected():
+    with pytest.raises(ValueError, match="unknown model size 'huge'"):
+        ModelConfig.from_size("huge")
+    with pytest.raises(TypeError):
+        ModelConfig.from_size("tiny", dtype="float13")
+
+
+def test_sequence_longer_than_max_positions_is_rejected(tiny_params):
+    with pytest.raises(ValueError, match="sequence length 65 exceeds max_position_embeddings 64"):
+        BertEncoder(_tiny()).apply({"params": tiny_params}, jnp.ones((1, 65), jnp.int32))
+
+
+def test_token_id_outside_vocab_is_rejected(tiny_params):
+    ids = np.ones((1, 8), np.int32)
+    ids[0, 3] = 300
+    with pytest.raises(ValueError, match=r"'input_ids' holds 300, outside \[0, 300\)"):
+        BertEncoder(_tiny()).apply({"params": tiny_params}, ids)
+
+
+@pytest.mark.parametrize("field,value,message", [
+    ("input_ids", np.ones((8,), np.int32), "'input_ids' must have rank 2"),
+    ("input_ids", np.ones((1, 8), np.float32), "'input_ids' must be an integer array"),
+    ("attention_mask", np.ones((1, 7), np.int32), r"'attention_mask' has shape \(1, 7\)"),
+    ("token_type_ids", np.ones((1, 8, 1), np.int32), "'token_type_ids' must have rank 2"),
+])
+def test_batch_field_of_wrong_rank_or_dtype_is_named(tiny_params, field, value, message):
+    kwargs = {"input_ids": np.ones((1, 8), np.int32), field: value}
+    with pytest.raises((ValueError, TypeError), match=message):
+        BertEncoder(_tiny()).apply({"params": tiny_params}, **kwargs)
+
+
+def test_masked_position_beyond_the_sequence_is_rejected():
+    config = _tiny()
+    ids = jnp.ones((1, 8), jnp.int32)
+    model = BertForPreTraining(config)
+    variables = model.init(jax.random.key(0), ids, masked_positions=jnp.zeros((1, 2), jnp.int32))
+    with pytest.raises(ValueError, match=r"'masked_positions' holds 8, outside \[0, 8\)"):
+        model.apply(variables, ids, masked_positions=np.asarray([[1, 8]], np.int32))
+
+
+def test_model_config_round_trips_and_rejects_unknown_keys():
+    config = ModelConfig.from_size("small", dtype="bfloat16")
+    assert ModelConfig.from_dict(config.to_dict()) == config
+    with pytest.raises(ValueError, match=r"unknown model config keys \['num_layer'\]"):
+        ModelConfig.from_dict(dict(config.to_dict(), num_layer=3))
+    assert dataclasses.replace(config, num_layers=2).num_layers == 2
