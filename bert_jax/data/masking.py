@@ -1,0 +1,121 @@
+"""Dynamic masked-LM masking of a whole batch at once (vectorised numpy, no per-token Python)."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+
+MASK_PROB, RANDOM_PROB = 0.8, 0.1  # of the selected tokens; the remaining 10% stay unchanged
+
+
+def default_max_predictions(max_seq_length: int, masked_lm_prob: float = 0.15) -> int:
+    """BERT's defaults: 20 at 128 and 80 at 512; otherwise ~masked_lm_prob * length, rounded up."""
+    if max_seq_length == 128:
+        return 20
+    if max_seq_length == 512:
+        return 80
+    return max(1, int(np.ceil(max_seq_length * masked_lm_prob)) + 1)
+
+
+@dataclasses.dataclass(frozen=True)
+class MaskingTables:
+    """Per-vocabulary lookups the masker needs, built once from the tokenizer."""
+
+    maskable: np.ndarray  # [V] bool: False for special ids
+    word_start: np.ndarray  # [V] bool: True where an id begins a word
+    random_ids: np.ndarray  # [R] int32: ids a "random token" replacement draws from
+    mask_id: int
+
+    @classmethod
+    def from_tokenizer(cls, tokenizer) -> MaskingTables:
+        special = np.array(sorted(tokenizer.special_ids), np.int64)
+        maskable = np.ones(tokenizer.vocab_size, bool)
+        maskable[special] = False
+        word_start = np.asarray(tokenizer.word_start_table(), bool) | ~maskable
+        return cls(maskable, word_start, np.flatnonzero(maskable).astype(np.int32),
+                   int(tokenizer.mask_id))
+
+
+def mask_batch(
+    input_ids: np.ndarray,
+    attention_mask: np.ndarray,
+    tables: MaskingTables,
+    *,
+    max_predictions: int,
+    masked_lm_prob: float,
+    whole_word: bool,
+    rng: np.random.Generator,
+) -> dict[str, np.ndarray]:
+    """Selects and corrupts tokens of a [B, L] batch; returns the new input_ids and MLM targets.
+
+    Per row: n = min(max_predictions, max(1, round(maskable * masked_lm_prob))) tokens among the
+    maskable ones (real, non-special), uniformly (or whole words, never split, with
+    `whole_word`); of those 80% become [MASK], 10% a random non-special id, 10% stay.
+    """
+    batch, length = input_ids.shape
+    maskable = tables.maskable[input_ids] & (attention_mask > 0)  # [B, L]
+    count = maskable.sum(axis=1)  # [B]
+    n = np.minimum(max_predictions, np.maximum(1, np.round(count * masked_lm_prob))).astype(int)
+    n = np.minimum(n, count)  # [B]
+    if whole_word:
+        selected = _select_whole_words(input_ids, maskable, n, tables, rng)
+    else:
+        keys = np.where(maskable, rng.random((batch, length)), 2.0)  # [B, L]; 2: never chosen
+        order = np.argsort(keys, axis=1, kind="stable")[:, :max_predictions]  # [B, P]
+        selected = np.zeros((batch, length), bool)
+        chosen = np.arange(order.shape[1])[None, :] < n[:, None]  # [B, P]
+        np.put_along_axis(selected, order, chosen, axis=1)
+    return _apply(input_ids, selected, tables, max_predictions, rng)
+
+
+def _select_whole_words(
+    input_ids: np.ndarray, maskable: np.ndarray, n: np.ndarray, tables: MaskingTables,
+    rng: np.random.Generator,
+) -> np.ndarray:
+    """[B, L] bool: whole words in a random order while their tokens fit in n (never split)."""
+    batch, length = input_ids.shape
+    starts = tables.word_start[input_ids] | ~maskable  # [B, L]; specials/padding: own "words"
+    # A piece right after a special token starts a word too: truncation can cut a word's head.
+    starts[:, 1:] |= ~maskable[:, :-1]
+    starts[:, 0] = True
+    word = np.cumsum(starts, axis=1) - 1  # [B, L] word index of every token
+    keys = np.where(maskable, np.take_along_axis(rng.random((batch, length)), word, axis=1), 2.0)
+    # A stable sort by word key keeps each word's tokens adjacent and in order.
+    order = np.argsort(keys, axis=1, kind="stable")  # [B, L]
+    sorted_word = np.take_along_axis(word, order, axis=1)  # [B, L]
+    last = np.ones((batch, length), bool)
+    last[:, :-1] = sorted_word[:, 1:] != sorted_word[:, :-1]
+    # A word is taken when its last token ranks below n: then all its tokens do, and no word
+    # after one that did not fit can fit (ranks only grow), so the count never exceeds n.
+    taken = last & (np.arange(length)[None, :] < n[:, None])  # [B, L], in sorted order
+    rows = np.broadcast_to(np.arange(batch)[:, None], (batch, length))
+    word_taken = np.zeros((batch, length), bool)  # [B, words]
+    word_taken[rows[taken], sorted_word[taken]] = True
+    return np.take_along_axis(word_taken, word, axis=1) & maskable
+
+
+def _apply(
+    input_ids: np.ndarray, selected: np.ndarray, tables: MaskingTables, max_predictions: int,
+    rng: np.random.Generator,
+) -> dict[str, np.ndarray]:
+    """Corrupts the selected tokens and lays out the [B, P] targets in position order."""
+    batch, length = input_ids.shape
+    # Selected positions first, in position order: sort by (not selected, position).
+    order = np.argsort(~selected, axis=1, kind="stable")[:, :max_predictions]  # [B, P]
+    weights = np.take_along_axis(selected, order, axis=1)  # [B, P]
+    positions = np.where(weights, order, 0).astype(np.int32)
+    targets = np.where(weights, np.take_along_axis(input_ids, positions, axis=1), 0)
+    u = rng.random((batch, max_predictions))  # [B, P]
+    random_ids = tables.random_ids[rng.integers(0, len(tables.random_ids), (batch, max_predictions))]
+    replacement = np.where(u < MASK_PROB, tables.mask_id,
+                           np.where(u < MASK_PROB + RANDOM_PROB, random_ids, targets))
+    corrupted = input_ids.copy()
+    rows = np.broadcast_to(np.arange(batch)[:, None], positions.shape)
+    corrupted[rows[weights], positions[weights]] = replacement[weights]
+    return {
+        "input_ids": corrupted.astype(np.int32),
+        "masked_positions": positions,
+        "masked_ids": targets.astype(np.int32),
+        "masked_weights": weights.astype(np.float32),
+    }

@@ -1,0 +1,406 @@
+"""The on-the-fly pre-training input pipeline: text source -> masked, fixed-shape batches.
+
+    documents (sources.py, this host's part) -> chunks of ~1 MB of text -> batched tokenization
+    -> examples (examples.py: nsp pairs | full sentences), shuffled inside the chunk
+    -> rows (packing.py) -> batches -> dynamic masking (masking.py) -> prefetch thread
+
+Why chunks and not tf.data: every chunk is a pure function of (seed, host, split, epoch, chunk
+index) and the position of its first document, and every batch's mask a pure function of
+(seed, host, split, batch counter). The iterator state is therefore six integers (where the
+current chunk starts, how many of its examples were consumed, how many batches were made), and
+restoring it re-reads one chunk instead of replaying the stream. Tokenization runs in the
+tokenizer's multi-threaded native code; masking is vectorised over the batch.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import itertools
+import logging
+import queue
+import threading
+import zlib
+from collections.abc import Iterator
+
+import numpy as np
+
+from bert_jax.data import examples as examples_lib
+from bert_jax.data import masking, packing, sources
+from bert_jax.data.examples import Example, TokenizedChunk
+from bert_jax.data.sources import Position
+
+CHUNK_DOCS = 256  # documents per chunk at most: NotNext segments come from the same chunk
+CHUNK_CHARS = 1 << 20  # ... and characters at most (bounds memory whatever the documents)
+PREFETCH_BATCHES = 8
+STATE_VERSION = 1
+_SPLITS = {"train": 0, "eval": 1}
+
+log = logging.getLogger(__name__)
+
+
+@dataclasses.dataclass(frozen=True)
+class PipelineConfig:
+    """What to read and how to make examples; built from the run config's `data` section."""
+
+    source: str
+    mode: str = examples_lib.NSP
+    max_seq_length: int = 128
+    max_predictions_per_seq: int | None = None  # None: 20 at 128, 80 at 512 (see masking)
+    masked_lm_prob: float = 0.15
+    whole_word_masking: bool = False
+    short_seq_prob: float = 0.1
+    pack: bool = False
+    eval_fraction: float = 0.01  # documents held out for evaluation, chosen by a stable hash
+
+    def __post_init__(self):
+        if self.mode not in (examples_lib.NSP, examples_lib.FULL_SENTENCES):
+            raise ValueError(f"data.mode must be 'nsp' or 'full_sentences', not {self.mode!r}")
+        if self.pack and self.mode == examples_lib.NSP:
+            raise ValueError(
+                "data.pack needs data.mode='full_sentences': a packed row would hold several "
+                "NSP pairs, but the batch has one next_sentence_label per row"
+            )
+        if self.max_seq_length < 8:
+            raise ValueError(f"data.max_seq_length={self.max_seq_length} is too short (< 8)")
+        if not 0.0 < self.masked_lm_prob < 1.0:
+            raise ValueError(f"data.masked_lm_prob={self.masked_lm_prob} not in (0, 1)")
+        if not 0.0 <= self.eval_fraction < 1.0:
+            raise ValueError(f"data.eval_fraction={self.eval_fraction} not in [0, 1)")
+
+    @property
+    def num_predictions(self) -> int:
+        """P, the masked positions per row: max_predictions_per_seq or its default."""
+        if self.max_predictions_per_seq:
+            return self.max_predictions_per_seq
+        return masking.default_max_predictions(self.max_seq_length, self.masked_lm_prob)
+
+    @classmethod
+    def from_config(cls, data_config) -> PipelineConfig:
+        """From a ConfigDict/dict with these keys; other keys (e.g. `tokenizer`) are ignored."""
+        names = [f.name for f in dataclasses.fields(cls)]
+        return cls(**{k: data_config[k] for k in names if k in data_config})
+
+
+@dataclasses.dataclass(frozen=True)
+class _Cursor:
+    """Where the stream stands: the chunk holding the next example, and batches made so far."""
+
+    epoch: int = 0
+    unit: int = 0  # the chunk's first document: Position(unit, doc) in the epoch's unit order
+    doc: int = 0
+    chunk: int = 0  # chunk index within the epoch (seeds its randomness)
+    offset: int = 0  # examples of the chunk already consumed
+    batch: int = 0  # batches produced (seeds their masks)
+
+
+@dataclasses.dataclass
+class _Chunk:
+    epoch: int
+    start: Position
+    index: int
+    examples: list[Example]
+    doc_positions: list[Position]  # chunk document index -> source position (provenance)
+
+
+class _ExampleStream:
+    """This host's examples of one split, chunk by chunk, epoch after epoch."""
+
+    def __init__(self, config: PipelineConfig, tokenizer, shard: sources.HostShard, *,
+                 seed: int, host: int, split: str, skips: sources.SkipCounter):
+        self.config, self.tokenizer, self.shard = config, tokenizer, shard
+        self.seed, self.host, self.split, self.skips = seed, host, split, skips
+        self.options = examples_lib.ExampleOptions(
+            config.mode, config.max_seq_length, config.short_seq_prob,
+            tokenizer.cls_id, tokenizer.sep_id,
+        )
+        self._eval_threshold = round(config.eval_fraction * (1 << 32))
+
+    def chunks(self, cursor: _Cursor) -> Iterator[_Chunk]:
+        """Chunks from the cursor's chunk on, forever; raises if an epoch has no examples."""
+        epoch, start, index = cursor.epoch, Position(cursor.unit, cursor.doc), cursor.chunk
+        while True:
+            made = 0
+            for chunk in self._epoch_chunks(epoch, start, index):
+                made += len(chunk.examples)
+                yield chunk
+            if made == 0 and start == Position() and index == 0:
+                raise ValueError(
+                    f"data source {self.shard.source.spec!r} yields no {self.split} examples "
+                    f"on host {self.host} (empty input, all documents too short, or "
+                    f"eval_fraction={self.config.eval_fraction} selects none)"
+                )
+            epoch, start, index = epoch + 1, Position(), 0
+
+    def _epoch_chunks(self, epoch: int, start: Position, index: int) -> Iterator[_Chunk]:
+        docs: list[list[str]] = []
+        positions: list[Position] = []
+        chars = 0
+        for position, doc in self.shard.iter_documents(start, self._unit_order(epoch)):
+            if self._is_held_out(doc) != (self.split == "eval"):
+                continue
+            docs.append(doc)
+            positions.append(position)
+            chars += sum(map(len, doc))
+            if len(docs) >= CHUNK_DOCS or chars >= CHUNK_CHARS:
+                yield self._make_chunk(epoch, index, docs, positions)
+                index += 1
+                docs, positions, chars = [], [], 0
+        if docs:
+            yield self._make_chunk(epoch, index, docs, positions)
+
+    def _unit_order(self, epoch: int) -> list[int]:
+        """Train visits this host's units in a new order every epoch; eval in a fixed one."""
+        n = len(self.shard.units)
+        if self.split == "eval":
+            return list(range(n))
+        return train_unit_order(n, self.seed, self.host, epoch)
+
+    def _is_held_out(self, doc: list[str]) -> bool:
+        """Stable across runs, hosts and sharding: a hash of the document's text."""
+        digest = zlib.crc32("\n".join(doc).encode("utf-8", "replace"))
+        digest = (digest * 0x9E3779B1) & 0xFFFFFFFF  # spread crc32's low-entropy bits
+        return digest < self._eval_threshold
+
+    def _make_chunk(self, epoch, index, docs, positions) -> _Chunk:
+        rng = np.random.default_rng([self.seed, self.host, _SPLITS[self.split], epoch, index])
+        tokenized = self._tokenize(docs)
+        examples = examples_lib.make_examples(tokenized, self.options, rng, self.skips)
+        order = rng.permutation(len(examples))
+        return _Chunk(epoch, positions[0], index, [examples[i] for i in order], positions)
+
+    def _tokenize(self, docs: list[list[str]]) -> TokenizedChunk:
+        """All sentences of the chunk in one batched tokenizer call, as one flat id array."""
+        ids = self.tokenizer.encode_batch([s for doc in docs for s in doc])
+        lengths = np.fromiter(map(len, ids), np.int64, len(ids))  # [S]
+        flat = np.fromiter(itertools.chain.from_iterable(ids), np.int32, int(lengths.sum()))
+        doc_of_sentence = np.repeat(np.arange(len(docs)), [len(d) for d in docs])  # [S]
+        keep = lengths > 0  # sentences with no tokens (e.g. only control characters) vanish
+        lengths, doc_of_sentence = lengths[keep], doc_of_sentence[keep]
+        too_long = int(np.count_nonzero(lengths > self.config.max_seq_length))
+        if too_long:
+            self.skips.add("sentence longer than max_seq_length truncated", n=too_long)
+        per_doc = np.bincount(doc_of_sentence, minlength=len(docs))  # [D]
+        return TokenizedChunk(
+            flat,
+            np.concatenate([[0], np.cumsum(lengths)]),
+            np.concatenate([[0], np.cumsum(per_doc)]),
+        )
+
+
+def train_unit_order(num_units: int, seed: int, host: int, epoch: int) -> list[int]:
+    """The order in which a host's train stream visits its units (files) in an epoch."""
+    return np.random.default_rng([seed, host, epoch, 0xF11E]).permutation(num_units).tolist()
+
+
+class _ExampleReader:
+    """Examples one at a time from a cursor, with the cursor of the next one."""
+
+    def __init__(self, stream: _ExampleStream, cursor: _Cursor):
+        self._chunks = stream.chunks(cursor)
+        self._chunk = next(self._chunks)
+        self._offset = cursor.offset
+        self._skip_exhausted()
+
+    def _skip_exhausted(self):
+        while self._offset >= len(self._chunk.examples):
+            self._chunk, self._offset = next(self._chunks), 0
+
+    def peek(self) -> Example:
+        return self._chunk.examples[self._offset]
+
+    def pop(self) -> Example:
+        example = self.peek()
+        self._offset += 1
+        self._skip_exhausted()
+        return example
+
+    def cursor(self, batch: int) -> _Cursor:
+        c = self._chunk
+        return _Cursor(c.epoch, c.start.unit, c.start.doc, c.index, self._offset, batch)
+
+
+class _BatchMaker:
+    """Pure batch production: (cursor) -> stream of (batch, cursor after it)."""
+
+    def __init__(self, stream: _ExampleStream, batch_size: int, tables: masking.MaskingTables):
+        self.stream, self.batch_size, self.tables = stream, batch_size, tables
+        self.config = stream.config
+
+    def batches(self, cursor: _Cursor) -> Iterator[tuple[dict[str, np.ndarray], _Cursor]]:
+        reader = _ExampleReader(self.stream, cursor)
+        batch_index = cursor.batch
+        config, length = self.config, self.config.max_seq_length
+        while True:
+            rows = []
+            for _ in range(self.batch_size):
+                row, used = [reader.pop()], 0
+                used = len(row[0].ids)
+                while config.pack and used + len(reader.peek().ids) <= length:
+                    row.append(reader.pop())
+                    used += len(row[-1].ids)
+                rows.append(row)
+            arrays = packing.fill_rows(
+                rows, length, pack=config.pack, nsp=config.mode == examples_lib.NSP
+            )
+            rng = np.random.default_rng(
+                [self.stream.seed, self.stream.host, _SPLITS[self.stream.split], 0xA5C, batch_index]
+            )
+            arrays.update(masking.mask_batch(
+                arrays["input_ids"], arrays["attention_mask"], self.tables,
+                max_predictions=config.num_predictions, masked_lm_prob=config.masked_lm_prob,
+                whole_word=config.whole_word_masking, rng=rng,
+            ))
+            batch_index += 1
+            yield arrays, reader.cursor(batch_index)
+
+
+class _Failure:
+    def __init__(self, error: BaseException):
+        self.error = error
+
+
+class PretrainingIterator:
+    """Masked pre-training batches (numpy dicts, this host's batch) with a restorable state.
+
+    A background thread makes batches ahead of the consumer. `get_state()` describes the point
+    after the last batch returned; `set_state()` makes the next batch the one that followed it.
+    """
+
+    def __init__(self, maker: _BatchMaker, split: str, prefetch: int = PREFETCH_BATCHES):
+        self._maker, self._split, self._prefetch = maker, split, prefetch
+        self._cursor = _Cursor()
+        self._thread: threading.Thread | None = None
+        self._queue: queue.Queue | None = None
+        self._stop = threading.Event()
+
+    @property
+    def skipped(self) -> dict[str, int]:
+        """Counts of skipped or repaired input, by reason."""
+        return dict(self._maker.stream.skips.counts)
+
+    def __iter__(self):
+        return self
+
+    def __next__(self) -> dict[str, np.ndarray]:
+        if self._thread is None:
+            self._start()
+        item = self._queue.get()
+        if isinstance(item, _Failure):
+            self._thread = None
+            raise item.error
+        batch, self._cursor = item
+        return batch
+
+    def get_state(self) -> dict:
+        """Small and JSON-serialisable: the split, the stream position and a format version."""
+        return {"version": STATE_VERSION, "split": self._split,
+                **dataclasses.asdict(self._cursor)}
+
+    def set_state(self, state: dict) -> None:
+        if state.get("version") != STATE_VERSION or state.get("split") != self._split:
+            raise ValueError(
+                f"incompatible pipeline state {state!r}: expected version {STATE_VERSION}, "
+                f"split {self._split!r}"
+            )
+        self.close()
+        names = [f.name for f in dataclasses.fields(_Cursor)]
+        self._cursor = _Cursor(**{k: int(state[k]) for k in names})
+
+    def close(self) -> None:
+        """Stops the prefetch thread; the iterator can continue later from where it stood."""
+        if self._thread is not None:
+            self._stop.set()
+            while self._thread.is_alive():
+                try:  # unblock a producer waiting on a full queue
+                    self._queue.get(timeout=0.05)
+                except queue.Empty:
+                    pass
+            self._thread = None
+
+    def __del__(self):
+        self.close()
+
+    def _start(self):
+        self._stop = threading.Event()
+        self._queue = queue.Queue(maxsize=self._prefetch)
+        self._thread = threading.Thread(
+            target=self._produce, args=(self._cursor, self._queue, self._stop),
+            name="pretraining-input", daemon=True,
+        )
+        self._thread.start()
+
+    def _produce(self, cursor: _Cursor, out: queue.Queue, stop: threading.Event):
+        try:
+            for item in self._maker.batches(cursor):
+                while not stop.is_set():
+                    try:
+                        out.put(item, timeout=0.1)
+                        break
+                    except queue.Full:
+                        pass
+                if stop.is_set():
+                    return
+        except BaseException as e:  # handed to the consumer, which raises it
+            out.put(_Failure(e))
+
+
+def make_pretraining_iterator(
+    config: PipelineConfig,
+    tokenizer,
+    *,
+    batch_size: int,
+    seed: int,
+    split: str = "train",
+    process_index: int | None = None,
+    process_count: int | None = None,
+) -> PretrainingIterator:
+    """An endless iterator of this host's masked batches for `split` ("train" or "eval").
+
+    Each process reads a disjoint part of the source (by default jax.process_index() of
+    jax.process_count()); eval reads the held-out documents. Epochs repeat with new shuffles,
+    pairings and masks.
+    """
+    if split not in _SPLITS:
+        raise ValueError(f"split must be 'train' or 'eval', not {split!r}")
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be positive, not {batch_size}")
+    if process_index is None or process_count is None:
+        import jax
+
+        process_index = jax.process_index() if process_index is None else process_index
+        process_count = jax.process_count() if process_count is None else process_count
+    _check_tokenizer(tokenizer)
+    skips = sources.SkipCounter()
+    shard = sources.HostShard(sources.open_source(config.source, skips), process_index,
+                              process_count)
+    stream = _ExampleStream(config, tokenizer, shard, seed=seed, host=process_index, split=split,
+                            skips=skips)
+    tables = masking.MaskingTables.from_tokenizer(tokenizer)
+    return PretrainingIterator(_BatchMaker(stream, batch_size, tables), split)
+
+
+def _check_tokenizer(tokenizer) -> None:
+    for name in ("pad_id", "cls_id", "sep_id", "mask_id"):
+        if getattr(tokenizer, name, None) is None:
+            raise ValueError(f"the tokenizer has no {name}: the pipeline needs BERT special tokens")
+    if tokenizer.pad_id != 0:
+        raise ValueError(f"the batch contract pads with id 0, but the tokenizer's [PAD] is "
+                         f"{tokenizer.pad_id}")
+
+
+def iter_examples(
+    config: PipelineConfig, tokenizer, *, seed: int, split: str = "train",
+    process_index: int = 0, process_count: int = 1, epochs: int = 1,
+) -> Iterator[tuple[Example, list[Position]]]:
+    """Debug/provenance hook: examples before masking, in stream order, with the source
+    positions of the chunk's documents (Example.origin indexes into them)."""
+    skips = sources.SkipCounter()
+    shard = sources.HostShard(sources.open_source(config.source, skips), process_index,
+                              process_count)
+    stream = _ExampleStream(config, tokenizer, shard, seed=seed, host=process_index, split=split,
+                            skips=skips)
+    for chunk in stream.chunks(_Cursor()):
+        if chunk.epoch >= epochs:
+            return
+        for example in chunk.examples:
+            yield example, chunk.doc_positions

@@ -1,0 +1,356 @@
+"""Text sources: documents (lists of sentences) from files, TFDS or the built-in corpus.
+
+A source spec names where the text is:
+    text:GLOB          original BERT format: one sentence per line, a blank line between documents
+    prose:GLOB         paragraphs separated by blank lines (books); a document is a run of
+                       paragraphs of at least PROSE_DOCUMENT_CHARS characters, split into sentences
+    tfds:NAME[:SPLIT]  a TFDS dataset (default split "train"); a record's "text" is a document
+    builtin            Python's own documentation: pydoc topics + standard-library docstrings
+GLOBs may be local or on gs:// (read through tf.io.gfile), comma-separated for several patterns.
+
+Every source is a list of *units* (a file, a slice of TFDS records, a stdlib module) holding
+documents in a fixed order, so that a position (unit, document index) names any point of the
+stream and reading can restart there cheaply. Hosts split the units between them when there are
+enough, else they split each unit's documents by index.
+"""
+
+from __future__ import annotations
+
+import abc
+import ast
+import collections
+import dataclasses
+import glob as globlib
+import logging
+import os
+import sysconfig
+from collections.abc import Iterable, Iterator, Sequence
+
+from bert_jax.data import sentences as sentences_lib
+
+Document = list[str]
+
+PROSE_DOCUMENT_CHARS = 8000  # ~1,500 words: several 512-token sequences per document
+TFDS_RECORDS_PER_UNIT = 10_000
+_BUILTIN_SKIP_DIRS = frozenset({"test", "tests", "idle_test", "site-packages", "__pycache__"})
+
+log = logging.getLogger(__name__)
+
+
+class SkipCounter:
+    """Counts skipped or repaired input by reason; warns on the first few of each, with counts."""
+
+    _WARN_FIRST = 5
+
+    def __init__(self):
+        self.counts: collections.Counter[str] = collections.Counter()
+
+    def add(self, reason: str, detail: str = "", n: int = 1) -> None:
+        self.counts[reason] += n
+        count = self.counts[reason]
+        if count <= self._WARN_FIRST or count & (count - 1) == 0:  # then at powers of two
+            log.warning("%s (%d so far)%s", reason, count, f": {detail}" if detail else "")
+
+
+@dataclasses.dataclass(frozen=True, order=True)
+class Position:
+    """A point in a host's document stream: unit (index into the epoch's unit order), doc."""
+
+    unit: int = 0
+    doc: int = 0  # raw document index inside the unit (counting other hosts' documents too)
+
+
+# ----------------------------------------------------------------------------------------------
+# Sources: units of documents.
+
+
+class Source(abc.ABC):
+    """Documents grouped in units, all in a deterministic order."""
+
+    def __init__(self, spec: str, skips: SkipCounter | None = None):
+        self.spec = spec
+        self.skips = skips or SkipCounter()
+
+    @property
+    @abc.abstractmethod
+    def num_units(self) -> int:
+        """How many units (files, record slices, modules) the source has."""
+
+    @abc.abstractmethod
+    def read_unit(self, unit: int, start_doc: int = 0) -> Iterator[Document]:
+        """The documents of one unit from index `start_doc` on.
+
+        An empty list stands for a record without text, so that indices stay stable.
+        """
+
+
+class _FileSource(Source):
+    """Files matched by comma-separated globs, local or on a tf.io.gfile file system."""
+
+    def __init__(self, spec: str, patterns: str, skips: SkipCounter | None = None):
+        super().__init__(spec, skips)
+        self.files = _expand_globs(patterns)
+        if not self.files:
+            raise FileNotFoundError(f"data source {spec!r}: the glob matches no files")
+
+    @property
+    def num_units(self) -> int:
+        return len(self.files)
+
+    def read_unit(self, unit: int, start_doc: int = 0) -> Iterator[Document]:
+        path = self.files[unit]
+        empty = True
+        for index, doc in enumerate(self._documents(_read_lines(path, self.skips))):
+            empty = False
+            if index >= start_doc:
+                yield doc
+        if empty:
+            self.skips.add("input file without text skipped", path)
+
+    @abc.abstractmethod
+    def _documents(self, lines: Iterable[str]) -> Iterator[Document]:
+        """The non-empty documents of a file's lines."""
+
+
+class TextSource(_FileSource):
+    """Original BERT format: one sentence per line, blank lines between documents."""
+
+    def _documents(self, lines: Iterable[str]) -> Iterator[Document]:
+        doc: Document = []
+        for line in lines:
+            line = line.strip()
+            if line:
+                doc.append(line)
+            elif doc:
+                yield doc
+                doc = []
+        if doc:
+            yield doc
+
+
+class ProseSource(_FileSource):
+    """Paragraphs separated by blank lines; documents of >= PROSE_DOCUMENT_CHARS characters."""
+
+    def _documents(self, lines: Iterable[str]) -> Iterator[Document]:
+        doc: Document = []
+        chars = 0
+        for paragraph in sentences_lib.iter_paragraphs(lines):
+            doc.extend(sentences_lib.split_sentences(paragraph))
+            chars += len(paragraph)
+            if chars >= PROSE_DOCUMENT_CHARS:
+                yield doc
+                doc, chars = [], 0
+        if doc:
+            yield doc
+
+
+class TfdsSource(Source):
+    """A TFDS dataset split, read in slices of TFDS_RECORDS_PER_UNIT records (never downloaded).
+
+    The dataset must already be prepared in the TFDS data dir ($TFDS_DATA_DIR or data_dir).
+    """
+
+    def __init__(
+        self, spec: str, name: str, split: str, data_dir: str | None = None,
+        skips: SkipCounter | None = None,
+    ):
+        super().__init__(spec, skips)
+        import tensorflow_datasets as tfds  # heavy; only TFDS sources pay for it
+
+        self._tfds = tfds
+        data_dir = data_dir or os.environ.get("TFDS_DATA_DIR")
+        try:
+            self._builder = tfds.builder(name, data_dir=data_dir)
+        except tfds.core.DatasetNotFoundError as e:
+            raise ValueError(f"data source {spec!r}: unknown TFDS dataset {name!r}") from e
+        if not self._builder.is_prepared():
+            raise FileNotFoundError(
+                f"data source {spec!r}: TFDS dataset {name!r} is not prepared in "
+                f"{self._builder.data_dir}; build it first (`tfds build {name}`)"
+            )
+        splits = self._builder.info.splits
+        if split not in splits:
+            raise ValueError(f"data source {spec!r}: no split {split!r}; has {sorted(splits)}")
+        if "text" not in self._builder.info.features:
+            raise ValueError(f"data source {spec!r}: the dataset has no 'text' feature")
+        self._split = split
+        self._num_records = splits[split].num_examples
+
+    @property
+    def num_units(self) -> int:
+        return -(-self._num_records // TFDS_RECORDS_PER_UNIT)
+
+    def read_unit(self, unit: int, start_doc: int = 0) -> Iterator[Document]:
+        first = unit * TFDS_RECORDS_PER_UNIT
+        end = min(first + TFDS_RECORDS_PER_UNIT, self._num_records)
+        if first + start_doc >= end:
+            return
+        # Split slicing lets TFDS seek to the record instead of reading the unit's head.
+        ds = self._builder.as_dataset(
+            split=f"{self._split}[{first + start_doc}:{end}]", shuffle_files=False
+        )
+        for record in self._tfds.as_numpy(ds):
+            doc = sentences_lib.text_to_sentences(_decode(record["text"], self.spec, self.skips))
+            if doc:
+                yield doc
+            else:
+                # Keep the raw index stable: an empty record still occupies its slot.
+                self.skips.add("empty TFDS record", self.spec)
+                yield []
+
+
+class BuiltinSource(Source):
+    """Python's own English documentation: pydoc topics, then stdlib docstrings via `ast`.
+
+    Unit 0 holds one document per pydoc topic; every other unit is one standard-library module
+    whose docstrings (module, classes, functions, in source order) form one document. The
+    modules are parsed, never imported.
+    """
+
+    def __init__(self, spec: str = "builtin", skips: SkipCounter | None = None):
+        super().__init__(spec, skips)
+        root = sysconfig.get_paths()["stdlib"]
+        self._root = root
+        self._modules = sorted(_stdlib_modules(root))
+
+    @property
+    def num_units(self) -> int:
+        return 1 + len(self._modules)
+
+    def read_unit(self, unit: int, start_doc: int = 0) -> Iterator[Document]:
+        if unit == 0:
+            from pydoc_data import topics  # data only: a dict of help texts
+
+            for key in sorted(topics.topics)[start_doc:]:
+                yield sentences_lib.text_to_sentences(topics.topics[key]) or [key]
+            return
+        if start_doc == 0:
+            doc = self._module_document(self._modules[unit - 1])
+            if doc:
+                yield doc
+
+    def _module_document(self, relpath: str) -> Document:
+        with open(os.path.join(self._root, relpath), "rb") as f:
+            try:
+                tree = ast.parse(f.read(), filename=relpath)
+            except (SyntaxError, ValueError):
+                self.skips.add("unparsable stdlib module", relpath)
+                return []
+        doc: Document = []
+        for node in ast.walk(tree):
+            if isinstance(node, (ast.Module, ast.ClassDef, ast.FunctionDef, ast.AsyncFunctionDef)):
+                text = ast.get_docstring(node, clean=True)
+                if text:
+                    doc.extend(sentences_lib.text_to_sentences(text))
+        return doc
+
+
+def _stdlib_modules(root: str) -> Iterator[str]:
+    """Relative paths of the standard library's .py files, tests and third-party code excluded."""
+    for dirpath, dirnames, filenames in os.walk(root):
+        dirnames[:] = [d for d in dirnames if d not in _BUILTIN_SKIP_DIRS]
+        for name in filenames:
+            if name.endswith(".py"):
+                yield os.path.relpath(os.path.join(dirpath, name), root)
+
+
+def open_source(spec: str, skips: SkipCounter | None = None) -> Source:
+    """The Source a spec names (see the module docstring); raises ValueError for bad specs."""
+    kind, _, rest = spec.partition(":")
+    if kind == "text" and rest:
+        return TextSource(spec, rest, skips)
+    if kind == "prose" and rest:
+        return ProseSource(spec, rest, skips)
+    if kind == "tfds" and rest:
+        name, _, split = rest.partition(":")
+        return TfdsSource(spec, name, split or "train", skips=skips)
+    if spec == "builtin":
+        return BuiltinSource(spec, skips)
+    raise ValueError(
+        f"unknown data source {spec!r}; expected builtin, text:GLOB, prose:GLOB or "
+        "tfds:NAME[:SPLIT]"
+    )
+
+
+# ----------------------------------------------------------------------------------------------
+# Host sharding and positions.
+
+
+class HostShard:
+    """One host's disjoint part of a source; all hosts' parts together cover it.
+
+    By units when there are at least as many units as hosts (every host reads whole files),
+    else by document index inside every unit.
+    """
+
+    def __init__(self, source: Source, shard_index: int = 0, num_shards: int = 1):
+        if not 0 <= shard_index < num_shards:
+            raise ValueError(f"shard_index {shard_index} not in [0, {num_shards})")
+        self.source = source
+        if source.num_units >= num_shards:
+            self.units = list(range(shard_index, source.num_units, num_shards))
+            self._stride, self._offset = 1, 0
+        else:
+            self.units = list(range(source.num_units))
+            self._stride, self._offset = num_shards, shard_index
+
+    def iter_documents(
+        self, start: Position = Position(), order: Sequence[int] | None = None
+    ) -> Iterator[tuple[Position, Document]]:
+        """(position, document) from `start` on; `order` permutes this host's units."""
+        order = range(len(self.units)) if order is None else order
+        for u in range(start.unit, len(order)):
+            first = start.doc if u == start.unit else 0
+            # Round up to this host's first document index at or after `first`.
+            first += (self._offset - first) % self._stride
+            docs = self.source.read_unit(self.units[order[u]], first)
+            for i, doc in enumerate(docs):
+                if i % self._stride == 0 and doc:
+                    yield Position(u, first + i), doc
+
+
+def iter_documents(
+    spec: str, *, shard_index: int = 0, num_shards: int = 1, start: Position = Position()
+) -> Iterator[Document]:
+    """The documents (lists of sentences) of a source spec, this shard's part, in order."""
+    shard = HostShard(open_source(spec), shard_index, num_shards)
+    for _, doc in shard.iter_documents(start):
+        yield doc
+
+
+# ----------------------------------------------------------------------------------------------
+# Reading files.
+
+
+def _expand_globs(patterns: str) -> list[str]:
+    files: set[str] = set()
+    for pattern in filter(None, (p.strip() for p in patterns.split(","))):
+        if "://" in pattern:
+            import tensorflow as tf  # gs:// and other remote file systems
+
+            files.update(tf.io.gfile.glob(pattern))
+        else:
+            files.update(p for p in globlib.glob(os.path.expanduser(pattern)) if os.path.isfile(p))
+    return sorted(files)
+
+
+def _read_lines(path: str, skips: SkipCounter) -> Iterator[str]:
+    """Decoded lines of a text file; invalid UTF-8 bytes are dropped and counted."""
+    if "://" in path:
+        import tensorflow as tf
+
+        f = tf.io.gfile.GFile(path, "rb")
+    else:
+        f = open(path, "rb")
+    with f:
+        for raw in f:
+            yield _decode(raw, path, skips)
+
+
+def _decode(raw: bytes, where: str, skips: SkipCounter) -> str:
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError:
+        text = raw.decode("utf-8", errors="replace")
+        skips.add("invalid UTF-8 byte sequence dropped", where, text.count("\ufffd"))
+        return text.replace("\ufffd", "")

@@ -1,0 +1,344 @@
+"""The pre-training pipeline: masking statistics, NSP provenance, packing, resume, bad input."""
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+
+import ml_collections
+import numpy as np
+import pytest
+
+from bert_jax.data import masking, pipeline, sources
+from bert_jax.data.examples import IS_NEXT, NOT_NEXT
+from bert_jax.data.tokenization import load_tokenizer
+
+
+@pytest.fixture(scope="module")
+def tokenizer(data_dir):
+    return load_tokenizer(f"wordpiece:{data_dir}/bert_vocab/vocab.txt")
+
+
+@pytest.fixture(scope="module")
+def gutenberg(data_dir):
+    return f"prose:{data_dir}/gutenberg/*.txt"
+
+
+def _take(iterator, n):
+    return [next(iterator) for _ in range(n)]
+
+
+def _concat(batches):
+    return {k: np.concatenate([b[k] for b in batches]) for k in batches[0]}
+
+
+def test_config_from_run_config_and_defaults():
+    data = ml_collections.ConfigDict(
+        {"source": "builtin", "mode": "full_sentences", "max_seq_length": 512,
+         "max_predictions_per_seq": None, "tokenizer": "wordpiece:x", "pack": True}
+    )
+    config = pipeline.PipelineConfig.from_config(data)
+    assert (config.source, config.mode, config.pack) == ("builtin", "full_sentences", True)
+    assert config.num_predictions == 80
+    assert pipeline.PipelineConfig("builtin").num_predictions == 20
+    assert masking.default_max_predictions(256) == 40
+    with pytest.raises(ValueError, match="pack"):
+        pipeline.PipelineConfig("builtin", mode="nsp", pack=True)
+    with pytest.raises(ValueError, match="mode"):
+        pipeline.PipelineConfig("builtin", mode="mlm")
+
+
+@pytest.fixture(scope="module")
+def nsp_batches(gutenberg, tokenizer):
+    """>= 10k sequences of 128 from the gutenberg books, nsp mode."""
+    config = pipeline.PipelineConfig(gutenberg, max_seq_length=128)
+    it = pipeline.make_pretraining_iterator(
+        config, tokenizer, batch_size=256, seed=3, process_index=0, process_count=1
+    )
+    batches = _take(it, 40)
+    it.close()
+    return _concat(batches), _concat(batches[:1])
+
+
+def test_batches_follow_the_contract(nsp_batches):
+    batch, first = nsp_batches
+    shapes = {k: (v.shape, v.dtype.name) for k, v in first.items()}
+    assert shapes == {
+        "input_ids": ((256, 128), "int32"), "token_type_ids": ((256, 128), "int32"),
+        "attention_mask": ((256, 128), "int32"), "masked_positions": ((256, 20), "int32"),
+        "masked_ids": ((256, 20), "int32"), "masked_weights": ((256, 20), "float32"),
+        "next_sentence_label": ((256,), "int32"),
+    }
+    assert len(batch["input_ids"]) >= 10_000
+    # Padding is id 0 exactly where attention is 0; no sequence exceeds max_seq_length (its
+    # last [SEP] is inside the row).
+    assert np.array_equal(batch["input_ids"] == 0, batch["attention_mask"] == 0)
+    lengths = batch["attention_mask"].sum(1)
+    assert lengths.max() <= 128 and lengths.min() >= 5
+
+
+def test_masking_statistics(nsp_batches, tokenizer):
+    batch, _ = nsp_batches
+    w = batch["masked_weights"] > 0  # [N, P]
+    rows = np.broadcast_to(np.arange(len(w))[:, None], w.shape)
+    positions = batch["masked_positions"]
+    original = batch["input_ids"].copy()
+    original[rows[w], positions[w]] = batch["masked_ids"][w]  # undo the corruption
+    special = np.isin(original, sorted(tokenizer.special_ids))
+    maskable = (batch["attention_mask"] > 0) & ~special
+    selected_fraction = w.sum() / maskable.sum()
+    assert abs(selected_fraction - 0.15) < 0.005, selected_fraction
+    # Special tokens and padding are never selected; positions are distinct within a row.
+    assert not special[rows[w], positions[w]].any()
+    assert all(len(set(p[m])) == m.sum() for p, m in zip(positions, w))
+    now = batch["input_ids"][rows[w], positions[w]]
+    target = batch["masked_ids"][w]
+    is_mask = now == tokenizer.mask_id
+    unchanged = now == target
+    is_random = ~is_mask & ~unchanged
+    assert abs(is_mask.mean() - 0.8) < 0.01
+    assert abs(is_random.mean() - 0.1) < 0.01
+    assert abs(unchanged.mean() - 0.1) < 0.01
+    assert not np.isin(now[is_random], sorted(tokenizer.special_ids)).any()
+
+
+def test_is_next_is_half(nsp_batches):
+    batch, _ = nsp_batches
+    labels = batch["next_sentence_label"]
+    assert set(np.unique(labels)) == {IS_NEXT, NOT_NEXT}
+    assert abs((labels == IS_NEXT).mean() - 0.5) < 0.02
+    # token types: [CLS] A [SEP] are 0, B [SEP] are 1, padding 0.
+    types = batch["token_type_ids"]
+    sep_count = (batch["input_ids"] == 102) | (batch["masked_ids"][:, :1] < 0)
+    assert (types[:, 0] == 0).all() and (types * (1 - batch["attention_mask"])).sum() == 0
+    assert sep_count.any()
+
+
+def _documents_by_position(spec, order=None):
+    """{source position: document} for a whole (small) source, in one pass."""
+    return dict(sources.HostShard(sources.open_source(spec)).iter_documents(order=order))
+
+
+def _epoch0_unit_order(spec, seed=0):
+    """The unit order of the first train epoch on host 0 (how the stream visits files)."""
+    shard = sources.HostShard(sources.open_source(spec))
+    return pipeline.train_unit_order(len(shard.units), seed, host=0, epoch=0)
+
+
+def _is_slice(part, whole):
+    """Whether `part` occurs contiguously inside `whole`."""
+    key = " " + " ".join(map(str, part)) + " "
+    return key in " " + " ".join(map(str, whole)) + " "
+
+
+def test_nsp_pairs_have_the_right_provenance(gutenberg, tokenizer):
+    config = pipeline.PipelineConfig(gutenberg, max_seq_length=128)
+    documents = _documents_by_position(gutenberg, _epoch0_unit_order(gutenberg))
+    tokenized = {}
+    checked = {IS_NEXT: 0, NOT_NEXT: 0}
+    for k, (example, positions) in enumerate(pipeline.iter_examples(config, tokenizer, seed=0)):
+        if k % 4:  # a sample of ~2,000 pairs keeps the test fast
+            continue
+        seg = example.origin
+        a_pos, b_pos = positions[seg.a_doc], positions[seg.b_doc]
+        for p in (a_pos, b_pos):
+            if p not in tokenized:
+                tokenized[p] = tokenizer.encode_batch(documents[p])
+        a_doc, b_doc = tokenized[a_pos], tokenized[b_pos]
+        ids = example.ids.tolist()
+        a, b = ids[1 : example.num_a - 1], ids[example.num_a : -1]
+        assert len(ids) <= 128 and a and b
+        assert _is_slice(a, sum(a_doc[seg.a_first : seg.a_end], []))
+        assert _is_slice(b, sum(b_doc[seg.b_first : seg.b_end], []))
+        if example.label == IS_NEXT:
+            assert a_pos == b_pos and seg.a_end == seg.b_first  # consecutive, same document
+        else:
+            assert a_pos != b_pos  # B from another document
+        checked[example.label] += 1
+    assert min(checked.values()) > 100
+
+
+def test_whole_word_masking_never_splits_a_word(gutenberg, tokenizer):
+    config = pipeline.PipelineConfig(gutenberg, max_seq_length=128, whole_word_masking=True)
+    it = pipeline.make_pretraining_iterator(
+        config, tokenizer, batch_size=128, seed=5, process_index=0, process_count=1
+    )
+    batch = _concat(_take(it, 4))
+    it.close()
+    w = batch["masked_weights"] > 0
+    rows = np.broadcast_to(np.arange(len(w))[:, None], w.shape)
+    original = batch["input_ids"].copy()
+    original[rows[w], batch["masked_positions"][w]] = batch["masked_ids"][w]
+    selected = np.zeros(original.shape, bool)
+    selected[rows[w], batch["masked_positions"][w]] = True
+    special = np.isin(original, sorted(tokenizer.special_ids))
+    # A "##" piece continues the word before it, unless truncation cut that word's head off
+    # (then it follows [CLS]/[SEP] and starts what is left of the word).
+    continuation = ~tokenizer.word_start_table()[original][:, 1:] & ~special[:, :-1]
+    # A continuation piece is selected iff the token before it (same word) is.
+    assert np.array_equal(selected[:, 1:][continuation], selected[:, :-1][continuation])
+    assert selected[:, 1:][continuation].sum() > 100  # multi-piece words were masked
+    fraction = w.sum() / ((batch["attention_mask"] > 0) & ~special).sum()
+    assert 0.13 < fraction < 0.155  # never more than asked, beyond max(1, round(.)) rounding
+
+
+def test_packing_restarts_positions_and_never_overflows(data_dir, tokenizer):
+    config = pipeline.PipelineConfig(
+        f"text:{data_dir}/bert_sample/sample_text.txt", mode="full_sentences",
+        max_seq_length=128, pack=True, short_seq_prob=0.5,
+    )
+    it = pipeline.make_pretraining_iterator(
+        config, tokenizer, batch_size=16, seed=0, process_index=0, process_count=1
+    )
+    batch = _concat(_take(it, 4))
+    it.close()
+    assert "next_sentence_label" not in batch
+    seq, pos, att = batch["sequence_ids"], batch["position_ids"], batch["attention_mask"]
+    assert np.array_equal(seq > 0, att > 0)
+    assert seq.max() >= 2  # some rows really hold several examples
+    for r in range(len(seq)):
+        for k in range(1, seq[r].max() + 1):
+            where = np.flatnonzero(seq[r] == k)
+            assert np.array_equal(pos[r, where], np.arange(len(where)))
+            assert batch["input_ids"][r, where[0]] == tokenizer.cls_id
+            assert where[-1] - where[0] + 1 == len(where)  # contiguous
+
+
+@pytest.mark.parametrize(
+    "source, mode, pack, n, m",
+    [
+        ("gutenberg", "nsp", False, 7, 5),  # resumes in the middle of a chunk
+        ("sample", "full_sentences", True, 5, 6),  # crosses epochs (3 short documents)
+    ],
+)
+def test_resume_continues_the_same_stream(data_dir, tokenizer, source, mode, pack, n, m):
+    spec = {
+        "gutenberg": f"prose:{data_dir}/gutenberg/*.txt",
+        "sample": f"text:{data_dir}/bert_sample/sample_text.txt",
+    }[source]
+    config = pipeline.PipelineConfig(spec, mode=mode, pack=pack, max_seq_length=128)
+
+    def make():
+        return pipeline.make_pretraining_iterator(
+            config, tokenizer, batch_size=32, seed=11, process_index=1, process_count=2
+        )
+
+    uninterrupted = make()
+    expected = _take(uninterrupted, n + m)
+    uninterrupted.close()
+    first = make()
+    _take(first, n)
+    state = json.loads(json.dumps(first.get_state()))  # as a checkpoint would store it
+    first.close()
+    assert len(json.dumps(state)) < 300
+    resumed = make()
+    resumed.set_state(state)
+    for got, want in zip(_take(resumed, m), expected[n:]):
+        assert got.keys() == want.keys()
+        for key in want:
+            np.testing.assert_array_equal(got[key], want[key], err_msg=key)
+    resumed.close()
+
+
+def test_eval_split_holds_out_other_documents(gutenberg, tokenizer):
+    config = pipeline.PipelineConfig(gutenberg, max_seq_length=128, eval_fraction=0.05)
+    train_docs, eval_docs = set(), set()
+    for split, docs in (("train", train_docs), ("eval", eval_docs)):
+        for example, positions in pipeline.iter_examples(config, tokenizer, seed=0, split=split):
+            docs.add(positions[example.origin.a_doc])
+    # Eval positions refer to the eval (fixed) unit order; compare documents by their text.
+    by_order = {"train": _documents_by_position(gutenberg, _epoch0_unit_order(gutenberg)),
+                "eval": _documents_by_position(gutenberg)}
+    texts = {split: {tuple(by_order[split][p]) for p in docs}
+             for split, docs in (("train", train_docs), ("eval", eval_docs))}
+    assert texts["eval"] and not texts["eval"] & texts["train"]
+    assert 0.02 < len(texts["eval"]) / (len(texts["eval"]) + len(texts["train"])) < 0.1
+
+
+def test_bad_input_is_counted_and_skipped(tmp_path, tokenizer):
+    (tmp_path / "empty.txt").write_bytes(b"")
+    long_sentence = " ".join(["word"] * 400)
+    (tmp_path / "mixed.txt").write_bytes(
+        b"Only one sentence here.\n\n"
+        + b"Broken \xc3\x28 bytes here.\nA second sentence.\n" + long_sentence.encode()
+        + b"\nAnd a last one.\n\nAnother document starts.\nIt goes on.\nIt ends.\n"
+    )
+    config = pipeline.PipelineConfig(f"text:{tmp_path}/*.txt", max_seq_length=64)
+    it = pipeline.make_pretraining_iterator(
+        config, tokenizer, batch_size=4, seed=0, process_index=0, process_count=1
+    )
+    batch = next(it)
+    it.close()
+    assert batch["attention_mask"].sum(1).max() <= 64
+    # Each is counted once per pass over the input (the prefetch thread may be epochs ahead).
+    skipped = it.skipped
+    assert sorted(skipped) == [
+        "input file without text skipped",
+        "invalid UTF-8 byte sequence dropped",
+        "one-sentence document skipped (nsp needs two)",
+        "sentence longer than max_seq_length truncated",
+    ]
+    assert len(set(skipped.values())) <= 2 and min(skipped.values()) >= 1
+
+
+def test_bad_sources_fail_clearly_and_never_hang(tmp_path, tokenizer, data_dir):
+    with pytest.raises(FileNotFoundError, match="no-such-"):
+        pipeline.make_pretraining_iterator(
+            pipeline.PipelineConfig(f"text:{tmp_path}/no-such-*.txt"), tokenizer,
+            batch_size=2, seed=0, process_index=0, process_count=1,
+        )
+    (tmp_path / "blank.txt").write_text("\n\n\n")
+    it = pipeline.make_pretraining_iterator(
+        pipeline.PipelineConfig(f"text:{tmp_path}/blank.txt"), tokenizer,
+        batch_size=2, seed=0, process_index=0, process_count=1,
+    )
+    with pytest.raises(ValueError, match="blank.txt.*yields no train examples"):
+        next(it)
+    with pytest.raises(ValueError, match="unknown TFDS dataset"):
+        pipeline.make_pretraining_iterator(
+            pipeline.PipelineConfig("tfds:no_such_dataset_xyz"), tokenizer,
+            batch_size=2, seed=0, process_index=0, process_count=1,
+        )
+    vocab = tmp_path / "vocab.txt"
+    vocab.write_text("hello\nworld\n##s\n")
+    with pytest.raises(ValueError, match="special tokens"):
+        load_tokenizer(f"wordpiece:{vocab}")
+
+
+_MEMORY_SCRIPT = textwrap.dedent(
+    """
+    import resource, sys
+    from bert_jax.data import pipeline
+    from bert_jax.data.tokenization import load_tokenizer
+    tokenizer = load_tokenizer(sys.argv[2])
+    config = pipeline.PipelineConfig(sys.argv[1], max_seq_length=128)
+    it = pipeline.make_pretraining_iterator(
+        config, tokenizer, batch_size=64, seed=0, process_index=0, process_count=1)
+    for _ in range(int(sys.argv[3])):
+        next(it)
+    it.close()
+    print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss // 1024)
+    """
+)
+
+
+def test_memory_does_not_grow_with_the_corpus(tmp_path, data_dir):
+    books = sorted((data_dir / "gutenberg").glob("*.txt"))
+    for copy in range(10):
+        for book in books:
+            (tmp_path / f"{copy}-{book.name}").symlink_to(book)
+    vocab = f"wordpiece:{data_dir}/bert_vocab/vocab.txt"
+    env = dict(os.environ, CUDA_VISIBLE_DEVICES="", TF_CPP_MIN_LOG_LEVEL="3")
+
+    def peak_mb(glob):
+        # ~1.3 epochs of the single corpus: both runs read past one full copy of the books.
+        out = subprocess.run(
+            [sys.executable, "-c", _MEMORY_SCRIPT, f"prose:{glob}", vocab, "160"],
+            capture_output=True, text=True, timeout=300, env=env, check=True,
+        )
+        return int(out.stdout.split()[-1])
+
+    once = peak_mb(f"{data_dir}/gutenberg/*.txt")
+    ten_times = peak_mb(f"{tmp_path}/*.txt")
+    assert ten_times - once < 100, (once, ten_times)

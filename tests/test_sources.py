@@ -1,0 +1,148 @@
+"""Text sources: sentence splitting, file formats, TFDS, the built-in corpus, sharding, resume."""
+
+import os
+
+import pytest
+
+from bert_jax.data import sentences, sources
+from bert_jax.data.sources import HostShard, Position
+
+
+def test_split_sentences_keeps_abbreviations_initials_and_dialogue():
+    text = (
+        "Mr. Darcy arrived at 4 A. M. with Dr. Watson. He was late! \u201cWhy?\u201d said she. "
+        "\u201cBecause I was.\u201d Was it e.g. this? J. R. R. Tolkien wrote. _The End._ Next one."
+    )
+    assert sentences.split_sentences(text) == [
+        "Mr. Darcy arrived at 4 A. M. with Dr. Watson.",
+        "He was late!",
+        "\u201cWhy?\u201d said she.",
+        "\u201cBecause I was.\u201d",
+        "Was it e.g. this?",
+        "J. R. R. Tolkien wrote.",
+        "_The End._",
+        "Next one.",
+    ]
+
+
+def test_text_source_reads_bert_format(data_dir):
+    spec = f"text:{data_dir}/bert_sample/sample_text.txt"
+    docs = list(sources.iter_documents(spec))
+    assert [len(d) for d in docs] == [3, 13, 15]  # MANIFEST: 33 lines, 2 blank -> 3 documents
+    assert docs[1][0].startswith("The rain had only ceased")
+
+
+@pytest.fixture(scope="module")
+def gutenberg_docs(data_dir):
+    spec = f"prose:{data_dir}/gutenberg/*.txt"
+    return spec, list(HostShard(sources.open_source(spec)).iter_documents())
+
+
+def test_prose_documents_cover_every_word(gutenberg_docs, data_dir):
+    spec, docs = gutenberg_docs
+    source = sources.open_source(spec)
+    assert len(source.files) == 5
+    first_file = [d for p, d in docs if p.unit == 0]
+    words = " ".join(" ".join(d) for d in first_file).split()
+    with open(source.files[0], encoding="utf-8") as f:
+        assert words == f.read().split()  # splitting loses and reorders nothing
+    # Documents are runs of paragraphs of >= PROSE_DOCUMENT_CHARS (except each file's last).
+    sizes = [sum(map(len, d)) for _, d in docs]
+    assert sum(s >= sources.PROSE_DOCUMENT_CHARS * 0.95 for s in sizes) >= len(docs) - 5
+    assert 300 < len(docs) < 450
+
+
+@pytest.mark.parametrize("num_shards", [2, 7])  # 2: whole files per host; 7 > 5 files: by index
+def test_hosts_get_disjoint_documents_covering_the_corpus(gutenberg_docs, num_shards):
+    spec, docs = gutenberg_docs
+    source = sources.open_source(spec)
+    seen = []
+    for host in range(num_shards):
+        shard = HostShard(source, host, num_shards)
+        seen.append([(shard.units[p.unit], p.doc) for p, _ in shard.iter_documents()])
+    flat = [key for host_keys in seen for key in host_keys]
+    assert len(flat) == len(set(flat))  # disjoint
+    assert sorted(flat) == sorted((p.unit, p.doc) for p, _ in docs)  # together: everything
+    assert all(len(h) > 0 for h in seen)
+
+
+def test_reading_resumes_at_a_recorded_position(gutenberg_docs):
+    spec, docs = gutenberg_docs
+    shard = HostShard(sources.open_source(spec), 1, 7)
+    order = [4, 2, 0, 3, 1]
+    full = list(shard.iter_documents(order=order))
+    k = len(full) // 3
+    resumed = list(shard.iter_documents(full[k][0], order=order))
+    assert resumed == full[k:]
+
+
+def test_bad_files_are_counted_not_fatal(tmp_path):
+    (tmp_path / "a_empty.txt").write_bytes(b"")
+    (tmp_path / "b_bad.txt").write_bytes(b"Good line.\nBad \xff\xfe bytes here.\n\nNext doc.\n")
+    skips = sources.SkipCounter()
+    source = sources.open_source(f"text:{tmp_path}/*.txt", skips)
+    docs = [d for u in range(source.num_units) for d in source.read_unit(u)]
+    assert docs == [["Good line.", "Bad  bytes here."], ["Next doc."]]
+    assert skips.counts["input file without text skipped"] == 1
+    assert skips.counts["invalid UTF-8 byte sequence dropped"] == 2
+
+
+def test_bad_specs_fail_clearly(tmp_path):
+    with pytest.raises(FileNotFoundError, match="matches no files"):
+        sources.open_source(f"text:{tmp_path}/nothing-*.txt")
+    with pytest.raises(ValueError, match="unknown data source"):
+        sources.open_source("csv:foo")
+
+
+def test_builtin_corpus_reads_python_docs_without_importing():
+    source = sources.open_source("builtin")
+    topics = list(source.read_unit(0))
+    assert len(topics) > 50 and all(len(d) >= 1 for d in topics)
+    assert source.num_units > 500  # 1 topics unit + the stdlib modules
+    names = source._modules
+    assert names == sorted(names) and not any(n.startswith("test" + os.sep) for n in names)
+    module = names.index(os.path.join("json", "__init__.py")) + 1
+    doc = next(source.read_unit(module))
+    assert any("JSON" in s for s in doc)
+    assert list(source.read_unit(module, start_doc=1)) == []
+
+
+def test_tfds_source_reads_a_locally_built_dataset(tmp_path, monkeypatch):
+    tfds = pytest.importorskip("tensorflow_datasets")
+
+    class TinyBertCorpus(tfds.core.GeneratorBasedBuilder):
+        """Three short articles, built here (no download)."""
+
+        VERSION = tfds.core.Version("1.0.0")
+        # A one-part module name keeps TFDS from probing package resources (which needs the
+        # `importlib_resources` package, missing here) to find checksums it does not need.
+        __module__ = "tiny_bert_corpus"
+
+        def _info(self):
+            return tfds.core.DatasetInfo(
+                builder=self, features=tfds.features.FeaturesDict({"text": tfds.features.Text()})
+            )
+
+        def _split_generators(self, dl_manager):
+            return {"train": self._generate_examples(3), "validation": self._generate_examples(1)}
+
+        def _generate_examples(self, n):
+            for i in range(n):
+                text = f"Article {i} begins here. It has two sentences.\n\nA second paragraph."
+                yield i, {"text": text}
+
+    TinyBertCorpus(data_dir=str(tmp_path)).download_and_prepare()
+    monkeypatch.setenv("TFDS_DATA_DIR", str(tmp_path))
+    docs = list(sources.iter_documents("tfds:tiny_bert_corpus"))
+    assert docs == [
+        [f"Article {i} begins here.", "It has two sentences.", "A second paragraph."]
+        for i in range(3)
+    ]
+    assert len(list(sources.iter_documents("tfds:tiny_bert_corpus:validation"))) == 1
+    assert list(sources.iter_documents("tfds:tiny_bert_corpus", shard_index=1, num_shards=2)) == [
+        docs[1]
+    ]
+    with pytest.raises(ValueError, match="unknown TFDS dataset"):
+        sources.open_source("tfds:no_such_dataset_xyz")
+    with pytest.raises(ValueError, match="no split"):
+        sources.open_source("tfds:tiny_bert_corpus:test")
