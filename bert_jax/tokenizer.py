@@ -1,0 +1,45 @@
+"""Trains a SentencePiece vocabulary for pre-training.
+
+    python -m bert_jax.tokenizer train --input=SOURCE --vocab_size=30000 --output=PREFIX
+
+SOURCE is a data source spec (`text:GLOB`, `prose:GLOB`, `tfds:NAME[:SPLIT]`, `builtin`); a plain
+GLOB means `text:GLOB`. Writes PREFIX.model and PREFIX.vocab (gs:// works); use the model with
+`--config.data.tokenizer=sentencepiece:PREFIX.model`.
+"""
+
+from absl import app, flags, logging
+
+from bert_jax.data import tokenization
+
+_INPUT = flags.DEFINE_string("input", None, "Data source spec or GLOB of text files.")
+_VOCAB_SIZE = flags.DEFINE_integer("vocab_size", 30000, "Number of pieces, specials included.")
+_OUTPUT = flags.DEFINE_string("output", None, "Output prefix: writes PREFIX.model, PREFIX.vocab.")
+_MODEL_TYPE = flags.DEFINE_enum("model_type", "unigram", ["unigram", "bpe"], "Model kind.")
+_LOWERCASE = flags.DEFINE_bool("lowercase", False, "Case-fold text (an uncased vocabulary).")
+_COVERAGE = flags.DEFINE_float(
+    "character_coverage", 0.9995, "Fraction of characters covered; the rarest become [UNK]."
+)
+_SAMPLE = flags.DEFINE_integer(
+    "input_sentence_size", 10_000_000, "Train on a random sample of this many sentences."
+)
+flags.mark_flags_as_required(["input", "output"])
+
+
+def main(argv: list[str]) -> None:
+    if argv[1:] != ["train"]:
+        raise app.UsageError(f"expected the command `train`, got {argv[1:]}")
+    tokenizer = tokenization.train_sentencepiece_from_source(
+        _INPUT.value,
+        _VOCAB_SIZE.value,
+        _OUTPUT.value,
+        model_type=_MODEL_TYPE.value,
+        lowercase=_LOWERCASE.value,
+        character_coverage=_COVERAGE.value,
+        input_sentence_size=_SAMPLE.value,
+        verbose=True,
+    )
+    logging.info("wrote %s.model (%d pieces)", _OUTPUT.value, tokenizer.vocab_size)
+
+
+if __name__ == "__main__":
+    app.run(main)
