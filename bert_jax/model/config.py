@@ -95,3 +95,13 @@ class ModelConfig:
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
+
+
+def model_config_from_section(section) -> ModelConfig:
+    """The one boundary from a run config's `model` section to the frozen ModelConfig.
+
+    `section.size` names the base size; every other key overrides it unless it is None.
+    """
+    values = dict(section)
+    size = values.pop("size")
+    return ModelConfig.from_size(size, **{k: v for k, v in values.items() if v is not None})

@@ -1,0 +1,95 @@
+"""Pre-training configs: one file, several variants.
+
+    python -m bert_jax.pretrain --config=configs/pretrain.py:base --workdir=DIR
+    python -m bert_jax.pretrain --config=configs/pretrain.py:demo --workdir=/tmp/demo
+
+The argument after ':' is a model size (tiny, mini, small, medium, base, large) or `demo`, the
+CPU demo: a SentencePiece vocabulary and a tiny BERT trained on the built-in corpus in minutes.
+Any key can be overridden on the command line, e.g. `--config.optimizer.learning_rate=2e-4`;
+the config is locked, so a misspelt key fails instead of being ignored.
+"""
+
+from ml_collections import config_dict
+
+from bert_jax.model.config import NAMED_SIZES
+
+
+def model_section(size: str) -> config_dict.ConfigDict:
+    """model.size picks a named size; every other model.* key overrides it when not None."""
+    section = config_dict.ConfigDict()
+    section.size = size
+    for name, kind in (("vocab_size", int), ("hidden_size", int), ("num_layers", int),
+                       ("num_heads", int), ("intermediate_size", int),
+                       ("max_position_embeddings", int), ("type_vocab_size", int),
+                       ("hidden_dropout", float), ("attention_dropout", float),
+                       ("attention_implementation", str)):
+        section[name] = config_dict.placeholder(kind)
+    section.dtype = "float32"
+    section.param_dtype = "float32"
+    section.remat_policy = "none"
+    section.scan_layers = False
+    return section
+
+
+def get_config(arg: str = "base") -> config_dict.ConfigDict:
+    if arg not in NAMED_SIZES and arg != "demo":
+        raise ValueError(f"unknown variant {arg!r}; expected one of {sorted(NAMED_SIZES)} or demo")
+    config = config_dict.ConfigDict()
+    config.model = model_section("tiny" if arg == "demo" else arg)
+
+    config.data = config_dict.ConfigDict(dict(
+        source="builtin",  # builtin | text:GLOB | prose:GLOB | tfds:NAME[:SPLIT]
+        mode="nsp",  # nsp | full_sentences
+        max_seq_length=128,
+        max_predictions_per_seq=20,
+        masked_lm_prob=0.15,
+        whole_word_masking=False,
+        short_seq_prob=0.1,
+        pack=False,
+        eval_fraction=0.01,
+        # sentencepiece:PATH.model | wordpiece:PATH/vocab.txt | a saved tokenizer folder |
+        # `train`: train a SentencePiece vocabulary of tokenizer_vocab_size on data.source first.
+        tokenizer="train",
+        tokenizer_vocab_size=30000,
+    ))
+    config.train = config_dict.ConfigDict(dict(
+        num_steps=1_000_000,
+        batch_size=256,  # global, across all hosts
+        grad_accum_steps=1,
+        seed=0,
+        log_every_steps=100,
+        skip_nonfinite_updates=False,
+    ))
+    config.optimizer = config_dict.ConfigDict(dict(
+        name="adamw",  # adamw | lamb
+        learning_rate=1e-4,
+        warmup_steps=10_000,
+        weight_decay=0.01,
+        b1=0.9,
+        b2=0.999,
+        eps=1e-6,
+        grad_clip_norm=1.0,
+    ))
+    config.checkpoint = config_dict.ConfigDict(dict(every_steps=10_000, keep=3))
+    config.eval = config_dict.ConfigDict(dict(every_steps=10_000, num_batches=20))
+    config.mesh = config_dict.ConfigDict(dict(data=-1, fsdp=1, tensor=1, rules="data"))
+
+    if arg == "large":
+        config.optimizer.name = "lamb"
+        config.optimizer.learning_rate = 1.76e-3  # the LAMB paper's BERT-Large setting
+    if arg == "demo":
+        config.model.vocab_size = 8000
+        config.model.max_position_embeddings = 128
+        config.data.tokenizer_vocab_size = 8000
+        config.data.max_seq_length = 64
+        config.data.max_predictions_per_seq = 10
+        config.train.num_steps = 600
+        config.train.batch_size = 32
+        config.train.log_every_steps = 50
+        config.optimizer.learning_rate = 1e-3
+        config.optimizer.warmup_steps = 60
+        config.checkpoint.every_steps = 200
+        config.eval.every_steps = 200
+        config.eval.num_batches = 4
+    config.lock()
+    return config
