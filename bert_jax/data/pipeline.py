@@ -32,6 +32,7 @@ from bert_jax.data.sources import Position
 CHUNK_DOCS = 256  # documents per chunk at most: NotNext segments come from the same chunk
 CHUNK_CHARS = 1 << 20  # ... and characters at most (bounds memory whatever the documents)
 PREFETCH_BATCHES = 8
+CHUNKS_AHEAD = 1  # chunks made ahead of the one being batched (each ~1 MB of text)
 STATE_VERSION = 1
 _SPLITS = {"train": 0, "eval": 1}
 
@@ -192,11 +193,55 @@ def train_unit_order(num_units: int, seed: int, host: int, epoch: int) -> list[i
     return np.random.default_rng([seed, host, epoch, 0xF11E]).permutation(num_units).tolist()
 
 
-class _ExampleReader:
-    """Examples one at a time from a cursor, with the cursor of the next one."""
+class _Failure:
+    def __init__(self, error: BaseException):
+        self.error = error
 
-    def __init__(self, stream: _ExampleStream, cursor: _Cursor):
-        self._chunks = stream.chunks(cursor)
+
+class _Stopped(Exception):
+    """The iterator was closed while a background stage waited."""
+
+
+def _in_background(items: Iterator, stop: threading.Event, depth: int, name: str) -> Iterator:
+    """Runs a generator in a thread `depth` items ahead; its errors re-raise in the consumer."""
+    out: queue.Queue = queue.Queue(maxsize=depth)
+
+    def produce():
+        try:
+            for item in items:
+                while True:
+                    if stop.is_set():
+                        return
+                    try:
+                        out.put(item, timeout=0.1)
+                        break
+                    except queue.Full:
+                        pass
+        except BaseException as e:  # handed to the consumer, which raises it
+            out.put(_Failure(e))
+
+    threading.Thread(target=produce, name=name, daemon=True).start()
+    while True:
+        try:
+            item = out.get(timeout=0.1)
+        except queue.Empty:
+            if stop.is_set():
+                raise _Stopped() from None
+            continue
+        if isinstance(item, _Failure):
+            raise item.error
+        yield item
+
+
+class _ExampleReader:
+    """Examples one at a time from a cursor, with the cursor of the next one.
+
+    Chunks are made in a thread of their own: tokenization (native, GIL released) then
+    overlaps with example layout and masking of the previous chunk.
+    """
+
+    def __init__(self, stream: _ExampleStream, cursor: _Cursor, stop: threading.Event):
+        self._chunks = _in_background(stream.chunks(cursor), stop, CHUNKS_AHEAD, "input-chunks")
         self._chunk = next(self._chunks)
         self._offset = cursor.offset
         self._skip_exhausted()
@@ -226,8 +271,10 @@ class _BatchMaker:
         self.stream, self.batch_size, self.tables = stream, batch_size, tables
         self.config = stream.config
 
-    def batches(self, cursor: _Cursor) -> Iterator[tuple[dict[str, np.ndarray], _Cursor]]:
-        reader = _ExampleReader(self.stream, cursor)
+    def batches(
+        self, cursor: _Cursor, stop: threading.Event
+    ) -> Iterator[tuple[dict[str, np.ndarray], _Cursor]]:
+        reader = _ExampleReader(self.stream, cursor, stop)
         batch_index = cursor.batch
         config, length = self.config, self.config.max_seq_length
         while True:
@@ -252,11 +299,6 @@ class _BatchMaker:
             ))
             batch_index += 1
             yield arrays, reader.cursor(batch_index)
-
-
-class _Failure:
-    def __init__(self, error: BaseException):
-        self.error = error
 
 
 class PretrainingIterator:
@@ -331,7 +373,7 @@ class PretrainingIterator:
 
     def _produce(self, cursor: _Cursor, out: queue.Queue, stop: threading.Event):
         try:
-            for item in self._maker.batches(cursor):
+            for item in self._maker.batches(cursor, stop):
                 while not stop.is_set():
                     try:
                         out.put(item, timeout=0.1)
@@ -340,6 +382,8 @@ class PretrainingIterator:
                         pass
                 if stop.is_set():
                     return
+        except _Stopped:
+            return
         except BaseException as e:  # handed to the consumer, which raises it
             out.put(_Failure(e))
 
