@@ -44,8 +44,9 @@ def main(argv):
         tokens += int(batch["attention_mask"].sum())
     elapsed = time.perf_counter() - start
     iterator.close()
+    epochs = iterator.get_state()["epoch"]
     print(f"source={source} mode={_MODE.value} seq_len={_SEQ_LEN.value} "
-          f"batch_size={_BATCH.value} seconds={elapsed:.1f} epochs_reached={iterator.get_state()['epoch']}")
+          f"batch_size={_BATCH.value} seconds={elapsed:.1f} epochs_reached={epochs}")
     print(f"real_tokens_per_sec={tokens / elapsed:.0f}")
     print(f"sequences_per_sec={sequences / elapsed:.0f}")
 

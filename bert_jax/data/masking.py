@@ -107,7 +107,8 @@ def _apply(
     positions = np.where(weights, order, 0).astype(np.int32)
     targets = np.where(weights, np.take_along_axis(input_ids, positions, axis=1), 0)
     u = rng.random((batch, max_predictions))  # [B, P]
-    random_ids = tables.random_ids[rng.integers(0, len(tables.random_ids), (batch, max_predictions))]
+    draws = rng.integers(0, len(tables.random_ids), (batch, max_predictions))  # [B, P]
+    random_ids = tables.random_ids[draws]
     replacement = np.where(u < MASK_PROB, tables.mask_id,
                            np.where(u < MASK_PROB + RANDOM_PROB, random_ids, targets))
     corrupted = input_ids.copy()
