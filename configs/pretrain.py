@@ -78,7 +78,6 @@ def get_config(arg: str = "base") -> config_dict.ConfigDict:
         config.optimizer.name = "lamb"
         config.optimizer.learning_rate = 1.76e-3  # the LAMB paper's BERT-Large setting
     if arg == "demo":
-        config.model.vocab_size = 8000
         config.model.max_position_embeddings = 128
         config.data.tokenizer_vocab_size = 8000
         config.data.max_seq_length = 64

@@ -64,7 +64,7 @@ class Pooler(nn.Module):
     @nn.compact
     def __call__(self, sequence_output):
         cls = sequence_output[:, 0]  # [B, H]
-        pooled = dense(self.config, self.config.hidden_size, ("embed", "embed"), name="dense")(cls)
+        pooled = dense(self.config, self.config.hidden_size, ("embed", None), name="dense")(cls)
         return jnp.tanh(pooled)
 
 

@@ -27,7 +27,7 @@ class MaskedLMHead(nn.Module):
     def __call__(self, sequence_output, masked_positions, embeddings: Embeddings):
         cfg = self.config
         x = gather_positions(sequence_output, masked_positions)  # [B, P, H]
-        x = dense(cfg, cfg.hidden_size, ("embed", "embed"), name="transform")(x)
+        x = dense(cfg, cfg.hidden_size, ("embed", None), name="transform")(x)
         x = layer_norm(cfg, "layer_norm")(gelu(x))
         logits = embeddings.attend(x)  # [B, P, V]
         bias = self.param("output_bias", partitioned(nn.initializers.zeros, ("vocab",)),

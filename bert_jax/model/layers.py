@@ -42,18 +42,37 @@ def layer_norm(config: ModelConfig, name: str) -> nn.LayerNorm:
     )
 
 
-def dense(config: ModelConfig, features, names, *, axis=-1, name: str) -> nn.DenseGeneral:
+class Dense(nn.Module):
+    """y = x . kernel + bias over the trailing `in_axes` dims of x, kernel [*in, *features].
+
+    flax's DenseGeneral stores a flat kernel and reshapes it at init, which breaks logical
+    constraints on multi-axis kernels under a mesh; this one creates the kernel in its shape.
+    """
+
+    config: ModelConfig
+    features: tuple[int, ...]
+    names: tuple[str | None, ...]  # logical names of the kernel axes, inputs then outputs
+    in_axes: int = 1
+
+    @nn.compact
+    def __call__(self, x):
+        cfg = self.config
+        in_shape = x.shape[x.ndim - self.in_axes:]
+        kernel = self.param("kernel", partitioned(bert_init(cfg.initializer_range), self.names),
+                            tuple(in_shape) + self.features, cfg.params_dtype)
+        bias = self.param("bias", partitioned(nn.initializers.zeros,
+                                              self.names[-len(self.features):]),
+                          self.features, cfg.params_dtype)
+        x, kernel, bias = (v.astype(cfg.compute_dtype) for v in (x, kernel, bias))
+        contracting = (tuple(range(x.ndim - self.in_axes, x.ndim)), tuple(range(self.in_axes)))
+        y = jax.lax.dot_general(x, kernel, (contracting, ((), ())))
+        return y + bias.reshape((1,) * (y.ndim - bias.ndim) + bias.shape)
+
+
+def dense(config: ModelConfig, features, names, *, in_axes: int = 1, name: str) -> Dense:
     """A dense layer whose kernel axes are `names` (inputs then outputs) and bias the outputs."""
-    num_out = 1 if isinstance(features, int) else len(features)
-    return nn.DenseGeneral(
-        features=features,
-        axis=axis,
-        dtype=config.compute_dtype,
-        param_dtype=config.params_dtype,
-        kernel_init=partitioned(bert_init(config.initializer_range), names),
-        bias_init=partitioned(nn.initializers.zeros, names[-num_out:]),
-        name=name,
-    )
+    features = (features,) if isinstance(features, int) else tuple(features)
+    return Dense(config, features, tuple(names), in_axes, name=name)
 
 
 def gelu(x):
@@ -126,7 +145,7 @@ class SelfAttention(nn.Module):
                 query, key, value, mask=mask, implementation=cfg.attention_implementation
             )  # [B, L, N, K]
         context = constrain(context, ("batch", "length", "act_heads", None))
-        out = dense(cfg, cfg.hidden_size, ("heads", "kv", "embed"), axis=(-2, -1), name="out")
+        out = dense(cfg, cfg.hidden_size, ("heads", "kv", "embed"), in_axes=2, name="out")
         return out(context)  # [B, L, H]
 
     def _attention_with_dropout(self, query, key, value, mask):

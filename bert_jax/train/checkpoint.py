@@ -117,3 +117,69 @@ def load_model(path: str) -> LoadedModel:
         meta=meta,
         step=step,
     )
+
+
+class TrainCheckpointer:
+    """Periodic async saves of a training run and automatic resume from the latest step."""
+
+    def __init__(self, workdir: str, keep: int, *, async_save: bool = True):
+        self.root = os.path.join(workdir, "checkpoints")
+        self._manager = ocp.CheckpointManager(
+            self.root,
+            options=ocp.CheckpointManagerOptions(
+                max_to_keep=keep, enable_async_checkpointing=async_save, create=True),
+            item_names=(PARAMS, OPT_STATE, DATA, META),
+        )
+
+    def latest_step(self) -> int | None:
+        return self._manager.latest_step()
+
+    def save(self, step: int, state, data_state: dict, meta: dict) -> None:
+        """Starts an async save; the arrays are copied to host memory before this returns."""
+        self._manager.save(step, args=ocp.args.Composite(**{
+            PARAMS: ocp.args.StandardSave(state.params),
+            OPT_STATE: ocp.args.StandardSave(state.opt_state),
+            DATA: ocp.args.JsonSave(data_state),
+            META: ocp.args.JsonSave(meta),
+        }))
+
+    def restore(self, step: int, abstract_state) -> tuple[object, dict, dict]:
+        """(params, opt_state, data_state, meta) restored onto the shardings of abstract_state.
+
+        Checks every parameter's stored shape first, so a workdir of another model fails with
+        the parameter named instead of a deep Orbax error.
+        """
+        stored = self._manager.item_metadata(step)[PARAMS]
+        check_same_shapes(stored, abstract_state.params, where=f"{self.root}/{step}")
+        restored = self._manager.restore(step, args=ocp.args.Composite(**{
+            PARAMS: ocp.args.StandardRestore(abstract_state.params),
+            OPT_STATE: ocp.args.StandardRestore(abstract_state.opt_state),
+            DATA: ocp.args.JsonRestore(),
+            META: ocp.args.JsonRestore(),
+        }))
+        return restored[PARAMS], restored[OPT_STATE], restored[DATA], restored[META]
+
+    def wait(self) -> None:
+        self._manager.wait_until_finished()
+
+    def close(self) -> None:
+        self._manager.close()
+
+
+def check_same_shapes(stored, expected, where: str) -> None:
+    """Raises naming the first parameter whose stored shape differs, or that is missing/extra."""
+    import jax
+
+    def flat(tree):
+        leaves = jax.tree_util.tree_flatten_with_path(tree)[0]
+        return {"/".join(str(getattr(k, "key", k)) for k in path): tuple(leaf.shape)
+                for path, leaf in leaves}
+
+    have, want = flat(stored), flat(expected)
+    for name in sorted(set(have) | set(want)):
+        if have.get(name) != want.get(name):
+            raise ValueError(
+                f"checkpoint {where} does not fit this model: parameter {name} is "
+                f"{have.get(name, 'missing')} in the checkpoint but {want.get(name, 'absent')} "
+                f"in the model config"
+            )

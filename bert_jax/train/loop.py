@@ -1,0 +1,270 @@
+"""The pre-training loop: resume, step, log, evaluate, checkpoint, stop cleanly on SIGTERM."""
+
+import functools
+import json
+import os
+import signal
+import time
+
+import jax
+import numpy as np
+import tensorflow as tf
+from absl import logging
+
+from bert_jax.data import pipeline
+from bert_jax.parallel import mesh as mesh_lib
+from bert_jax.train import checkpoint, losses, metrics, setup as setup_lib, steps
+from bert_jax.train.state import TrainState
+
+
+class NonFiniteLossError(FloatingPointError):
+    pass
+
+
+class _PreemptionFlag:
+    """Set by SIGTERM; the loop saves at the next step boundary and exits cleanly."""
+
+    def __init__(self):
+        self.requested = False
+        self._previous = None
+
+    def __enter__(self):
+        try:
+            self._previous = signal.signal(signal.SIGTERM, self._handle)
+        except ValueError:  # not the main thread: no signal handling, as in notebooks
+            self._previous = None
+        return self
+
+    def _handle(self, signum, frame):
+        del signum, frame
+        logging.warning("SIGTERM received: saving a checkpoint at the next step boundary")
+        self.requested = True
+
+    def __exit__(self, *exc):
+        if self._previous is not None:
+            signal.signal(signal.SIGTERM, self._previous)
+
+
+class MetricWriter:
+    """Console lines on every process; TensorBoard events and metrics.jsonl on process 0."""
+
+    def __init__(self, workdir: str):
+        self._process = jax.process_index()
+        self._writer = None
+        self._jsonl = None
+        if self._process == 0:
+            self._writer = tf.summary.create_file_writer(os.path.join(workdir, "tensorboard"))
+            self._jsonl = tf.io.gfile.GFile(os.path.join(workdir, "metrics.jsonl"), "a")
+
+    def write(self, step: int, values: dict, prefix: str = "train") -> None:
+        line = " ".join(f"{k}={_format(v)}" for k, v in values.items())
+        logging.info("[process %d] %s step %d: %s", self._process, prefix, step, line)
+        if self._writer is None:
+            return
+        with self._writer.as_default(step=step):
+            for name, value in values.items():
+                tf.summary.scalar(f"{prefix}/{name}", value)
+        self._jsonl.write(json.dumps({"step": step, "split": prefix, **values}) + "\n")
+        self._jsonl.flush()
+
+    def close(self) -> None:
+        if self._writer is not None:
+            self._writer.flush()
+            self._jsonl.close()
+
+
+def _format(value: float) -> str:
+    return f"{value:.4g}" if isinstance(value, float) else str(value)
+
+
+class Throughput:
+    """Sequences/s, tokens/s, model TFLOP/s per device, MFU, ETA and input-wait fraction."""
+
+    def __init__(self, setup: setup_lib.RunSetup, batch_size: int, num_steps: int):
+        cfg = setup.pipeline_config
+        self._tokens_per_step = batch_size * cfg.max_seq_length
+        self._batch_size = batch_size
+        self._num_steps = num_steps
+        self._flops_per_token = metrics.flops_per_token(
+            setup.model_config, cfg.max_seq_length, cfg.num_predictions)
+        self._num_devices = jax.device_count()
+        dtype = setup.model_config.dtype
+        self._peak = metrics.datasheet_peak(dtype) or metrics.measure_matmul_peak(dtype)
+        self.reset()
+
+    def reset(self):
+        self._start = time.perf_counter()
+        self._steps = 0
+        self._input_wait = 0.0
+
+    def add_input_wait(self, seconds: float):
+        self._input_wait += seconds
+
+    def step_done(self):
+        self._steps += 1
+
+    def report(self, step: int) -> dict:
+        elapsed = max(time.perf_counter() - self._start, 1e-9)
+        tokens_per_sec = self._tokens_per_step * self._steps / elapsed
+        flops_per_device = tokens_per_sec * self._flops_per_token / self._num_devices
+        seconds_per_step = elapsed / max(self._steps, 1)
+        return {
+            "sequences_per_sec": self._batch_size * self._steps / elapsed,
+            "tokens_per_sec": tokens_per_sec,
+            "tflops_per_device": flops_per_device / 1e12,
+            "mfu": flops_per_device / self._peak,
+            "input_wait_fraction": self._input_wait / elapsed,
+            "eta_minutes": (self._num_steps - step) * seconds_per_step / 60,
+        }
+
+
+def _mean_metrics(history: list[dict]) -> dict:
+    return {k: float(np.mean([m[k] for m in history])) for k in history[0]}
+
+
+class Trainer:
+    """Holds the jitted steps and the run's moving parts; `run()` trains to num_steps."""
+
+    def __init__(self, config, workdir: str):
+        setup_lib.check_workdir_writable(workdir)
+        self.config = config
+        self.workdir = workdir
+        self.tokenizer = setup_lib.load_or_train_tokenizer(config.data, workdir)
+        self.setup = setup_lib.build(config, self.tokenizer)
+        setup_lib.write_run_description(workdir, config, self.setup)
+        self.local_batch = config.train.batch_size // jax.process_count()
+        self.train_data = pipeline.make_pretraining_iterator(
+            self.setup.pipeline_config, self.tokenizer, batch_size=self.local_batch,
+            seed=config.train.seed, split="train")
+        self._eval_data = None
+        self.checkpointer = checkpoint.TrainCheckpointer(workdir, config.checkpoint.keep)
+        self.writer = MetricWriter(workdir)
+        self.rng = jax.random.key(config.train.seed)
+        self._compile_steps()
+
+    def _compile_steps(self):
+        s = self.setup
+        sums_fn = steps.pretraining_sums_fn(s.model, s.use_nsp)
+        batch_sharding = mesh_lib.batch_sharding(s.mesh)
+        replicated = mesh_lib.replicated(s.mesh)
+        train = functools.partial(
+            steps.train_step, sums_fn=sums_fn, optimizer=s.optimizer, schedule=s.schedule,
+            grad_accum_steps=self.config.train.grad_accum_steps)
+        self.train_step = setup_lib.with_mesh_and_rules(s, jax.jit(
+            train, in_shardings=(s.state_shardings, batch_sharding, replicated),
+            out_shardings=(s.state_shardings, replicated), donate_argnums=0))
+        self.eval_step = setup_lib.with_mesh_and_rules(s, jax.jit(
+            functools.partial(steps.eval_step, sums_fn=sums_fn),
+            in_shardings=(s.state_shardings.params, batch_sharding), out_shardings=replicated))
+
+    def initial_state(self) -> TrainState:
+        """The latest checkpoint of the workdir, else a fresh sharded initialisation."""
+        step = self.checkpointer.latest_step()
+        if step is None:
+            # Outside the rules context: placement comes from out_shardings, and flax's
+            # DenseGeneral cannot constrain its flat kernel with the 3-D logical names.
+            return self.setup.init_state(jax.random.fold_in(self.rng, 1 << 30))
+        params, opt_state, data_state, meta = self.checkpointer.restore(
+            step, self.setup.abstract_state)
+        self.train_data.set_state(data_state[f"process_{jax.process_index()}"])
+        logging.info("resumed from %s at step %d", self.checkpointer.root, meta["step"])
+        step_array = jax.device_put(np.int32(meta["step"]), self.setup.state_shardings.step)
+        return TrainState(step=step_array, params=params, opt_state=opt_state)
+
+    def save(self, state: TrainState, step: int) -> None:
+        meta = checkpoint.make_meta(step, self.setup.model_config, self.tokenizer,
+                                    run_config=self.config.to_dict())
+        # TODO(scale-out issue): per-host data states need a per-process item on multi-host runs.
+        data_state = {f"process_{jax.process_index()}": self.train_data.get_state()}
+        self.checkpointer.save(step, state, data_state, meta)
+
+    def evaluate(self, params) -> dict:
+        if self._eval_data is None:
+            self._eval_data = pipeline.make_pretraining_iterator(
+                self.setup.pipeline_config, self.tokenizer, batch_size=self.local_batch,
+                seed=self.config.train.seed, split="eval")
+        # Each evaluation starts from the same place, so numbers are comparable across steps.
+        self._eval_data.set_state(self._eval_start_state())
+        total = None
+        for _ in range(self.config.eval.num_batches):
+            batch = mesh_lib.global_batch(next(self._eval_data), self.setup.mesh)
+            sums = self.eval_step(params, batch)
+            total = sums if total is None else losses.tree_add(total, sums)
+        return {k: float(v) for k, v in losses.summarize(jax.device_get(total)).items()}
+
+    def _eval_start_state(self) -> dict:
+        if not hasattr(self, "_eval_state0"):
+            self._eval_state0 = self._eval_data.get_state()
+        return self._eval_state0
+
+    def run(self) -> dict:
+        """Trains to train.num_steps (or until SIGTERM); returns the last logged metrics."""
+        cfg = self.config.train
+        state = self.initial_state()
+        start_step = int(jax.device_get(state.step))
+        throughput = Throughput(self.setup, cfg.batch_size, cfg.num_steps)
+        history, pending, last_logged = [], None, {}
+        with _PreemptionFlag() as preemption:
+            for step in range(start_step, cfg.num_steps):
+                wait_start = time.perf_counter()
+                batch = mesh_lib.global_batch(next(self.train_data), self.setup.mesh)
+                throughput.add_input_wait(time.perf_counter() - wait_start)
+                state, step_metrics = self.train_step(state, batch, self.rng)
+                throughput.step_done()
+                # Read step N-1's metrics only now that step N is queued: no per-step host sync.
+                if pending is not None:
+                    history.append(self._checked(*pending))
+                pending = (step + 1, step_metrics)
+                done = step + 1
+                stop = preemption.requested or done == cfg.num_steps
+                if done % cfg.log_every_steps == 0 or stop:
+                    history.append(self._checked(*pending))
+                    pending = None
+                    last_logged = {**_mean_metrics(history), **throughput.report(done)}
+                    self.writer.write(done, last_logged)
+                    history = []
+                    throughput.reset()
+                if done % self.config.eval.every_steps == 0 or done == cfg.num_steps:
+                    self.writer.write(done, self.evaluate(state.params), prefix="eval")
+                if done % self.config.checkpoint.every_steps == 0 or stop:
+                    if pending is not None:  # never checkpoint parameters not yet checked
+                        history.append(self._checked(*pending))
+                        pending = None
+                    self.save(state, done)
+                if stop:
+                    break
+        self.checkpointer.wait()
+        self.close()
+        return last_logged
+
+    def _checked(self, step: int, step_metrics) -> dict:
+        values = {k: float(v) for k, v in jax.device_get(step_metrics).items()}
+        if values.pop("nonfinite") > 0:
+            if not self.config.train.skip_nonfinite_updates:
+                raise NonFiniteLossError(
+                    f"non-finite loss or gradient at step {step} (loss={values['loss']}); the "
+                    f"update was not applied. Set train.skip_nonfinite_updates to skip such steps")
+            logging.warning("step %d: non-finite loss or gradient, update skipped", step)
+        return values
+
+    def close(self):
+        self.writer.close()
+        self.train_data.close()
+        if self._eval_data is not None:
+            self._eval_data.close()
+        self.checkpointer.close()
+
+
+def train_and_evaluate(config, workdir: str) -> dict:
+    """Pre-trains per `config` in `workdir`, resuming from its latest checkpoint if any."""
+    return Trainer(config, workdir).run()
+
+
+def quiet_library_logs() -> None:
+    """Orbax logs every save step at INFO through absl; keep the console to the run's own lines."""
+
+    class _DropOrbaxInfo(__import__("logging").Filter):
+        def filter(self, record):
+            return record.levelno >= 30 or "orbax" not in record.pathname
+
+    logging.get_absl_handler().addFilter(_DropOrbaxInfo())

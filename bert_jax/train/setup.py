@@ -1,0 +1,155 @@
+"""Everything a run needs before its first step: workdir, tokenizer, model, mesh, shardings."""
+
+import dataclasses
+import functools
+import json
+import os
+import uuid
+
+import flax.linen as nn
+import jax
+import numpy as np
+import tensorflow as tf
+from absl import logging
+
+from bert_jax.data import pipeline, tokenization
+from bert_jax.model import BertForPreTraining
+from bert_jax.model.config import ModelConfig, model_config_from_section
+from bert_jax.parallel import mesh as mesh_lib
+from bert_jax.parallel import rules as rules_lib
+from bert_jax.train import optim
+from bert_jax.train.state import TrainState
+
+
+def check_workdir_writable(workdir: str) -> None:
+    """Fails before any training if the workdir cannot be created or written."""
+    probe = os.path.join(workdir, f".write_probe_{uuid.uuid4().hex}")
+    try:
+        tf.io.gfile.makedirs(workdir)
+        with tf.io.gfile.GFile(probe, "w") as f:
+            f.write("ok")
+        tf.io.gfile.remove(probe)
+    except (tf.errors.OpError, OSError) as e:
+        raise PermissionError(f"workdir {workdir} is not writable: {e}") from e
+
+
+def load_or_train_tokenizer(data_config, workdir: str) -> tokenization.Tokenizer:
+    """data.tokenizer as a spec, or `train`: a SentencePiece vocabulary made once per workdir."""
+    if data_config.tokenizer != "train":
+        return tokenization.load_tokenizer(data_config.tokenizer)
+    directory = os.path.join(workdir, "tokenizer")
+    if tf.io.gfile.exists(os.path.join(directory, tokenization.METADATA_FILE)):
+        return tokenization.load_tokenizer_dir(directory)
+    if jax.process_count() > 1:
+        raise ValueError("data.tokenizer='train' is single-host only: train one with "
+                         "`python -m bert_jax.tokenizer train` and pass its path")
+    logging.info("training a %d-piece SentencePiece vocabulary on %s", data_config.tokenizer_vocab_size,
+                 data_config.source)
+    prefix = os.path.join(workdir, "sentencepiece")
+    tokenizer = tokenization.train_sentencepiece_from_source(
+        data_config.source, data_config.tokenizer_vocab_size, prefix)
+    tokenizer.save(directory)
+    return tokenization.load_tokenizer_dir(directory)
+
+
+def model_config_for(model_section, tokenizer) -> ModelConfig:
+    """The model config; vocab_size defaults to the tokenizer's and may not be smaller."""
+    config = model_config_from_section(model_section)
+    if model_section.vocab_size is None:
+        config = dataclasses.replace(config, vocab_size=tokenizer.vocab_size)
+    if config.vocab_size < tokenizer.vocab_size:
+        raise ValueError(f"model.vocab_size={config.vocab_size} is smaller than the tokenizer's "
+                         f"{tokenizer.vocab_size} tokens")
+    return config
+
+
+@dataclasses.dataclass
+class RunSetup:
+    model_config: ModelConfig
+    pipeline_config: pipeline.PipelineConfig
+    model: nn.Module
+    mesh: jax.sharding.Mesh
+    rules: tuple
+    optimizer: object
+    schedule: object
+    abstract_state: TrainState  # unboxed ShapeDtypeStructs
+    state_shardings: TrainState
+    init_state: object  # jitted rng -> TrainState, created sharded
+
+    @property
+    def use_nsp(self) -> bool:
+        return self.pipeline_config.mode == "nsp"
+
+
+def check_batch_divides(batch_size: int, grad_accum_steps: int, mesh) -> None:
+    data_parallel = mesh_lib.data_parallel_size(mesh)
+    if batch_size % (grad_accum_steps * data_parallel) or batch_size % jax.process_count():
+        raise ValueError(
+            f"train.batch_size={batch_size} must divide into grad_accum_steps={grad_accum_steps} "
+            f"micro-batches over {data_parallel} data-parallel devices and "
+            f"{jax.process_count()} processes"
+        )
+
+
+def build(config, tokenizer) -> RunSetup:
+    """Model, optimizer, mesh and the sharded initialiser (abstract init, then sharded init)."""
+    model_config = model_config_for(config.model, tokenizer)
+    pipeline_config = pipeline.PipelineConfig.from_config(config.data)
+    if pipeline_config.max_seq_length > model_config.max_position_embeddings:
+        raise ValueError(f"data.max_seq_length={pipeline_config.max_seq_length} exceeds "
+                         f"model max_position_embeddings={model_config.max_position_embeddings}")
+    mesh = mesh_lib.make_mesh(config.mesh)
+    check_batch_divides(config.train.batch_size, config.train.grad_accum_steps, mesh)
+    rules = rules_lib.logical_axis_rules(config.mesh.rules)
+    model = BertForPreTraining(model_config)
+    optimizer, schedule = optim.make_optimizer(config.optimizer, config.train.num_steps)
+
+    length, predictions = pipeline_config.max_seq_length, pipeline_config.num_predictions
+
+    def init_boxed(rng):
+        ids = jax.numpy.zeros((1, length), jax.numpy.int32)
+        positions = jax.numpy.zeros((1, predictions), jax.numpy.int32)
+        params = model.init(rng, ids, masked_positions=positions)["params"]
+        return TrainState(step=jax.numpy.zeros((), jax.numpy.int32), params=params,
+                          opt_state=optimizer.init(params))
+
+    boxed = jax.eval_shape(init_boxed, jax.random.key(0))
+    shardings = mesh_lib.logical_shardings(boxed, mesh, rules)
+    abstract = jax.tree_util.tree_map(
+        lambda s, sh: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sh),
+        nn.unbox(boxed), shardings)
+    init_state = jax.jit(lambda rng: nn.unbox(init_boxed(rng)), out_shardings=shardings)
+    return RunSetup(model_config, pipeline_config, model, mesh, rules, optimizer, schedule,
+                    abstract, shardings, init_state)
+
+
+def parameter_counts(abstract_params) -> dict:
+    counts = {name: int(sum(np.prod(x.shape) for x in jax.tree_util.tree_leaves(sub)))
+              for name, sub in abstract_params.items()}
+    counts["total"] = sum(counts.values())
+    return counts
+
+
+def write_run_description(workdir: str, config, setup: RunSetup) -> None:
+    """config.json and parameter counts at the start of a run (process 0 only)."""
+    if jax.process_index() != 0:
+        return
+    description = {
+        "config": config.to_dict(),
+        "model_config": setup.model_config.to_dict(),
+        "parameter_counts": parameter_counts(setup.abstract_state.params),
+        "mesh": dict(setup.mesh.shape),
+    }
+    with tf.io.gfile.GFile(os.path.join(workdir, "config.json"), "w") as f:
+        json.dump(description, f, indent=2, default=str)
+
+
+def with_mesh_and_rules(setup: RunSetup, fn):
+    """Runs fn under the mesh and logical rules, so activation constraints resolve at trace."""
+
+    @functools.wraps(fn)
+    def wrapped(*args, **kwargs):
+        with jax.set_mesh(setup.mesh), nn.logical_axis_rules(setup.rules):
+            return fn(*args, **kwargs)
+
+    return wrapped

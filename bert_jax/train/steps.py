@@ -1,0 +1,116 @@
+"""Pure train and eval steps, shared by pre-training and fine-tuning (heads differ, not steps).
+
+`train_step(state, batch, rng) -> (state, metrics)` once its static parts (model, optimizer,
+loss) are bound with functools.partial; the loop jits it once with shardings and donation.
+"""
+
+from typing import Callable
+
+import jax
+import jax.numpy as jnp
+import optax
+
+from bert_jax.train import losses
+from bert_jax.train.state import TrainState
+
+# Model inputs that are passed only when the batch has them (packed rows).
+_OPTIONAL_INPUTS = ("sequence_ids", "position_ids")
+
+
+def pretraining_forward(model, params, batch, rng, deterministic: bool):
+    """BertForPreTraining on a batch-contract dict -> {'mlm_logits', 'nsp_logits'}."""
+    optional = {k: batch[k] for k in _OPTIONAL_INPUTS if k in batch}
+    return model.apply(
+        {"params": params}, batch["input_ids"], batch["token_type_ids"], batch["attention_mask"],
+        masked_positions=batch["masked_positions"], deterministic=deterministic,
+        rngs=None if deterministic else {"dropout": rng}, **optional,
+    )
+
+
+def pretraining_sums_fn(model, use_nsp: bool):
+    """(params, batch, rng, deterministic) -> metric sums; the loss derives from the sums."""
+
+    def sums_fn(params, batch, rng, deterministic):
+        outputs = pretraining_forward(model, params, batch, rng, deterministic)
+        return losses.pretraining_sums(outputs, batch, use_nsp)
+
+    return sums_fn
+
+
+def _split_micro_batches(batch: dict, num_micro: int) -> dict:
+    """[B, ...] -> [num_micro, B / num_micro, ...]."""
+
+    def split(x):
+        if x.shape[0] % num_micro:
+            raise ValueError(f"batch of {x.shape[0]} does not split into {num_micro} micro-batches")
+        return x.reshape((num_micro, x.shape[0] // num_micro) + x.shape[1:])
+
+    return jax.tree_util.tree_map(split, batch)
+
+
+def _batch_totals(batch: dict):
+    """Normalisers of the whole batch: real MLM predictions and examples."""
+    return jnp.sum(batch["masked_weights"]), jnp.asarray(batch["input_ids"].shape[0], jnp.float32)
+
+
+def accumulate_gradients(params, batch: dict, rng, sums_fn: Callable, grad_accum_steps: int):
+    """Gradient and metric sums of the batch, over micro-batches by lax.scan when asked."""
+    mlm_total, nsp_total = _batch_totals(batch)
+
+    def grads_and_sums(micro_batch, micro_rng):
+        def loss_fn(p):
+            sums = sums_fn(p, micro_batch, micro_rng, False)
+            return losses.loss_from_sums(sums, mlm_total, nsp_total), sums
+
+        (_, sums), grads = jax.value_and_grad(loss_fn, has_aux=True)(params)
+        return grads, sums
+
+    if grad_accum_steps == 1:
+        return grads_and_sums(batch, rng)
+
+    micro_batches = _split_micro_batches(batch, grad_accum_steps)
+    first = jax.tree_util.tree_map(lambda x: x[0], micro_batches)
+    zeros = jax.tree_util.tree_map(jnp.zeros_like, jax.eval_shape(grads_and_sums, first, rng))
+
+    def body(carry, xs):
+        micro_batch, index = xs
+        grads, sums = grads_and_sums(micro_batch, jax.random.fold_in(rng, index))
+        return (losses.tree_add(carry[0], grads), losses.tree_add(carry[1], sums)), None
+
+    (grads, sums), _ = jax.lax.scan(body, zeros, (micro_batches, jnp.arange(grad_accum_steps)))
+    return grads, sums
+
+
+def train_step(state: TrainState, batch: dict, rng, *, sums_fn: Callable,
+               optimizer: optax.GradientTransformation, schedule: Callable,
+               grad_accum_steps: int = 1):
+    """One optimizer update. A non-finite loss or gradient leaves params and optimizer state
+    untouched (metrics['nonfinite'] = 1) so NaNs never reach the parameters or a checkpoint."""
+    step_rng = jax.random.fold_in(rng, state.step)
+    grads, sums = accumulate_gradients(state.params, batch, step_rng, sums_fn, grad_accum_steps)
+    mlm_total, nsp_total = _batch_totals(batch)
+    loss = losses.loss_from_sums(sums, mlm_total, nsp_total)
+    grad_norm = optax.global_norm(grads)
+    updates, new_opt_state = optimizer.update(grads, state.opt_state, state.params)
+    new_params = optax.apply_updates(state.params, updates)
+
+    finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
+    keep_if_finite = lambda new, old: jnp.where(finite, new, old)  # noqa: E731
+    new_state = TrainState(
+        step=state.step + 1,
+        params=jax.tree_util.tree_map(keep_if_finite, new_params, state.params),
+        opt_state=jax.tree_util.tree_map(keep_if_finite, new_opt_state, state.opt_state),
+    )
+    metrics = {
+        "loss": loss,
+        "grad_norm": grad_norm,
+        "learning_rate": schedule(state.step),
+        "nonfinite": 1.0 - finite.astype(jnp.float32),
+        **losses.summarize(sums),
+    }
+    return new_state, metrics
+
+
+def eval_step(params, batch: dict, *, sums_fn: Callable) -> dict:
+    """Metric sums of one held-out batch (dropout off); the loop adds them over batches."""
+    return sums_fn(params, batch, None, True)
