@@ -24,6 +24,7 @@ import glob as globlib
 import logging
 import os
 import sysconfig
+import threading
 from collections.abc import Iterable, Iterator, Sequence
 
 from bert_jax.data import sentences as sentences_lib
@@ -32,6 +33,9 @@ Document = list[str]
 
 PROSE_DOCUMENT_CHARS = 8000  # ~1,500 words: several 512-token sequences per document
 TFDS_RECORDS_PER_UNIT = 10_000
+# CPython 3.11's ast.parse is not thread-safe ("AST constructor recursion depth mismatch"),
+# and the train and eval iterators read the built-in corpus from separate threads.
+_AST_PARSE_LOCK = threading.Lock()
 _BUILTIN_SKIP_DIRS = frozenset({"test", "tests", "idle_test", "site-packages", "__pycache__"})
 
 log = logging.getLogger(__name__)
@@ -232,7 +236,9 @@ class BuiltinSource(Source):
     def _module_document(self, relpath: str) -> Document:
         with open(os.path.join(self._root, relpath), "rb") as f:
             try:
-                tree = ast.parse(f.read(), filename=relpath)
+                source = f.read()
+                with _AST_PARSE_LOCK:
+                    tree = ast.parse(source, filename=relpath)
             except (SyntaxError, ValueError):
                 self.skips.add("unparsable stdlib module", relpath)
                 return []
