@@ -1,4 +1,13 @@
-"""Pre-training losses and their metrics, in float32 whatever the compute dtype."""
+"""Losses and their metrics, in float32 whatever the compute dtype.
+
+A task's loss comes from metric sums, never from means, so gradient accumulation over
+micro-batches gives exactly the loss of one large batch. An `Objective` bundles what the shared
+train step needs to know about a task: the batch totals that normalise the sums, the loss from
+(sums, totals), and the logged means. Pre-training is `PRETRAINING`; fine-tuning tasks make their own.
+"""
+
+import dataclasses
+from typing import Callable
 
 import jax
 import jax.numpy as jnp
@@ -56,6 +65,28 @@ def summarize(sums: dict) -> dict:
         metrics["nsp_loss"] = sums["nsp_loss_sum"] / jnp.maximum(sums["nsp_count"], 1.0)
         metrics["nsp_accuracy"] = sums["nsp_correct"] / jnp.maximum(sums["nsp_count"], 1.0)
     return metrics
+
+
+def pretraining_totals(batch: dict) -> dict:
+    """Normalisers of the whole batch: real MLM predictions and examples."""
+    return {"mlm_weight": jnp.sum(batch["masked_weights"]),
+            "nsp_count": jnp.asarray(batch["input_ids"].shape[0], jnp.float32)}
+
+
+def pretraining_loss(sums: dict, totals: dict):
+    return loss_from_sums(sums, totals["mlm_weight"], totals["nsp_count"])
+
+
+@dataclasses.dataclass(frozen=True)
+class Objective:
+    """What the shared train step needs from a task besides its forward pass (`sums_fn`)."""
+
+    totals: Callable[[dict], dict]  # batch -> normalisers of the whole (accumulated) batch
+    loss: Callable[[dict, dict], jax.Array]  # (sums, totals) -> scalar loss
+    summarize: Callable[[dict], dict]  # sums -> logged means
+
+
+PRETRAINING = Objective(totals=pretraining_totals, loss=pretraining_loss, summarize=summarize)
 
 
 def tree_add(a, b):

@@ -48,19 +48,15 @@ def _split_micro_batches(batch: dict, num_micro: int) -> dict:
     return jax.tree_util.tree_map(split, batch)
 
 
-def _batch_totals(batch: dict):
-    """Normalisers of the whole batch: real MLM predictions and examples."""
-    return jnp.sum(batch["masked_weights"]), jnp.asarray(batch["input_ids"].shape[0], jnp.float32)
-
-
-def accumulate_gradients(params, batch: dict, rng, sums_fn: Callable, grad_accum_steps: int):
+def accumulate_gradients(params, batch: dict, rng, sums_fn: Callable, grad_accum_steps: int,
+                         objective: losses.Objective = losses.PRETRAINING):
     """Gradient and metric sums of the batch, over micro-batches by lax.scan when asked."""
-    mlm_total, nsp_total = _batch_totals(batch)
+    totals = objective.totals(batch)
 
     def grads_and_sums(micro_batch, micro_rng):
         def loss_fn(p):
             sums = sums_fn(p, micro_batch, micro_rng, False)
-            return losses.loss_from_sums(sums, mlm_total, nsp_total), sums
+            return objective.loss(sums, totals), sums
 
         (_, sums), grads = jax.value_and_grad(loss_fn, has_aux=True)(params)
         return grads, sums
@@ -83,13 +79,16 @@ def accumulate_gradients(params, batch: dict, rng, sums_fn: Callable, grad_accum
 
 def train_step(state: TrainState, batch: dict, rng, *, sums_fn: Callable,
                optimizer: optax.GradientTransformation, schedule: Callable,
-               grad_accum_steps: int = 1):
+               grad_accum_steps: int = 1, objective: losses.Objective = losses.PRETRAINING):
     """One optimizer update. A non-finite loss or gradient leaves params and optimizer state
-    untouched (metrics['nonfinite'] = 1) so NaNs never reach the parameters or a checkpoint."""
+    untouched (metrics['nonfinite'] = 1) so NaNs never reach the parameters or a checkpoint.
+
+    `objective` says how the task's sums become its loss (pre-training's MLM + NSP by default).
+    """
     step_rng = jax.random.fold_in(rng, state.step)
-    grads, sums = accumulate_gradients(state.params, batch, step_rng, sums_fn, grad_accum_steps)
-    mlm_total, nsp_total = _batch_totals(batch)
-    loss = losses.loss_from_sums(sums, mlm_total, nsp_total)
+    grads, sums = accumulate_gradients(state.params, batch, step_rng, sums_fn, grad_accum_steps,
+                                       objective)
+    loss = objective.loss(sums, objective.totals(batch))
     grad_norm = optax.global_norm(grads)
     updates, new_opt_state = optimizer.update(grads, state.opt_state, state.params)
     new_params = optax.apply_updates(state.params, updates)
@@ -106,7 +105,7 @@ def train_step(state: TrainState, batch: dict, rng, *, sums_fn: Callable,
         "grad_norm": grad_norm,
         "learning_rate": schedule(state.step),
         "nonfinite": 1.0 - finite.astype(jnp.float32),
-        **losses.summarize(sums),
+        **objective.summarize(sums),
     }
     return new_state, metrics
 
