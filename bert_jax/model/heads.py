@@ -68,3 +68,42 @@ class BertForPreTraining(nn.Module):
             "mlm_logits": self.mlm_head(sequence_output, masked_positions, self.bert.embeddings),
             "nsp_logits": self.nsp_head(pooled_output),
         }
+
+
+class ClassificationHead(nn.Module):
+    """Dropout + dense on the pooled [CLS] output: [B, H] -> [B, num_labels] float32 logits.
+
+    num_labels = 1 is a regression head (STS-B): its single output is the predicted score.
+    """
+
+    config: ModelConfig
+    num_labels: int
+
+    @nn.compact
+    def __call__(self, pooled_output, deterministic: bool = True):
+        x = nn.Dropout(self.config.hidden_dropout)(pooled_output, deterministic=deterministic)
+        logits = dense(self.config, self.num_labels, ("embed", None), name="dense")(x)
+        return logits.astype(jnp.float32)  # [B, num_labels]
+
+
+class BertForSequenceClassification(nn.Module):
+    """Encoder + a classification (or regression) head on the pooled output.
+
+    Params are {'bert': {embeddings, encoder, pooler}, 'classifier': {dense}}: the encoder sits
+    where pre-training keeps it, so a pre-training checkpoint's `bert` subtree drops in as is.
+    """
+
+    config: ModelConfig
+    num_labels: int
+
+    def setup(self):
+        if self.num_labels < 1:
+            raise ValueError(f"num_labels must be positive, got {self.num_labels}")
+        self.bert = BertEncoder(self.config)
+        self.classifier = ClassificationHead(self.config, self.num_labels)
+
+    def __call__(self, input_ids, token_type_ids=None, attention_mask=None, *,
+                 deterministic: bool = True):
+        _, pooled_output = self.bert(input_ids, token_type_ids, attention_mask,
+                                     deterministic=deterministic)
+        return self.classifier(pooled_output, deterministic)  # [B, num_labels]
