@@ -42,7 +42,8 @@ setuptools.setup(
     long_description_content_type="text/markdown",
     license="Apache-2.0",
     python_requires=">=3.11",
-    packages=setuptools.find_packages(include=["bert_jax", "bert_jax.*"]),
+    # configs/ ships too, so `from configs import pretrain` works in notebooks and scripts.
+    packages=setuptools.find_packages(include=["bert_jax", "bert_jax.*", "configs", "configs.*"]),
     install_requires=RUNTIME,
     extras_require=EXTRAS,
 )

@@ -1,0 +1,108 @@
+"""Training-step throughput: tokens/s, model TFLOP/s and MFU of one BERT optimizer step.
+
+    python benchmarks/train_step.py --size=base --seq_len=128 --batch=8 --dtype=float32
+
+Measures, in one process, the device's peak matmul rate in the same dtype (the reference for
+MFU) and the full step: forward, backward and AdamW update on a synthetic batch with the
+batch contract's shapes (15% of positions predicted). FLOPs are those of the training logs
+(bert_jax.train.metrics.flops_per_token). The last line is `tokens_per_sec=<N> mfu=<F>`.
+"""
+
+import functools
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from absl import app, flags
+from ml_collections import config_dict
+
+from bert_jax.data import masking
+from bert_jax.model import BertForPreTraining, ModelConfig
+from bert_jax.train import metrics, optim, steps
+from bert_jax.train.state import TrainState
+
+_SIZE = flags.DEFINE_string("size", "base", "Model size: tiny, mini, small, medium, base, large.")
+_SEQ_LEN = flags.DEFINE_integer("seq_len", 128, "Sequence length.")
+_BATCH = flags.DEFINE_integer("batch", 8, "Sequences per step.")
+_DTYPE = flags.DEFINE_enum("dtype", "float32", ["float32", "bfloat16"], "Compute dtype.")
+_STEPS = flags.DEFINE_integer("steps", 10, "Timed steps (after 2 warm-up steps).")
+_REMAT = flags.DEFINE_string("remat", "none", "Remat policy: none, full, dots, dots_no_batch.")
+_SCAN = flags.DEFINE_bool("scan", False, "nn.scan over layers.")
+_ATTENTION = flags.DEFINE_string("attention", None, "Attention implementation: xla or cudnn.")
+_DROPOUT = flags.DEFINE_float("dropout", 0.1, "Hidden and attention dropout.")
+
+
+def synthetic_batch(rng: np.random.Generator, config: ModelConfig, batch: int, length: int,
+                    predictions: int) -> dict:
+    positions = np.sort(np.stack([rng.choice(np.arange(1, length), predictions, replace=False)
+                                  for _ in range(batch)]), axis=1)
+    return {
+        "input_ids": rng.integers(5, config.vocab_size, (batch, length)).astype(np.int32),
+        "token_type_ids": (np.arange(length) >= length // 2).astype(np.int32)[None].repeat(batch, 0),
+        "attention_mask": np.ones((batch, length), np.int32),
+        "masked_positions": positions.astype(np.int32),
+        "masked_ids": rng.integers(5, config.vocab_size, (batch, predictions)).astype(np.int32),
+        "masked_weights": np.ones((batch, predictions), np.float32),
+        "next_sentence_label": rng.integers(0, 2, (batch,)).astype(np.int32),
+    }
+
+
+def make_step(model_config: ModelConfig, num_steps: int):
+    model = BertForPreTraining(model_config)
+    optimizer_config = config_dict.ConfigDict(dict(
+        name="adamw", learning_rate=1e-4, warmup_steps=10, weight_decay=0.01, b1=0.9, b2=0.999,
+        eps=1e-6, grad_clip_norm=1.0))
+    optimizer, schedule = optim.make_optimizer(optimizer_config, num_steps)
+    step = jax.jit(functools.partial(
+        steps.train_step, sums_fn=steps.pretraining_sums_fn(model, use_nsp=True),
+        optimizer=optimizer, schedule=schedule), donate_argnums=0)
+    return model, optimizer, step
+
+
+def main(argv):
+    del argv
+    length, batch = _SEQ_LEN.value, _BATCH.value
+    predictions = masking.default_max_predictions(length, 0.15)
+    model_config = ModelConfig.from_size(
+        _SIZE.value, dtype=_DTYPE.value, remat_policy=_REMAT.value, scan_layers=_SCAN.value,
+        attention_implementation=_ATTENTION.value, hidden_dropout=_DROPOUT.value,
+        attention_dropout=_DROPOUT.value, max_position_embeddings=max(512, length))
+    device = jax.devices()[0]
+    peak = metrics.measure_matmul_peak(_DTYPE.value)
+    datasheet = metrics.datasheet_peak(_DTYPE.value, device)
+    print(f"device={device.device_kind} measured_matmul_peak_tflops={peak / 1e12:.3f}"
+          + (f" datasheet_peak_tflops={datasheet / 1e12:.1f}" if datasheet else ""))
+
+    model, optimizer, step = make_step(model_config, _STEPS.value + 2)
+    data = synthetic_batch(np.random.default_rng(0), model_config, batch, length, predictions)
+    data = jax.device_put(data)
+    params = jax.jit(model.init)(jax.random.key(0), data["input_ids"],
+                                 masked_positions=data["masked_positions"])["params"]
+    import flax.linen as nn
+
+    params = nn.unbox(params)
+    state = TrainState(step=jnp.zeros((), jnp.int32), params=params,
+                       opt_state=optimizer.init(params))
+    rng = jax.random.key(1)
+    for _ in range(2):  # compile and warm up
+        state, out = step(state, data, rng)
+    jax.block_until_ready(out)
+    start = time.perf_counter()
+    for _ in range(_STEPS.value):
+        state, out = step(state, data, rng)
+    jax.block_until_ready(out)
+    elapsed = time.perf_counter() - start
+
+    tokens_per_sec = batch * length * _STEPS.value / elapsed
+    flops = metrics.flops_per_token(model_config, length, predictions) * tokens_per_sec
+    mfu = flops / peak
+    print(f"size={_SIZE.value} seq_len={length} batch={batch} dtype={_DTYPE.value} "
+          f"step_ms={1000 * elapsed / _STEPS.value:.1f} model_tflops={flops / 1e12:.3f} "
+          f"mfu_vs_measured={mfu:.3f}"
+          + (f" mfu_vs_datasheet={flops / datasheet:.3f}" if datasheet else ""))
+    print(f"tokens_per_sec={tokens_per_sec:.1f} mfu={mfu:.3f}")
+
+
+if __name__ == "__main__":
+    app.run(main)
