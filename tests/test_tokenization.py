@@ -135,6 +135,32 @@ def test_wordpiece_edge_cases_equal_reference(minilm_vocab, lowercase):
     assert expected[4][0] == ours.unk_id  # a 150-character word is [UNK]
 
 
+@pytest.mark.parametrize("lowercase", [True, False], ids=["uncased", "cased"])
+def test_wordpiece_ids_do_not_depend_on_the_memo(data_dir, minilm_vocab, lowercase):
+    """The plain-text path memoises pieces per token; a tiny memo restarting often, and texts
+    with separators or specials in them, still give the full BERT pipeline's ids."""
+    ours = WordPieceTokenizer(minilm_vocab, lowercase=lowercase)
+    ours._plain.MEMO_TOKENS = 60
+    sentences = _parity_sentences(data_dir) + ["a\x00b", "[MASK] [mask]", "", " \t", "x" * 120]
+    expected = [e.ids for e in ours._tok.encode_batch(sentences, add_special_tokens=False)]
+    got = []
+    for start in range(0, len(sentences), 37):
+        got += ours.encode_batch(sentences[start : start + 37])
+    assert got == expected
+    # It restarted: a batch's own tokens may overfill it, never the corpus's.
+    assert len(ours._plain._row) < len(set(" ".join(sentences).split())) / 4
+
+
+def test_encode_flat_is_encode_batch_back_to_back(any_tokenizer, data_dir):
+    texts = _book_lines(data_dir, "84-0.txt")[300:500] + [""]
+    ids, lengths = any_tokenizer.encode_flat(texts)
+    batch = any_tokenizer.encode_batch(texts)
+    assert ids.dtype == np.int32 and lengths.tolist() == [len(b) for b in batch]
+    assert ids.tolist() == [i for b in batch for i in b]
+    empty_ids, empty_lengths = any_tokenizer.encode_flat([])
+    assert len(empty_ids) == 0 and len(empty_lengths) == 0
+
+
 def test_wordpiece_specials_and_vocab(wordpiece, data_dir):
     ids = (
         wordpiece.pad_id,

@@ -171,9 +171,7 @@ class _ExampleStream:
 
     def _tokenize(self, docs: list[list[str]]) -> TokenizedChunk:
         """All sentences of the chunk in one batched tokenizer call, as one flat id array."""
-        ids = self.tokenizer.encode_batch([s for doc in docs for s in doc])
-        lengths = np.fromiter(map(len, ids), np.int64, len(ids))  # [S]
-        flat = np.fromiter(itertools.chain.from_iterable(ids), np.int32, int(lengths.sum()))
+        flat, lengths = _encode_flat(self.tokenizer, [s for doc in docs for s in doc])  # [T], [S]
         doc_of_sentence = np.repeat(np.arange(len(docs)), [len(d) for d in docs])  # [S]
         keep = lengths > 0  # sentences with no tokens (e.g. only control characters) vanish
         lengths, doc_of_sentence = lengths[keep], doc_of_sentence[keep]
@@ -186,6 +184,15 @@ class _ExampleStream:
             np.concatenate([[0], np.cumsum(lengths)]),
             np.concatenate([[0], np.cumsum(per_doc)]),
         )
+
+
+def _encode_flat(tokenizer, texts: list[str]) -> tuple[np.ndarray, np.ndarray]:
+    """Ids of all texts back to back, and each text's count: Tokenizer.encode_flat if it has one."""
+    if hasattr(tokenizer, "encode_flat"):
+        return tokenizer.encode_flat(texts)
+    ids = tokenizer.encode_batch(texts)
+    lengths = np.fromiter(map(len, ids), np.int64, len(ids))
+    return np.fromiter(itertools.chain.from_iterable(ids), np.int32, int(lengths.sum())), lengths
 
 
 def train_unit_order(num_units: int, seed: int, host: int, epoch: int) -> list[int]:

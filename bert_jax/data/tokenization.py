@@ -20,6 +20,7 @@ import itertools
 import json
 import os
 import re
+import threading
 from collections.abc import Iterable, Iterator, Sequence
 
 import numpy as np
@@ -83,7 +84,17 @@ class Tokenizer(abc.ABC):
 
     @abc.abstractmethod
     def encode_batch(self, texts: Sequence[str]) -> list[list[int]]:
-        """Token ids of many texts at once (multi-threaded native code; the pipeline's path)."""
+        """Token ids of many texts at once (multi-threaded native code)."""
+
+    def encode_flat(self, texts: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
+        """encode_batch's ids back to back ([T] int32) and each text's count ([N] int64).
+
+        The pipeline's path: no list per text, which kinds with a faster route override.
+        """
+        ids = self.encode_batch(texts)
+        lengths = np.fromiter(map(len, ids), np.int64, len(ids))
+        flat = np.fromiter(itertools.chain.from_iterable(ids), np.int32, int(lengths.sum()))
+        return flat, lengths
 
     def decode(self, ids: Iterable[int], skip_special_tokens: bool = False) -> str:
         """Text of token ids; special tokens are kept unless `skip_special_tokens`."""
@@ -151,20 +162,49 @@ class WordPieceTokenizer(Tokenizer):
                 f"(a BERT vocab needs all of {' '.join(SPECIAL_TOKENS)})"
             )
         super().__init__({t: vocab[t] for t in SPECIAL_TOKENS})
-        self._tok = _build_wordpiece(vocab, lowercase, bert_normalizer=True)
-        self._plain_tok = _build_wordpiece(vocab, lowercase, bert_normalizer=False)
+        self._tok = _build_wordpiece(vocab, lowercase)
+        self._plain = _PlainPieces(tokenizers.Tokenizer(_wordpiece_model(vocab)))
 
     @property
     def vocab_size(self) -> int:
         return len(self._tokens)
 
     def encode_batch(self, texts: Sequence[str]) -> list[list[int]]:
-        # BertNormalizer costs ~4x the rest of the pipeline; texts it leaves as they are (see
-        # _is_plain) take a tokenizer that only lowercases, giving the same ids.
-        plain = [_is_plain(text) is not None for text in texts]
-        fast = iter(_ids(self._plain_tok, [t for t, p in zip(texts, plain) if p]))
-        slow = iter(_ids(self._tok, [t for t, p in zip(texts, plain) if not p]))
-        return [next(fast) if p else next(slow) for p in plain]
+        flat, lengths = self.encode_flat(texts)
+        ends = np.cumsum(lengths).tolist()
+        ids = flat.tolist()
+        return [ids[end - n : end] for end, n in zip(ends, lengths.tolist())]
+
+    def encode_flat(self, texts: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
+        # BertNormalizer and BertPreTokenizer cost far more than WordPiece itself, and so does
+        # building an Encoding per text. Plain texts (see _not_plain_texts) need neither: there,
+        # lowercasing and splitting are str methods, and each distinct word of the batch goes
+        # through WordPiece once. Other texts take the full BERT pipeline. Same ids either way.
+        texts = list(texts)
+        if not texts:
+            return np.zeros([0], np.int32), np.zeros([0], np.int64)
+        joined = _SEPARATOR.join(texts)
+        slow = _not_plain_texts(joined, texts)
+        if not slow:
+            return self._encode_plain(joined)
+        fast = [i for i in range(len(texts)) if i not in slow]
+        slow = sorted(slow)
+        fast_ids, fast_lengths = self._encode_plain(_SEPARATOR.join(texts[i] for i in fast))
+        if not fast:
+            fast_lengths = fast_lengths[:0]
+        slow_ids = _ids(self._tok, [texts[i] for i in slow])
+        slow_lengths = np.fromiter(map(len, slow_ids), np.int64, len(slow))
+        slow_ids = np.fromiter(itertools.chain.from_iterable(slow_ids), np.int32,
+                               int(slow_lengths.sum()))
+        return _interleave(
+            len(texts), (fast, fast_ids, fast_lengths), (slow, slow_ids, slow_lengths)
+        )
+
+    def _encode_plain(self, joined: str) -> tuple[np.ndarray, np.ndarray]:
+        """encode_flat of plain texts joined by _SEPARATOR."""
+        if self.lowercase:
+            joined = joined.lower()  # = the Lowercase normaliser on plain text
+        return self._plain.encode(joined)
 
     def _decode(self, ids: list[int]) -> str:
         return self._tok.decode(ids, skip_special_tokens=False)
@@ -202,6 +242,114 @@ def _read_vocab_lines(vocab_file: str) -> list[str]:
 # Characters BertNormalizer leaves alone (no control, accent or CJK character; NFD-invariant)
 # apart from lowercasing: printable ASCII, \t \n \r, and typographic punctuation such as ’ “ ” —.
 _is_plain = re.compile(r"[\t\n\r\x20-\x7e\u2010-\u2027]*").fullmatch
+_BREAK = "\x00"  # marks the end of a text in a batch; no plain text holds it
+_SEPARATOR = f" {_BREAK} "
+# What makes a text not plain: another character, or a special token typed in it (matched
+# before normalisation). _BREAK is another character too, and excluded here; "[" is found
+# here, and a special token only if one starts there (one character class scans fastest).
+_NOT_PLAIN_OR_BRACKET = re.compile(r"[^\x00\t\n\r\x20-\x5a\x5c-\x7e\u2010-\u2027]")
+# BertPreTokenizer on plain text without whitespace: runs of letters and digits; every other
+# character is punctuation and a word of its own.
+_PLAIN_WORD = re.compile(r"[0-9A-Za-z]+|[^0-9A-Za-z]")
+
+
+class _PlainPieces:
+    """WordPiece ids of plain, normalised text: BertPreTokenizer's split with str methods, and
+    the pieces of each space-delimited token remembered, up to MEMO_TOKENS distinct tokens.
+
+    The memo is what makes this fast (most tokens of a text were seen before) and is bounded,
+    so memory does not grow with the corpus; the ids never depend on what it holds.
+    """
+
+    MEMO_TOKENS = 1 << 17  # ~20 MB when full; then it starts afresh with the batch's tokens
+
+    def __init__(self, words_tok: tokenizers.Tokenizer):
+        self._words_tok = words_tok  # a bare WordPiece model: words in, pieces out
+        self._lock = threading.Lock()  # the memo is shared by the threads that encode
+        self._reset()
+
+    def _reset(self):
+        self._row = {_BREAK: 0}  # token -> row of the memo
+        self._pieces = np.zeros([0], np.int32)  # [P] every row's piece ids back to back
+        self._counts = np.zeros([1], np.int64)  # [R] pieces per row (_BREAK: none)
+
+    def encode(self, joined: str) -> tuple[np.ndarray, np.ndarray]:
+        """Flat ids and per-text counts of plain texts joined by _SEPARATOR."""
+        tokens = joined.split()  # [N] space-delimited tokens, _BREAK between texts
+        with self._lock:
+            rows = np.fromiter(map(self._row.get, tokens, itertools.repeat(-1)), np.int64,
+                               len(tokens))  # [N]
+            missing = np.flatnonzero(rows < 0)
+            if len(missing):
+                new = _distinct([tokens[i] for i in missing])
+                if len(self._row) + len(new) > self.MEMO_TOKENS:
+                    self._reset()
+                    new, missing = _distinct(tokens, drop=_BREAK), np.arange(len(tokens))
+                self._add(new)
+                rows[missing] = [self._row[tokens[i]] for i in missing]
+            flat, lengths = _gather(rows, self._pieces, self._counts)  # [T], [N]
+        text_ends = np.cumsum(lengths)[rows == 0]  # tokens before each _BREAK
+        return flat, np.diff(text_ends, prepend=0, append=len(flat))
+
+    def _add(self, tokens: list[str]) -> None:
+        """Memoises the pieces of new distinct tokens: each distinct word through WordPiece once."""
+        words_of = [_PLAIN_WORD.findall(t) for t in tokens]  # BertPreTokenizer's split
+        words = list(itertools.chain.from_iterable(words_of))
+        vocab = _distinct(words)
+        encoding = self._words_tok.encode(vocab, is_pretokenized=True, add_special_tokens=False)
+        num_pieces = np.bincount(np.array(encoding.word_ids, np.int64), minlength=len(vocab))
+        word_index = dict(zip(vocab, range(len(vocab))))
+        word = np.fromiter(map(word_index.__getitem__, words), np.int64, len(words))  # [W]
+        pieces, word_counts = _gather(word, np.array(encoding.ids, np.int32), num_pieces)
+        owner = np.repeat(np.arange(len(tokens)), list(map(len, words_of)))  # [W] its token
+        counts = np.bincount(owner, word_counts, minlength=len(tokens)).astype(np.int64)
+        self._row.update(zip(tokens, range(len(self._counts), len(self._counts) + len(tokens))))
+        self._pieces = np.concatenate([self._pieces, pieces])
+        self._counts = np.concatenate([self._counts, counts])
+
+
+def _not_plain_texts(joined: str, texts: list[str]) -> set[int]:
+    """Indices of the texts that are not plain, `joined` being them joined by _SEPARATOR."""
+    ends = np.cumsum([len(t) + len(_SEPARATOR) for t in texts])  # [N] past each separator
+    positions = [
+        p for p in (m.start() for m in _NOT_PLAIN_OR_BRACKET.finditer(joined))
+        if joined[p] != "[" or joined.startswith(SPECIAL_TOKENS, p)
+    ]
+    slow = set(np.searchsorted(ends, positions, side="right").tolist())
+    if joined.count(_BREAK) != len(texts) - 1:  # texts that hold _BREAK: not plain
+        slow.update(i for i, t in enumerate(texts) if _BREAK in t)
+    return slow
+
+
+def _distinct(items: list[str], drop: str | None = None) -> list[str]:
+    """The distinct items in order of first appearance, without `drop`."""
+    unique = dict.fromkeys(items)
+    unique.pop(drop, None)
+    return list(unique)
+
+
+def _gather(items: np.ndarray, flat: np.ndarray, counts: np.ndarray):
+    """Runs of `flat` (counts[i] values for item i, back to back) for a sequence of items:
+    the concatenated values and each item's count."""
+    lengths = counts[items]  # [N]
+    ends = np.cumsum(lengths)
+    first = (np.cumsum(counts) - counts)[items]  # [N] where each item's run starts in flat
+    total = int(ends[-1]) if len(ends) else 0
+    return flat[np.repeat(first - (ends - lengths), lengths) + np.arange(total)], lengths
+
+
+def _interleave(n: int, *parts: tuple[list[int], np.ndarray, np.ndarray]):
+    """Merges (text indices, flat ids, lengths) parts into the flat ids and lengths of n texts."""
+    lengths = np.zeros([n], np.int64)
+    for index, _, part_lengths in parts:
+        lengths[index] = part_lengths
+    starts = np.cumsum(lengths) - lengths  # [N] where each text's ids go
+    flat = np.zeros([int(lengths.sum())], np.int32)
+    for index, ids, part_lengths in parts:
+        if len(ids):
+            shift = starts[index] - (np.cumsum(part_lengths) - part_lengths)
+            flat[np.repeat(shift, part_lengths) + np.arange(len(ids))] = ids
+    return flat, lengths
 
 
 def _ids(tok: tokenizers.Tokenizer, texts: list[str]) -> list[list[int]]:
@@ -209,25 +357,19 @@ def _ids(tok: tokenizers.Tokenizer, texts: list[str]) -> list[list[int]]:
     return [e.ids for e in tok.encode_batch_fast(texts, add_special_tokens=False)]
 
 
-def _build_wordpiece(
-    vocab: dict[str, int], lowercase: bool, bert_normalizer: bool
-) -> tokenizers.Tokenizer:
-    """The BERT pipeline: clean + (lowercase, strip accents) + split CJK, punctuation, ##pieces.
-
-    Without `bert_normalizer` it only lowercases (if asked): for plain text (_is_plain) only.
-    """
-    tok = tokenizers.Tokenizer(
-        models.WordPiece(
-            vocab, unk_token=UNK, continuing_subword_prefix="##", max_input_chars_per_word=100
-        )
+def _wordpiece_model(vocab: dict[str, int]) -> models.WordPiece:
+    return models.WordPiece(
+        vocab, unk_token=UNK, continuing_subword_prefix="##", max_input_chars_per_word=100
     )
-    if bert_normalizer:
-        # strip_accents=None follows `lowercase`, as BERT's uncased/cased releases do.
-        tok.normalizer = normalizers.BertNormalizer(
-            clean_text=True, handle_chinese_chars=True, strip_accents=None, lowercase=lowercase
-        )
-    elif lowercase:
-        tok.normalizer = normalizers.Lowercase()
+
+
+def _build_wordpiece(vocab: dict[str, int], lowercase: bool) -> tokenizers.Tokenizer:
+    """The BERT pipeline: clean + (lowercase, strip accents) + split CJK, punctuation, ##pieces."""
+    tok = tokenizers.Tokenizer(_wordpiece_model(vocab))
+    # strip_accents=None follows `lowercase`, as BERT's uncased/cased releases do.
+    tok.normalizer = normalizers.BertNormalizer(
+        clean_text=True, handle_chinese_chars=True, strip_accents=None, lowercase=lowercase
+    )
     tok.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
     tok.decoder = decoders.WordPiece(prefix="##", cleanup=True)
     # Registered as special so that e.g. "[MASK]" in a prompt matches before lowercasing.
