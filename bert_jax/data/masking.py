@@ -62,11 +62,21 @@ def mask_batch(
         selected = _select_whole_words(input_ids, maskable, n, tables, rng)
     else:
         keys = np.where(maskable, rng.random((batch, length)), 2.0)  # [B, L]; 2: never chosen
-        order = np.argsort(keys, axis=1, kind="stable")[:, :max_predictions]  # [B, P]
+        order = _smallest(keys, max_predictions)  # [B, P]
         selected = np.zeros((batch, length), bool)
         chosen = np.arange(order.shape[1])[None, :] < n[:, None]  # [B, P]
         np.put_along_axis(selected, order, chosen, axis=1)
     return _apply(input_ids, selected, tables, max_predictions, rng)
+
+
+def _smallest(keys: np.ndarray, k: int) -> np.ndarray:
+    """[B, k] column indices of each row's k smallest keys, smallest first (argsort's first k
+    for distinct keys; a partition then a small sort instead of sorting whole rows)."""
+    if k >= keys.shape[1]:
+        return np.argsort(keys, axis=1, kind="stable")
+    part = np.argpartition(keys, k - 1, axis=1)[:, :k]  # [B, k] in no order
+    return np.take_along_axis(part, np.argsort(np.take_along_axis(keys, part, axis=1), axis=1,
+                                               kind="stable"), axis=1)
 
 
 def _select_whole_words(
@@ -101,10 +111,15 @@ def _apply(
 ) -> dict[str, np.ndarray]:
     """Corrupts the selected tokens and lays out the [B, P] targets in position order."""
     batch, length = input_ids.shape
-    # Selected positions first, in position order: sort by (not selected, position).
-    order = np.argsort(~selected, axis=1, kind="stable")[:, :max_predictions]  # [B, P]
-    weights = np.take_along_axis(selected, order, axis=1)  # [B, P]
-    positions = np.where(weights, order, 0).astype(np.int32)
+    # Selected positions in position order, at most P per row (never more are selected).
+    rows, cols = np.nonzero(selected)  # row-major: by row, then position
+    counts = np.bincount(rows, minlength=batch)  # [B]
+    rank = np.arange(len(rows)) - np.repeat(np.cumsum(counts) - counts, counts)
+    keep = rank < max_predictions
+    positions = np.zeros((batch, max_predictions), np.int32)  # [B, P]
+    weights = np.zeros((batch, max_predictions), bool)
+    positions[rows[keep], rank[keep]] = cols[keep]
+    weights[rows[keep], rank[keep]] = True
     targets = np.where(weights, np.take_along_axis(input_ids, positions, axis=1), 0)
     u = rng.random((batch, max_predictions))  # [B, P]
     draws = rng.integers(0, len(tables.random_ids), (batch, max_predictions))  # [B, P]

@@ -24,6 +24,7 @@ _CANDIDATE = re.compile(
     r"[.!?\u2026]+[\"'\u2019\u201d)\]_]*(\s+)(?=[\"'\u2018\u201c(\[_]*[A-Z0-9\u00c0-\u00de])"
 )
 _LEADING_PUNCT = "\"'\u2018\u201c([_*"
+_PARAGRAPH_BREAK = re.compile(r"\n\s*\n")  # a line end, blank lines, the next line's start
 
 
 def split_sentences(paragraph: str) -> list[str]:
@@ -32,21 +33,19 @@ def split_sentences(paragraph: str) -> list[str]:
     start = 0
     for match in _CANDIDATE.finditer(paragraph):
         end = match.start(1)  # just after the punctuation and closing quotes
-        if paragraph[end - 1] == "." and _is_abbreviation(paragraph, start, end):
-            continue
+        if paragraph[end - 1] == ".":
+            # The word ending here, with its period: an abbreviation or an initial
+            # ("J. R. R. Tolkien", "4 A. M.") ends no sentence.
+            word_start = max(paragraph.rfind(" ", start, end) + 1, start)
+            word = paragraph[word_start:end].lstrip(_LEADING_PUNCT).rstrip(".").lower()
+            if word in ABBREVIATIONS or (len(word) == 1 and word.isalpha()):
+                continue
         sentences.append(paragraph[start:end])
         start = match.end()
-    sentences.append(paragraph[start:].strip())
-    return [s for s in sentences if s]
-
-
-def _is_abbreviation(text: str, start: int, end: int) -> bool:
-    """Whether the word that ends at `end` (with its period) is an abbreviation or an initial."""
-    word_start = max(text.rfind(" ", start, end) + 1, start)
-    word = text[word_start:end].lstrip(_LEADING_PUNCT).rstrip(".").lower()
-    if len(word) == 1 and word.isalpha():  # an initial: "J. R. R. Tolkien", "4 A. M."
-        return True
-    return word in ABBREVIATIONS
+    last = paragraph[start:].strip()
+    if last:
+        sentences.append(last)
+    return sentences  # none empty: each holds at least its terminal punctuation
 
 
 def iter_paragraphs(lines: Iterable[str]) -> Iterator[str]:
@@ -60,6 +59,19 @@ def iter_paragraphs(lines: Iterable[str]) -> Iterator[str]:
             current = []
     if current:
         yield " ".join(" ".join(current).split())
+
+
+def iter_text_paragraphs(blocks: Iterable[str]) -> Iterator[str]:
+    """iter_paragraphs of text that arrives in blocks ending at line ends: a regex finds the
+    blank lines instead of a Python loop over lines."""
+    rest = ""
+    for block in blocks:
+        parts = _PARAGRAPH_BREAK.split(rest + block)
+        rest = parts.pop()  # the last paragraph may go on in the next block
+        yield from filter(None, (" ".join(part.split()) for part in parts))
+    last = " ".join(rest.split())
+    if last:
+        yield last
 
 
 def text_to_sentences(text: str) -> list[str]:

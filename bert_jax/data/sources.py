@@ -25,7 +25,7 @@ import logging
 import os
 import sysconfig
 import threading
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 
 from bert_jax.data import sentences as sentences_lib
 
@@ -33,6 +33,7 @@ Document = list[str]
 
 PROSE_DOCUMENT_CHARS = 8000  # ~1,500 words: several 512-token sequences per document
 TFDS_RECORDS_PER_UNIT = 10_000
+READ_BLOCK_BYTES = 1 << 20
 # CPython 3.11's ast.parse is not thread-safe ("AST constructor recursion depth mismatch"),
 # and the train and eval iterators read the built-in corpus from separate threads.
 _AST_PARSE_LOCK = threading.Lock()
@@ -104,7 +105,7 @@ class _FileSource(Source):
     def read_unit(self, unit: int, start_doc: int = 0) -> Iterator[Document]:
         path = self.files[unit]
         empty = True
-        for index, doc in enumerate(self._documents(_read_lines(path, self.skips))):
+        for index, doc in enumerate(self._documents(path)):
             empty = False
             if index >= start_doc:
                 yield doc
@@ -112,16 +113,16 @@ class _FileSource(Source):
             self.skips.add("input file without text skipped", path)
 
     @abc.abstractmethod
-    def _documents(self, lines: Iterable[str]) -> Iterator[Document]:
-        """The non-empty documents of a file's lines."""
+    def _documents(self, path: str) -> Iterator[Document]:
+        """The non-empty documents of a file."""
 
 
 class TextSource(_FileSource):
     """Original BERT format: one sentence per line, blank lines between documents."""
 
-    def _documents(self, lines: Iterable[str]) -> Iterator[Document]:
+    def _documents(self, path: str) -> Iterator[Document]:
         doc: Document = []
-        for line in lines:
+        for line in _read_lines(path, self.skips):
             line = line.strip()
             if line:
                 doc.append(line)
@@ -135,10 +136,10 @@ class TextSource(_FileSource):
 class ProseSource(_FileSource):
     """Paragraphs separated by blank lines; documents of >= PROSE_DOCUMENT_CHARS characters."""
 
-    def _documents(self, lines: Iterable[str]) -> Iterator[Document]:
+    def _documents(self, path: str) -> Iterator[Document]:
         doc: Document = []
         chars = 0
-        for paragraph in sentences_lib.iter_paragraphs(lines):
+        for paragraph in sentences_lib.iter_text_paragraphs(_read_blocks(path, self.skips)):
             doc.extend(sentences_lib.split_sentences(paragraph))
             chars += len(paragraph)
             if chars >= PROSE_DOCUMENT_CHARS:
@@ -340,8 +341,9 @@ def _expand_globs(patterns: str) -> list[str]:
     return sorted(files)
 
 
-def _read_lines(path: str, skips: SkipCounter) -> Iterator[str]:
-    """Decoded lines of a text file; invalid UTF-8 bytes are dropped and counted."""
+def _read_blocks(path: str, skips: SkipCounter) -> Iterator[str]:
+    """Decoded text of a file in blocks of about READ_BLOCK_BYTES that end at a line end (one
+    decode per block, not per line); invalid UTF-8 bytes are dropped and counted."""
     if "://" in path:
         import tensorflow as tf
 
@@ -349,8 +351,17 @@ def _read_lines(path: str, skips: SkipCounter) -> Iterator[str]:
     else:
         f = open(path, "rb")
     with f:
-        for raw in f:
-            yield _decode(raw, path, skips)
+        while block := f.read(READ_BLOCK_BYTES):
+            yield _decode(block + f.readline(), path, skips)
+
+
+def _read_lines(path: str, skips: SkipCounter) -> Iterator[str]:
+    """Decoded lines of a text file, without their "\n"."""
+    for block in _read_blocks(path, skips):
+        lines = block.split("\n")
+        if block.endswith("\n"):
+            lines.pop()  # the "" after the block's last line end
+        yield from lines
 
 
 def _decode(raw: bytes, where: str, skips: SkipCounter) -> str:
