@@ -4,7 +4,7 @@ A checkpoint root (`WORKDIR/checkpoints`, or a converter's output folder) holds 
 step; each step holds the Orbax items:
   params     the model parameters (StandardSave)
   opt_state  optimizer state (training only)
-  data       the per-host data iterator states (training only)
+  data       the data iterator states, one JSON file per process (training only)
   meta       JSON: step, model config, run config, and the tokenizer's files (base64), so the
              checkpoint describes itself: inference and fine-tuning need only its path.
 Orbax writes each step to a temporary folder and renames it when complete, so a killed save
@@ -13,9 +13,12 @@ never spoils an earlier checkpoint.
 
 import base64
 import dataclasses
+import json
 import os
+import re
 import tempfile
 
+import jax
 import orbax.checkpoint as ocp
 import tensorflow as tf
 
@@ -23,6 +26,50 @@ from bert_jax.data import tokenization
 from bert_jax.model.config import ModelConfig
 
 PARAMS, OPT_STATE, DATA, META = "params", "opt_state", "data", "meta"
+
+
+class PerProcessJsonHandler(ocp.handlers.JsonCheckpointHandler):
+    """Every process writes its own `process_<i>-of-<n>.json` into the item folder.
+
+    Orbax's JsonSave writes from the primary host only, which would keep host 0's data iterator
+    and drop the others'. The files land in the step's temporary folder like every other item,
+    so the step's atomic rename covers them too. Restore reads all files: a run on another
+    number of processes can tell that the states do not apply to it.
+    """
+
+    async def _save_fn(self, x, directory):
+        name = f"process_{jax.process_index()}-of-{jax.process_count()}.json"
+        (directory / name).write_text(json.dumps(x))
+
+    def restore(self, directory, item=None, args=None) -> dict:
+        """{"process_count": n, "states": [state of process 0, ..., process n-1]}."""
+        del item, args
+        found = {}
+        for path in directory.iterdir():
+            match = re.fullmatch(r"process_(\d+)-of-(\d+)\.json", path.name)
+            if match:
+                found[int(match.group(1))] = (int(match.group(2)), json.loads(path.read_text()))
+        if not found and (directory / "metadata").exists():  # written by JsonSave: one host
+            legacy = json.loads((directory / "metadata").read_text())
+            return {"process_count": len(legacy), "states": [legacy[f"process_{i}"]
+                                                              for i in range(len(legacy))]}
+        counts = {count for count, _ in found.values()}
+        if len(counts) != 1 or sorted(found) != list(range(next(iter(counts)))):
+            raise ValueError(f"data states in {directory} are incomplete: found processes "
+                             f"{sorted(found)} of {sorted(counts)}")
+        return {"process_count": counts.pop(), "states": [found[i][1] for i in sorted(found)]}
+
+
+@ocp.checkpoint_args.register_with_handler(PerProcessJsonHandler, for_save=True)
+@dataclasses.dataclass
+class PerProcessJsonSave(ocp.checkpoint_args.CheckpointArgs):
+    item: dict  # this process's state
+
+
+@ocp.checkpoint_args.register_with_handler(PerProcessJsonHandler, for_restore=True)
+@dataclasses.dataclass
+class PerProcessJsonRestore(ocp.checkpoint_args.CheckpointArgs):
+    pass
 
 
 @dataclasses.dataclass
@@ -135,16 +182,22 @@ class TrainCheckpointer:
         return self._manager.latest_step()
 
     def save(self, step: int, state, data_state: dict, meta: dict) -> None:
-        """Starts an async save; the arrays are copied to host memory before this returns."""
+        """Starts an async save; the arrays are copied to host memory before this returns.
+
+        `data_state` is this process's iterator state; every process saves its own.
+        """
         self._manager.save(step, args=ocp.args.Composite(**{
             PARAMS: ocp.args.StandardSave(state.params),
             OPT_STATE: ocp.args.StandardSave(state.opt_state),
-            DATA: ocp.args.JsonSave(data_state),
+            DATA: PerProcessJsonSave(data_state),
             META: ocp.args.JsonSave(meta),
         }))
 
-    def restore(self, step: int, abstract_state) -> tuple[object, dict, dict]:
+    def restore(self, step: int, abstract_state) -> tuple[object, dict, dict | None, dict]:
         """(params, opt_state, data_state, meta) restored onto the shardings of abstract_state.
+
+        data_state is this process's iterator state, or None when the checkpoint was written by
+        another number of processes (each host's state belongs to that host's part of the data).
 
         Checks every parameter's stored shape first, so a workdir of another model fails with
         the parameter named instead of a deep Orbax error.
@@ -154,10 +207,13 @@ class TrainCheckpointer:
         restored = self._manager.restore(step, args=ocp.args.Composite(**{
             PARAMS: ocp.args.StandardRestore(abstract_state.params),
             OPT_STATE: ocp.args.StandardRestore(abstract_state.opt_state),
-            DATA: ocp.args.JsonRestore(),
+            DATA: PerProcessJsonRestore(),
             META: ocp.args.JsonRestore(),
         }))
-        return restored[PARAMS], restored[OPT_STATE], restored[DATA], restored[META]
+        data = restored[DATA]
+        data_state = (data["states"][jax.process_index()]
+                      if data["process_count"] == jax.process_count() else None)
+        return restored[PARAMS], restored[OPT_STATE], data_state, restored[META]
 
     def wait(self) -> None:
         self._manager.wait_until_finished()
@@ -168,7 +224,6 @@ class TrainCheckpointer:
 
 def check_same_shapes(stored, expected, where: str) -> None:
     """Raises naming the first parameter whose stored shape differs, or that is missing/extra."""
-    import jax
 
     def flat(tree):
         leaves = jax.tree_util.tree_flatten_with_path(tree)[0]

@@ -166,7 +166,11 @@ class Trainer:
             return self.setup.init_state(jax.random.fold_in(self.rng, 1 << 30))
         params, opt_state, data_state, meta = self.checkpointer.restore(
             step, self.setup.abstract_state)
-        self.train_data.set_state(data_state[f"process_{jax.process_index()}"])
+        if data_state is None:
+            logging.warning("checkpoint at step %d was written by another number of processes: "
+                            "the data iterators start afresh", step)
+        else:
+            self.train_data.set_state(data_state)
         logging.info("resumed from %s at step %d", self.checkpointer.root, meta["step"])
         step_array = jax.device_put(np.int32(meta["step"]), self.setup.state_shardings.step)
         return TrainState(step=step_array, params=params, opt_state=opt_state)
@@ -174,9 +178,7 @@ class Trainer:
     def save(self, state: TrainState, step: int) -> None:
         meta = checkpoint.make_meta(step, self.setup.model_config, self.tokenizer,
                                     run_config=self.config.to_dict())
-        # TODO(scale-out issue): per-host data states need a per-process item on multi-host runs.
-        data_state = {f"process_{jax.process_index()}": self.train_data.get_state()}
-        self.checkpointer.save(step, state, data_state, meta)
+        self.checkpointer.save(step, state, self.train_data.get_state(), meta)
 
     def evaluate(self, params) -> dict:
         if self._eval_data is None:

@@ -91,6 +91,20 @@ def check_batch_divides(batch_size: int, grad_accum_steps: int, mesh) -> None:
         )
 
 
+def boxed_init_fn(model, optimizer, pipeline_config: pipeline.PipelineConfig):
+    """rng -> TrainState whose leaves carry logical names (nn.LogicallyPartitioned)."""
+    length, predictions = pipeline_config.max_seq_length, pipeline_config.num_predictions
+
+    def init_boxed(rng):
+        ids = jax.numpy.zeros((1, length), jax.numpy.int32)
+        positions = jax.numpy.zeros((1, predictions), jax.numpy.int32)
+        params = model.init(rng, ids, masked_positions=positions)["params"]
+        return TrainState(step=jax.numpy.zeros((), jax.numpy.int32), params=params,
+                          opt_state=optimizer.init(params))
+
+    return init_boxed
+
+
 def build(config, tokenizer) -> RunSetup:
     """Model, optimizer, mesh and the sharded initialiser (abstract init, then sharded init)."""
     model_config = model_config_for(config.model, tokenizer)
@@ -104,15 +118,7 @@ def build(config, tokenizer) -> RunSetup:
     model = BertForPreTraining(model_config)
     optimizer, schedule = optim.make_optimizer(config.optimizer, config.train.num_steps)
 
-    length, predictions = pipeline_config.max_seq_length, pipeline_config.num_predictions
-
-    def init_boxed(rng):
-        ids = jax.numpy.zeros((1, length), jax.numpy.int32)
-        positions = jax.numpy.zeros((1, predictions), jax.numpy.int32)
-        params = model.init(rng, ids, masked_positions=positions)["params"]
-        return TrainState(step=jax.numpy.zeros((), jax.numpy.int32), params=params,
-                          opt_state=optimizer.init(params))
-
+    init_boxed = boxed_init_fn(model, optimizer, pipeline_config)
     boxed = jax.eval_shape(init_boxed, jax.random.key(0))
     shardings = mesh_lib.logical_shardings(boxed, mesh, rules)
     abstract = jax.tree_util.tree_map(

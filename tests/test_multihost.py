@@ -1,0 +1,289 @@
+"""Multi-host start (cluster detection, roll call, bounded errors) and a real multi-process run.
+
+The end-to-end test starts 2 processes x 4 CPU devices with launch/local.py (gloo collectives
+over loopback), compares their checkpoint with a 1-process 8-device run of the same global
+batches, then restores that checkpoint in 1 process with 1 device and trains on. The workers of
+the 1-process runs are this file's `__main__`.
+"""
+
+import json
+import os
+import socket
+import subprocess
+import sys
+import threading
+import time
+
+import numpy as np
+import pytest
+
+from bert_jax.parallel import multihost
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+STEPS = 2
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+# ---------------------------------------------------------------------------------------------
+# Cluster detection.
+
+
+def test_detect_single_process_by_default():
+    assert multihost.detect(environ={}) == multihost.ClusterSpec("single")
+
+
+def test_detect_explicit_flags_and_environment():
+    spec = multihost.detect("10.0.0.1:1234", 4, 2, environ={})
+    assert spec == multihost.ClusterSpec("explicit", 4, 2, "10.0.0.1:1234")
+    env = {multihost.ENV_ADDRESS: "h:9", multihost.ENV_NUM_PROCESSES: "2",
+           multihost.ENV_PROCESS_ID: "1", "SLURM_PROCID": "5", "SLURM_NTASKS": "8"}
+    assert multihost.detect(environ=env) == multihost.ClusterSpec("explicit", 2, 1, "h:9")
+
+
+def test_detect_slurm():
+    env = {"SLURM_PROCID": "3", "SLURM_NTASKS": "16", "SLURM_JOB_ID": "4242",
+           "SLURM_STEP_NODELIST": "gpu[007-010,15],cpu1", "SLURM_JOB_NODELIST": "other"}
+    spec = multihost.detect(environ=env)
+    assert spec == multihost.ClusterSpec("slurm", 16, 3, "gpu007:24242")
+    env[multihost.ENV_PORT] = "5555"
+    assert multihost.detect(environ=env).coordinator_address == "gpu007:5555"
+
+
+@pytest.mark.parametrize("nodelist, first", [
+    ("node1", "node1"), ("a[3-5]", "a3"), ("gpu[007,009-011]", "gpu007"), ("x1,x2", "x1"),
+])
+def test_first_slurm_node(nodelist, first):
+    assert multihost.first_slurm_node(nodelist) == first
+
+
+def test_detect_tpu_vm_from_environment():
+    assert multihost.detect(environ={"TPU_ACCELERATOR_TYPE": "v4-32"}).source == "tpu"
+
+
+@pytest.mark.parametrize("args, match", [
+    (("h:1", 2, None), "missing: process_id"),
+    ((None, 2, 0), "missing: coordinator_address"),
+    (("h:1", 2, 2), r"process_id 2 is not in \[0, 2\)"),
+    (("nohostport", 2, 0), "is not HOST:PORT"),
+    (("h:1", 0, 0), "num_processes must be >= 1"),
+])
+def test_detect_rejects_bad_explicit_settings(args, match):
+    with pytest.raises(multihost.ClusterStartError, match=match):
+        multihost.detect(*args, environ={})
+
+
+# ---------------------------------------------------------------------------------------------
+# Roll call: every process reports to process 0; a missing one is named within the timeout.
+
+
+def test_roll_call_all_join():
+    address, errors = f"127.0.0.1:{free_port()}", []
+
+    def member(pid):
+        try:
+            multihost.roll_call(address, 3, pid, timeout_s=20)
+        except Exception as e:  # noqa: BLE001 - reported below
+            errors.append(e)
+
+    threads = [threading.Thread(target=member, args=(p,)) for p in (2, 0, 1)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=30)
+    assert errors == [] and not any(t.is_alive() for t in threads)
+
+
+def test_roll_call_names_the_missing_process_on_every_side():
+    address, raised = f"127.0.0.1:{free_port()}", {}
+
+    def member(pid):
+        try:
+            multihost.roll_call(address, 3, pid, timeout_s=3)
+        except multihost.ClusterStartError as e:
+            raised[pid] = str(e)
+
+    start = time.monotonic()
+    threads = [threading.Thread(target=member, args=(p,)) for p in (0, 2)]  # 1 never starts
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=30)
+    assert time.monotonic() - start < 15
+    assert sorted(raised) == [0, 2]
+    for message in raised.values():
+        assert message.startswith("process 1 of 3 did not join the coordinator at")
+
+
+def test_coordinator_that_never_answers_fails_in_bounded_time():
+    start = time.monotonic()
+    with pytest.raises(multihost.ClusterStartError,
+                       match=r"process 1 of 2: the coordinator \(process 0\) at .* did not answer "
+                             r"within 2 s"):
+        multihost.roll_call(f"127.0.0.1:{free_port()}", 2, 1, timeout_s=2)
+    assert time.monotonic() - start < 10
+
+
+def test_entrypoint_reports_missing_host(data_dir, tmp_path):
+    """The pretrain entrypoint, process 0 of 2, alone: a clear error, not a hang or an abort."""
+    start = time.monotonic()
+    proc = subprocess.run(
+        [sys.executable, "-m", "bert_jax.pretrain", "--config=configs/pretrain.py:tiny",
+         f"--workdir={tmp_path}", f"--coordinator_address=127.0.0.1:{free_port()}",
+         "--num_processes=2", "--process_id=0", "--init_timeout=3"],
+        cwd=REPO, env=dict(os.environ, JAX_PLATFORMS="cpu", PYTHONPATH=REPO),
+        capture_output=True, text=True, timeout=180)
+    assert proc.returncode != 0
+    assert "process 1 of 2 did not join the coordinator" in proc.stderr
+    assert time.monotonic() - start < 120  # mostly imports; the wait itself is 3 s
+
+
+# ---------------------------------------------------------------------------------------------
+# A real multi-process run.
+
+
+def overrides(data_dir, num_steps=STEPS) -> dict:
+    return {
+        # Three books: with 2 processes, each host reads whole files of its own.
+        "data.source": f"prose:{data_dir}/gutenberg/1*-0.txt",
+        "data.tokenizer": f"wordpiece:{data_dir}/bert_vocab/vocab.txt",
+        "data.max_seq_length": 32,
+        "data.max_predictions_per_seq": 5,
+        "data.eval_fraction": 0.1,
+        "model.max_position_embeddings": 64,
+        "model.num_layers": 1,
+        "train.batch_size": 8,
+        "train.num_steps": num_steps,
+        "train.log_every_steps": 1,
+        "optimizer.warmup_steps": 1,
+        "optimizer.learning_rate": 1e-3,
+        "checkpoint.every_steps": STEPS,
+        "eval.every_steps": 1000,
+        "eval.num_batches": 1,
+        "mesh.data": -1,
+    }
+
+
+def make_config(data_dir, num_steps=STEPS):
+    from configs import pretrain
+
+    config = pretrain.get_config("tiny")
+    for key, value in overrides(data_dir, num_steps).items():
+        section, name = key.split(".")
+        config[section][name] = value
+    return config
+
+
+def _params_npz(path, params):
+    import jax
+
+    flat = jax.tree_util.tree_flatten_with_path(jax.device_get(params))[0]
+    np.savez(path, **{jax.tree_util.keystr(p): np.asarray(v) for p, v in flat})
+
+
+class _TwoHosts:
+    """Both hosts' iterators of a 2-process run, concatenated: the same global batches."""
+
+    def __init__(self, iterators):
+        self.iterators = iterators
+
+    def __next__(self):
+        parts = [next(it) for it in self.iterators]
+        return {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
+
+    def close(self):
+        for it in self.iterators:
+            it.close()
+
+
+def reference_worker(data_dir, workdir, out):
+    """1 process, 8 devices: the 2-process run's global batches, STEPS train steps."""
+    import jax
+
+    from bert_jax.data import pipeline
+    from bert_jax.parallel import mesh as mesh_lib
+    from bert_jax.train import loop
+
+    assert jax.device_count() == 8 and jax.process_count() == 1
+    config = make_config(data_dir)
+    trainer = loop.Trainer(config, workdir)
+    data = _TwoHosts([pipeline.make_pretraining_iterator(
+        trainer.setup.pipeline_config, trainer.tokenizer, batch_size=config.train.batch_size // 2,
+        seed=config.train.seed, split="train", process_index=i, process_count=2)
+        for i in range(2)])
+    state = trainer.initial_state()
+    for _ in range(STEPS):
+        state, _ = trainer.train_step(state, mesh_lib.global_batch(next(data), trainer.setup.mesh),
+                                      trainer.rng)
+    _params_npz(out, state.params)
+    data.close()
+    trainer.close()
+
+
+def continue_worker(data_dir, workdir, out):
+    """1 process, 1 device: restores the 2-process checkpoint onto this mesh, trains one more."""
+    import jax
+
+    from bert_jax.train import loop
+
+    assert jax.device_count() == 1
+    trainer = loop.Trainer(make_config(data_dir, STEPS + 1), workdir)
+    restored = trainer.initial_state()
+    leaf = restored.params["bert"]["embeddings"]["token_embed"]["embedding"]
+    assert leaf.sharding.device_set == {jax.devices()[0]}
+    _params_npz(out, restored.params)
+    result = trainer.run()
+    with open(out + ".json", "w") as f:
+        json.dump({"loss": result["loss"], "step": int(trainer.checkpointer.latest_step())}, f)
+
+
+def _run(args, devices, timeout=900):
+    env = dict(os.environ, JAX_PLATFORMS="cpu", PYTHONPATH=REPO,
+               XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}")
+    proc = subprocess.run(args, cwd=REPO, env=env, capture_output=True, text=True,
+                          timeout=timeout)
+    assert proc.returncode == 0, (proc.stdout + proc.stderr)[-6000:]
+    return proc
+
+
+@pytest.mark.slow
+def test_two_processes_equal_one_process_then_restore_on_one_device(data_dir, tmp_path):
+    workdir = str(tmp_path / "two_processes")
+    flags = [f"--config.{k}={v}" for k, v in overrides(data_dir).items()]
+    env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
+    proc = subprocess.run(
+        [sys.executable, "launch/local.py", "--num_processes=2", "--devices_per_process=4",
+         "--init_timeout=300", "--", sys.executable, "-m", "bert_jax.pretrain",
+         "--config=configs/pretrain.py:tiny", f"--workdir={workdir}", *flags],
+        cwd=REPO, env=dict(env, PYTHONPATH=REPO), capture_output=True, text=True, timeout=900)
+    assert proc.returncode == 0, proc.stdout[-6000:]
+    assert "[process 1]" in proc.stdout and "4 local of 8 devices" in proc.stdout
+    data_dir_of_step = os.path.join(workdir, "checkpoints", str(STEPS), "data")
+    assert sorted(os.listdir(data_dir_of_step)) == [
+        "commit_success.txt", "process_0-of-2.json", "process_1-of-2.json"]
+    states = [json.load(open(os.path.join(data_dir_of_step, f"process_{i}-of-2.json")))
+              for i in range(2)]
+    assert all(s["batch"] == STEPS for s in states)
+
+    reference = str(tmp_path / "reference.npz")
+    _run([sys.executable, "-m", "tests.test_multihost", "reference", str(data_dir),
+          str(tmp_path / "one_process"), reference], devices=8)
+    restored = str(tmp_path / "restored.npz")
+    _run([sys.executable, "-m", "tests.test_multihost", "continue", str(data_dir), workdir,
+          restored], devices=1)
+
+    want, got = np.load(reference), np.load(restored)
+    assert sorted(want.files) == sorted(got.files) and len(want.files) > 10
+    for name in want.files:
+        np.testing.assert_allclose(got[name], want[name], rtol=1e-5, atol=1e-5, err_msg=name)
+    continued = json.load(open(restored + ".json"))
+    assert continued["step"] == STEPS + 1 and np.isfinite(continued["loss"])
+
+
+if __name__ == "__main__":
+    mode, data, workdir_arg, out_arg = sys.argv[1:5]
+    {"reference": reference_worker, "continue": continue_worker}[mode](data, workdir_arg, out_arg)
