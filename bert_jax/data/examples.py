@@ -102,7 +102,7 @@ def _nsp_document(
     drew IsNext takes the following sentence as B. One-sentence documents cannot give an IsNext
     pair and are skipped.
     """
-    lengths = chunk.doc_lengths(d)
+    lengths = chunk.doc_lengths(d).tolist()  # Python ints: cheaper in the loops below
     n = len(lengths)
     if n < 2:
         skips.add("one-sentence document skipped (nsp needs two)")
@@ -202,7 +202,7 @@ def _full_sentences(
         target = _target_length(max_num_tokens, opts, rng)
 
     for d in range(chunk.num_docs):
-        lengths = chunk.doc_lengths(d)
+        lengths = chunk.doc_lengths(d).tolist()  # Python ints: cheaper in the loop below
         if pieces:  # a new document in the same sequence: separate it
             if length + 1 >= target:
                 emit()

@@ -410,10 +410,13 @@ class SentencePieceTokenizer(Tokenizer):
         return self._all_special
 
     def encode_batch(self, texts: Sequence[str]) -> list[list[int]]:
-        batch = self._sp.encode(list(texts), out_type=int, num_threads=os.cpu_count() or 1)
-        for row, text in enumerate(texts):
-            if any(piece in text for piece in self._text_specials):
-                batch[row] = self._drop_space_before(batch[row])
+        texts = list(texts)
+        batch = self._sp.encode(texts, out_type=int, num_threads=os.cpu_count() or 1)
+        joined = "\n".join(texts)  # one search of all texts: specials in text are rare
+        if any(piece in joined for piece in self._text_specials):
+            for row, text in enumerate(texts):
+                if any(piece in text for piece in self._text_specials):
+                    batch[row] = self._drop_space_before(batch[row])
         return batch
 
     def _drop_space_before(self, ids: list[int]) -> list[int]:
