@@ -175,7 +175,10 @@ class TrainCheckpointer:
             self.root,
             options=ocp.CheckpointManagerOptions(
                 max_to_keep=keep, enable_async_checkpointing=async_save, create=True),
-            item_names=(PARAMS, OPT_STATE, DATA, META),
+            # Handlers named up front: a fresh process can read item metadata before any save.
+            item_handlers={PARAMS: ocp.StandardCheckpointHandler(),
+                           OPT_STATE: ocp.StandardCheckpointHandler(),
+                           DATA: PerProcessJsonHandler(), META: ocp.JsonCheckpointHandler()},
         )
 
     def latest_step(self) -> int | None:
