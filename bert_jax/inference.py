@@ -1,8 +1,9 @@
-"""Inference from a checkpoint path alone: fill-mask and embeddings (feature extraction).
+"""Inference from a checkpoint path alone: fill-mask, embeddings, and fine-tuned classifiers.
 
     predictor = inference.load("gs://bucket/run/checkpoints")    # or a local folder / step
     predictor.fill_mask(["The capital of France is [MASK]."], top_k=5)
     predictor.embed(["A sentence.", "Another one."], pooling="mean")   # np.ndarray [2, H]
+    inference.load(finetuned_checkpoint).classify([("A man sings.", "Someone sings.")])
 
 Every text becomes `[CLS] text [SEP]` with token type 0. Texts are sorted by length and cut into
 batches of at most `batch_size`; each batch is padded to a length bucket (16, 32, 64, ... capped
@@ -27,6 +28,8 @@ from absl import logging
 
 from bert_jax.data import tokenization
 from bert_jax.model import BertEncoder, BertForPreTraining, ModelConfig
+from bert_jax.model.heads import BertForSequenceClassification
+from bert_jax.tasks import glue
 from bert_jax.train import checkpoint
 
 POOLINGS = ("cls", "pooled", "mean")
@@ -68,6 +71,13 @@ def _embed_step(params, input_ids, attention_mask, *, config, pooling):
         return pooled.astype(jnp.float32)
     weights = attention_mask.astype(jnp.float32)[:, :, None]  # [B, L, 1]
     return (sequence_output * weights).sum(axis=1) / weights.sum(axis=1)
+
+
+@functools.partial(jax.jit, static_argnames=("config", "num_labels"))
+def _classify_step(params, input_ids, token_type_ids, attention_mask, *, config, num_labels):
+    """[B, L] inputs -> [B, num_labels] float32 logits of a fine-tuned classifier."""
+    return BertForSequenceClassification(config, num_labels).apply(
+        {"params": params}, input_ids, token_type_ids, attention_mask)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -138,7 +148,8 @@ class Predictor:
     """A checkpoint's model, params and tokenizer, ready for fill_mask and embed."""
 
     def __init__(self, model_config: ModelConfig, params: dict,
-                 tokenizer: tokenization.Tokenizer, batch_size: int = 32):
+                 tokenizer: tokenization.Tokenizer, batch_size: int = 32,
+                 task: dict | None = None):
         if batch_size <= 0:
             raise ValueError(f"batch_size must be positive, got {batch_size}")
         self.model_config = model_config
@@ -147,6 +158,7 @@ class Predictor:
         # Boxed (logically partitioned) leaves would make jit see metadata instead of arrays.
         self.params = jax.device_put(nn.unbox(params))
         self.max_length = model_config.max_position_embeddings
+        self.task = task  # a fine-tuned checkpoint's task: name, labels, is_regression
 
     @property
     def has_mlm_head(self) -> bool:
@@ -258,6 +270,39 @@ class Predictor:
             out[batch.indices] = np.asarray(vectors)[:len(batch.indices)]
         return out
 
+    def classify(self, texts: Sequence, batch_size: int | None = None) -> list[dict]:
+        """Predictions of a fine-tuned (GLUE) checkpoint for texts or (text_a, text_b) pairs.
+
+        Returns per input {"label", "score", "probabilities": {label: p}} for a classifier
+        (score = the predicted label's probability), or {"score"} for a regression (STS-B).
+        Inputs longer than max_position_embeddings tokens are truncated (pairs longest-first).
+        """
+        if "classifier" not in self.params or self.task is None:
+            raise ValueError("checkpoint has no classification head: classify needs a checkpoint "
+                             "written by fine-tuning (python -m bert_jax.finetune)")
+        if isinstance(texts, str):
+            raise TypeError("texts must be a list of strings or pairs, not one string")
+        examples = []
+        for i, item in enumerate(texts):
+            a, b = (item, None) if isinstance(item, str) else tuple(item)
+            examples.append(glue.Example(str(i), a, b, None))
+        labels = self.task["labels"]
+        num_labels = 1 if labels is None else len(labels)
+        features = glue.encode(examples, self.tokenizer, self.max_length, labels is None)
+        logits = np.zeros((len(examples), num_labels), np.float32)
+        for indices, batch in glue.batches(features, self._batch_size(batch_size),
+                                           self.max_length,
+                                           [self.tokenizer.cls_id, self.tokenizer.sep_id]):
+            out = _classify_step(self.params, batch["input_ids"], batch["token_type_ids"],
+                                 batch["attention_mask"], config=self.model_config,
+                                 num_labels=num_labels)
+            logits[indices] = np.asarray(out)[:len(indices)]
+        if labels is None:
+            return [{"score": float(x)} for x in logits[:, 0]]
+        probs = np.asarray(jax.nn.softmax(logits, axis=-1))
+        return [{"label": labels[int(np.argmax(p))], "score": float(np.max(p)),
+                 "probabilities": {name: float(q) for name, q in zip(labels, p)}} for p in probs]
+
     def _make_batches(self, rows, batch_size):
         pad_row = [self.tokenizer.cls_id, self.tokenizer.sep_id]
         return _batches(rows, self._batch_size(batch_size), self.max_length, pad_row)
@@ -275,4 +320,5 @@ def _pad_positions(positions: list[list[int]], num_rows: int) -> np.ndarray:
 def load(path: str, batch_size: int = 32) -> Predictor:
     """A Predictor for the checkpoint at `path` (step folder, checkpoint root or workdir)."""
     loaded = checkpoint.load_model(path)
-    return Predictor(loaded.model_config, loaded.params, loaded.tokenizer, batch_size=batch_size)
+    return Predictor(loaded.model_config, loaded.params, loaded.tokenizer, batch_size=batch_size,
+                     task=loaded.meta.get("task"))
