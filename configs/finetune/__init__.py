@@ -1,0 +1,1 @@
+"""Fine-tuning configs (`configs/finetune/glue.py:TASK`)."""

@@ -1,0 +1,250 @@
+"""Fine-tuning end to end: a checkpoint written by pre-training fine-tunes on (a slice of) real
+MRPC; encoder loaded bit-exactly, results.json, best checkpoint, submission file; bad input."""
+
+import importlib.util
+import json
+import pathlib
+import subprocess
+import sys
+
+import flax.linen as nn
+import jax
+import numpy as np
+import pytest
+
+from bert_jax.data import tokenization
+from bert_jax.model.config import ModelConfig
+from bert_jax.model.encoder import BertEncoder
+from bert_jax.model.heads import BertForSequenceClassification
+from bert_jax.tasks import finetune, glue
+from bert_jax.train import checkpoint, loop
+
+REPO = pathlib.Path(__file__).resolve().parents[1]
+HIDDEN = 32
+
+
+def _load_config(path: pathlib.Path, arg: str):
+    spec = importlib.util.spec_from_file_location(path.stem + "_config", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.get_config(arg)
+
+
+def _override(config, overrides: dict):
+    for dotted, value in overrides.items():
+        *parents, leaf = dotted.split(".")
+        node = config
+        for name in parents:
+            node = node[name]
+        node[leaf] = value
+    return config
+
+
+@pytest.fixture(scope="module")
+def pretrained(data_dir, tmp_path_factory):
+    """A checkpoint written by pre-training (tiny config, a few steps on a Gutenberg book)."""
+    workdir = tmp_path_factory.mktemp("pretrain")
+    config = _override(_load_config(REPO / "configs" / "pretrain.py", "tiny"), {
+        "model.hidden_size": HIDDEN, "model.num_layers": 1, "model.num_heads": 2,
+        "model.intermediate_size": 64, "model.max_position_embeddings": 64,
+        "data.source": f"prose:{data_dir}/gutenberg/*.txt",
+        "data.tokenizer": f"wordpiece:{data_dir}/bert_vocab/vocab.txt",
+        "data.max_seq_length": 32, "data.max_predictions_per_seq": 5,
+        "train.batch_size": 8, "train.num_steps": 3, "train.log_every_steps": 3,
+        "optimizer.warmup_steps": 1, "checkpoint.every_steps": 3,
+        "eval.every_steps": 1000, "eval.num_batches": 1,
+    })
+    loop.train_and_evaluate(config, str(workdir))
+    return str(workdir)
+
+
+@pytest.fixture(scope="module")
+def mrpc_dir(data_dir, tmp_path_factory):
+    """A GLUE folder with slices of the real MRPC files (BOM and all) and a test split."""
+    root = tmp_path_factory.mktemp("glue")
+    (root / "MRPC").mkdir()
+    for split, start, count in (("train", 0, 48), ("dev", 0, 32)):
+        lines = (data_dir / "glue" / "MRPC" / f"{split}.tsv").read_text(
+            encoding="utf-8").splitlines(keepends=True)
+        (root / "MRPC" / f"{split}.tsv").write_text("".join(lines[:1 + count]), encoding="utf-8")
+    dev_rows = (data_dir / "glue" / "MRPC" / "dev.tsv").read_text(
+        encoding="utf-8-sig").splitlines()[33:49]
+    test = ["index\t#1 ID\t#2 ID\t#1 String\t#2 String"]
+    test += [f"{i}\t" + "\t".join(row.split("\t")[1:]) for i, row in enumerate(dev_rows)]
+    (root / "MRPC" / "test.tsv").write_text("\n".join(test) + "\n", encoding="utf-8")
+    return str(root)
+
+
+def _finetune_config(init_checkpoint: str, glue_dir: str, **overrides):
+    config = _load_config(REPO / "configs" / "finetune" / "glue.py", "mrpc")
+    return _override(config, {
+        "init_checkpoint": init_checkpoint, "data.dir": glue_dir, "data.max_seq_length": 32,
+        "train.batch_size": 8, "train.eval_batch_size": 16, "train.num_epochs": 2,
+        "train.log_every_steps": 2, "optimizer.learning_rate": 1e-3, **overrides,
+    })
+
+
+@pytest.fixture(scope="module")
+def finetuned(pretrained, mrpc_dir, tmp_path_factory):
+    workdir = tmp_path_factory.mktemp("finetune")
+    config = _finetune_config(pretrained, mrpc_dir, seeds=(0, 1))
+    return config, str(workdir), finetune.finetune_and_evaluate(config, str(workdir))
+
+
+def _flat(tree) -> dict:
+    return {jax.tree_util.keystr(path): np.asarray(leaf)
+            for path, leaf in jax.tree_util.tree_flatten_with_path(nn.unbox(tree))[0]}
+
+
+def test_encoder_is_loaded_bit_exactly_and_head_is_new(pretrained, mrpc_dir, tmp_path):
+    run = finetune.build(_finetune_config(pretrained, mrpc_dir), str(tmp_path))
+    params = finetune.initial_state(run, seed=0).params
+    stored = checkpoint.load_model(pretrained).params
+    assert set(stored) >= {"bert", "mlm_head"}  # a pre-training checkpoint, heads and all
+    want, got = _flat(stored["bert"]), _flat(params["bert"])
+    assert want.keys() == got.keys() and len(want) > 10
+    for name in want:
+        assert np.array_equal(want[name], got[name]), name
+    assert set(params) == {"bert", "classifier"}
+    assert params["classifier"]["dense"]["kernel"].shape == (HIDDEN, 2)
+    assert params["classifier"]["dense"]["bias"].shape == (2,)
+    assert run.total_steps == 2 * 6  # 48 examples, batch 8, 2 epochs
+
+
+@pytest.mark.parametrize("task_name", sorted(glue.TASKS))
+def test_head_shapes_per_task(task_name):
+    config = ModelConfig.from_size("tiny", vocab_size=100, max_position_embeddings=32)
+    task = glue.get_task(task_name)
+    shapes = jax.eval_shape(BertForSequenceClassification(config, task.num_labels).init,
+                            jax.random.key(0), np.zeros((1, 8), np.int32))
+    kernel = nn.unbox(shapes)["params"]["classifier"]["dense"]["kernel"]
+    assert kernel.shape == (128, {"stsb": 1, "mnli": 3}.get(task_name, 2))
+
+
+def test_results_json_per_epoch_best_and_median(finetuned):
+    _, workdir, results = finetuned
+    on_disk = json.loads((pathlib.Path(workdir) / "results.json").read_text())
+    assert on_disk["best"] == results["best"] and on_disk["main_metric"] == "f1"
+    assert set(on_disk["seeds"]) == {"0", "1"}
+    for run in on_disk["seeds"].values():
+        assert [e["epoch"] for e in run["epochs"]] == [1, 2]
+        assert [e["step"] for e in run["epochs"]] == [6, 12]
+        assert run["best"]["f1"] == max(e["f1"] for e in run["epochs"])
+        assert all(0.0 <= e["accuracy"] <= 1.0 and np.isfinite(e["train_loss"])
+                   for e in run["epochs"])
+    best_f1 = [run["best"]["f1"] for run in on_disk["seeds"].values()]
+    assert on_disk["best"]["f1"] == max(best_f1)
+    assert on_disk["median"]["f1"] == pytest.approx(np.median(best_f1))
+    assert (pathlib.Path(workdir) / "seed_0" / "tensorboard").is_dir()
+
+
+def test_best_checkpoint_reproduces_its_dev_metrics(finetuned, mrpc_dir, tmp_path):
+    config, workdir, results = finetuned
+    best = results["seeds"][str(results["best"]["seed"])]
+    loaded = checkpoint.load_model(best["checkpoint"])
+    assert loaded.meta["task"]["name"] == "mrpc" and loaded.meta["task"]["labels"] == ["0", "1"]
+    assert loaded.step == results["best"]["step"]
+    run = finetune.build(config, str(tmp_path))
+    metrics = finetune.evaluate(run, nn.unbox(loaded.params))
+    assert metrics == pytest.approx({"f1": results["best"]["f1"],
+                                     "accuracy": results["best"]["accuracy"]}, abs=1e-6)
+
+
+def test_submission_file_for_the_test_split(finetuned):
+    _, workdir, results = finetuned
+    path = pathlib.Path(results["submissions"]["test"])
+    assert path == pathlib.Path(workdir) / "predictions" / "MRPC.tsv"
+    lines = path.read_text().splitlines()
+    assert lines[0] == "index\tprediction" and len(lines) == 17
+    assert [line.split("\t")[0] for line in lines[1:]] == [str(i) for i in range(16)]
+    assert {line.split("\t")[1] for line in lines[1:]} <= {"0", "1"}
+
+
+# ----------------------------------------------------------------------------------------------
+# Bad input: each fails before any training, naming the problem.
+
+
+def test_hidden_size_other_than_the_config_expects(pretrained, mrpc_dir, tmp_path):
+    config = _finetune_config(pretrained, mrpc_dir, **{"model.hidden_size": 768})
+    with pytest.raises(ValueError, match=f"has hidden_size {HIDDEN} but the config expects "
+                                         "model.hidden_size=768"):
+        finetune.build(config, str(tmp_path))
+
+
+def _encoder_checkpoint(root, model_config: ModelConfig, params_config: ModelConfig, tokenizer):
+    params = BertEncoder(params_config).init(jax.random.key(0), np.zeros((1, 8), np.int32))
+    params = jax.tree_util.tree_map(np.asarray, nn.unbox(params["params"]))
+    meta = checkpoint.make_meta(0, model_config, tokenizer)
+    return checkpoint.save_model(str(root), 0, params, meta)
+
+
+@pytest.fixture(scope="module")
+def vocab_tokenizer(data_dir):
+    return tokenization.load_tokenizer(f"wordpiece:{data_dir}/bert_vocab/vocab.txt")
+
+
+def test_checkpoint_whose_weights_do_not_match_its_hidden_size(vocab_tokenizer, mrpc_dir,
+                                                                tmp_path):
+    small = ModelConfig.from_size("tiny", hidden_size=HIDDEN, num_layers=1, num_heads=2,
+                                  max_position_embeddings=64)
+    stated = ModelConfig.from_size("tiny", hidden_size=64, num_layers=1, num_heads=2,
+                                   max_position_embeddings=64)
+    path = _encoder_checkpoint(tmp_path / "ckpt", stated, small, vocab_tokenizer)
+    with pytest.raises(ValueError, match=r"does not fit this model: parameter "
+                                         r"embeddings/\S+ is \([\d, ]*32,?\) in the checkpoint "
+                                         r"but \([\d, ]*64,?\)"):
+        finetune.build(_finetune_config(path, mrpc_dir), str(tmp_path / "run"))
+
+
+def test_tokenizer_larger_than_the_embedding_table(vocab_tokenizer, mrpc_dir, tmp_path):
+    config = ModelConfig.from_size("tiny", vocab_size=1000, hidden_size=HIDDEN, num_layers=1,
+                                   num_heads=2, max_position_embeddings=64)
+    path = _encoder_checkpoint(tmp_path / "ckpt", config, config, vocab_tokenizer)
+    with pytest.raises(ValueError, match="its tokenizer has 30522 tokens but the token embedding "
+                                         "has 1000 rows"):
+        finetune.build(_finetune_config(path, mrpc_dir), str(tmp_path / "run"))
+
+
+def test_missing_init_checkpoint(mrpc_dir, tmp_path):
+    with pytest.raises(ValueError, match="config.init_checkpoint is required"):
+        finetune.build(_finetune_config("", mrpc_dir), str(tmp_path))
+
+
+def test_unknown_config_key_fails_loudly():
+    config = _load_config(REPO / "configs" / "finetune" / "glue.py", "sst2")
+    with pytest.raises(AttributeError):
+        config.train.epochs = 4
+    with pytest.raises(ValueError, match="unknown GLUE task"):
+        _load_config(REPO / "configs" / "finetune" / "glue.py", "squad")
+
+
+@pytest.mark.slow
+def test_cli_writes_results(pretrained, mrpc_dir, tmp_path):
+    workdir = tmp_path / "out"
+    subprocess.run(
+        [sys.executable, "-m", "bert_jax.finetune", "--config=configs/finetune/glue.py:mrpc",
+         f"--workdir={workdir}", f"--config.init_checkpoint={pretrained}",
+         f"--config.data.dir={mrpc_dir}", "--config.data.max_seq_length=32",
+         "--config.train.batch_size=8", "--config.train.num_epochs=1",
+         "--config.seeds=(3,)"],
+        cwd=REPO, check=True, capture_output=True, timeout=600)
+    results = json.loads((workdir / "results.json").read_text())
+    assert results["best"]["seed"] == 3 and 0.0 <= results["best"]["f1"] <= 1.0
+
+
+def test_classify_from_the_best_checkpoint_matches_evaluation(finetuned, mrpc_dir):
+    from bert_jax import inference
+
+    _, _, results = finetuned
+    best = results["seeds"][str(results["best"]["seed"])]
+    predictor = inference.load(best["checkpoint"], batch_size=16)
+    examples = glue.load_examples(glue.get_task("mrpc"), "dev", directory=mrpc_dir)
+    outputs = predictor.classify([(e.text_a, e.text_b) for e in examples])
+    predictions = np.array([int(o["label"]) for o in outputs])
+    metrics = glue.compute_metrics(glue.get_task("mrpc"), predictions,
+                                   np.array([e.label for e in examples]))
+    assert metrics["f1"] == pytest.approx(results["best"]["f1"], abs=1e-6)
+    assert all(abs(sum(o["probabilities"].values()) - 1) < 1e-5 for o in outputs)
+    with pytest.raises(ValueError, match="has no classification head"):
+        inference.Predictor(predictor.model_config, {"bert": predictor.params["bert"]},
+                            predictor.tokenizer).classify(["a"])
