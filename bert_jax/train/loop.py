@@ -88,8 +88,7 @@ class Throughput:
         self._flops_per_token = metrics.flops_per_token(
             setup.model_config, cfg.max_seq_length, cfg.num_predictions)
         self._num_devices = jax.device_count()
-        dtype = setup.model_config.dtype
-        self._peak = metrics.datasheet_peak(dtype) or metrics.measure_matmul_peak(dtype)
+        self._peak = _peak_flops(setup.model_config.dtype)
         self.reset()
 
     def reset(self):
@@ -116,6 +115,13 @@ class Throughput:
             "input_wait_fraction": self._input_wait / elapsed,
             "eta_minutes": (self._num_steps - step) * seconds_per_step / 60,
         }
+
+
+@functools.cache
+def _peak_flops(dtype: str) -> float:
+    """Datasheet peak, else a measured one: once per process, on a matmul small enough that a
+    CPU run does not spend seconds on it before every start."""
+    return metrics.datasheet_peak(dtype) or metrics.measure_matmul_peak(dtype, size=1024)
 
 
 def _mean_metrics(history: list[dict]) -> dict:
@@ -201,6 +207,12 @@ class Trainer:
 
     def run(self) -> dict:
         """Trains to train.num_steps (or until SIGTERM); returns the last logged metrics."""
+        try:
+            return self._train()
+        finally:  # also on errors: input threads stopped, files flushed, pending saves done
+            self.close()
+
+    def _train(self) -> dict:
         cfg = self.config.train
         state = self.initial_state()
         start_step = int(jax.device_get(state.step))
@@ -236,7 +248,6 @@ class Trainer:
                 if stop:
                     break
         self.checkpointer.wait()
-        self.close()
         return last_logged
 
     def _checked(self, step: int, step_metrics) -> dict:

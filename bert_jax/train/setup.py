@@ -46,8 +46,12 @@ def load_or_train_tokenizer(data_config, workdir: str) -> tokenization.Tokenizer
     logging.info("training a %d-piece SentencePiece vocabulary on %s", data_config.tokenizer_vocab_size,
                  data_config.source)
     prefix = os.path.join(workdir, "sentencepiece")
-    tokenizer = tokenization.train_sentencepiece_from_source(
-        data_config.source, data_config.tokenizer_vocab_size, prefix)
+    try:
+        tokenizer = tokenization.train_sentencepiece_from_source(
+            data_config.source, data_config.tokenizer_vocab_size, prefix)
+    except ValueError as e:  # e.g. no text at all: say which source
+        raise ValueError(f"cannot train a tokenizer on data.source {data_config.source!r}: "
+                         f"{e}") from e
     tokenizer.save(directory)
     return tokenization.load_tokenizer_dir(directory)
 

@@ -77,6 +77,15 @@ def accumulate_gradients(params, batch: dict, rng, sums_fn: Callable, grad_accum
     return grads, sums
 
 
+def _all_finite(tree) -> jax.Array:
+    """True when every floating-point leaf of the tree is free of inf and NaN."""
+    finite = jnp.array(True)
+    for x in jax.tree_util.tree_leaves(tree):
+        if jnp.issubdtype(x.dtype, jnp.inexact):
+            finite = finite & jnp.all(jnp.isfinite(x))
+    return finite
+
+
 def train_step(state: TrainState, batch: dict, rng, *, sums_fn: Callable,
                optimizer: optax.GradientTransformation, schedule: Callable,
                grad_accum_steps: int = 1, objective: losses.Objective = losses.PRETRAINING):
@@ -89,11 +98,13 @@ def train_step(state: TrainState, batch: dict, rng, *, sums_fn: Callable,
     grads, sums = accumulate_gradients(state.params, batch, step_rng, sums_fn, grad_accum_steps,
                                        objective)
     loss = objective.loss(sums, objective.totals(batch))
-    grad_norm = optax.global_norm(grads)
+    grad_norm = optax.tree.norm(grads)
     updates, new_opt_state = optimizer.update(grads, state.opt_state, state.params)
     new_params = optax.apply_updates(state.params, updates)
 
-    finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
+    # The new state is checked too: a finite gradient times a huge learning rate can overflow.
+    finite = (jnp.isfinite(loss) & jnp.isfinite(grad_norm) & _all_finite(new_params)
+              & _all_finite(new_opt_state))
     keep_if_finite = lambda new, old: jnp.where(finite, new, old)  # noqa: E731
     new_state = TrainState(
         step=state.step + 1,
