@@ -69,7 +69,7 @@ def main(argv):
         attention_implementation=_ATTENTION.value, hidden_dropout=_DROPOUT.value,
         attention_dropout=_DROPOUT.value, max_position_embeddings=max(512, length))
     device = jax.devices()[0]
-    peak = metrics.measure_matmul_peak(_DTYPE.value)
+    peak = metrics.measure_matmul_peak(_DTYPE.value, size=4096)
     datasheet = metrics.datasheet_peak(_DTYPE.value, device)
     print(f"device={device.device_kind} measured_matmul_peak_tflops={peak / 1e12:.3f}"
           + (f" datasheet_peak_tflops={datasheet / 1e12:.1f}" if datasheet else ""))
