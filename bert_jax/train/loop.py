@@ -191,19 +191,15 @@ class Trainer:
             self._eval_data = pipeline.make_pretraining_iterator(
                 self.setup.pipeline_config, self.tokenizer, batch_size=self.local_batch,
                 seed=self.config.train.seed, split="eval")
+            self._eval_start = self._eval_data.get_state()
         # Each evaluation starts from the same place, so numbers are comparable across steps.
-        self._eval_data.set_state(self._eval_start_state())
+        self._eval_data.set_state(self._eval_start)
         total = None
         for _ in range(self.config.eval.num_batches):
             batch = mesh_lib.global_batch(next(self._eval_data), self.setup.mesh)
             sums = self.eval_step(params, batch)
             total = sums if total is None else losses.tree_add(total, sums)
         return {k: float(v) for k, v in losses.summarize(jax.device_get(total)).items()}
-
-    def _eval_start_state(self) -> dict:
-        if not hasattr(self, "_eval_state0"):
-            self._eval_state0 = self._eval_data.get_state()
-        return self._eval_state0
 
     def run(self) -> dict:
         """Trains to train.num_steps (or until SIGTERM); returns the last logged metrics."""
