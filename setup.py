@@ -31,6 +31,7 @@ EXTRAS = {
         "nbclient>=0.10",
         "ipykernel>=6.0",
         "nbformat>=5.10",
+        "seqeval>=1.2.2",  # an independent reference for the CoNLL NER scores (conlleval)
     ],
 }
 
