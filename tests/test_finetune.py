@@ -152,7 +152,7 @@ def test_best_checkpoint_reproduces_its_dev_metrics(finetuned, mrpc_dir, tmp_pat
 
 def test_submission_file_for_the_test_split(finetuned):
     _, workdir, results = finetuned
-    path = pathlib.Path(results["submissions"]["test"])
+    path = pathlib.Path(results["predictions"]["test"])
     assert path == pathlib.Path(workdir) / "predictions" / "MRPC.tsv"
     lines = path.read_text().splitlines()
     assert lines[0] == "index\tprediction" and len(lines) == 17

@@ -1,13 +1,16 @@
-"""GLUE fine-tuning: epochs over a finite dataset with the shared train step, dev after each epoch.
+"""Fine-tuning: epochs over a finite dataset with the shared train step, dev after each epoch.
 
     results = finetune.finetune_and_evaluate(config, workdir)   # what the entrypoint calls
+
+The loop is the same for every task (GLUE, SQuAD, NER); what differs (data, head, loss sums,
+metrics, prediction files) comes from the task object, `base.make_task(config)`.
 
 WORKDIR/
   results.json           dev metrics per epoch of every seed, `best` (best epoch of the best
                          seed, by the task's main metric), `median` over seeds
   config.json            the run config and the model config
-  predictions/<T>.tsv    GLUE submission files of the best seed's best epoch (when a test split
-                         is present)
+  predictions/<file>     the task's prediction files (GLUE submissions, SQuAD predictions JSON,
+                         CoNLL columns) from the best seed's best epoch
   seed_<s>/tensorboard, seed_<s>/metrics.jsonl, seed_<s>/checkpoints/<step>  (the best epoch)
 
 The encoder and pooler come from `init_checkpoint` (a pre-training checkpoint keeps them under
@@ -20,7 +23,6 @@ import dataclasses
 import functools
 import json
 import os
-import shutil
 import time
 import types
 
@@ -31,12 +33,11 @@ import numpy as np
 import tensorflow as tf
 from absl import logging
 
-from bert_jax.data import shared_data, tokenization
+from bert_jax.data import tokenization
 from bert_jax.model.config import ModelConfig
-from bert_jax.model.heads import BertForSequenceClassification
 from bert_jax.parallel import mesh as mesh_lib
 from bert_jax.parallel import rules as rules_lib
-from bert_jax.tasks import classification, glue
+from bert_jax.tasks import base
 from bert_jax.train import checkpoint, optim, steps
 from bert_jax.train import setup as setup_lib
 from bert_jax.train.loop import MetricWriter, NonFiniteLossError
@@ -92,11 +93,11 @@ class Run:
 
     config: object
     workdir: str
-    task: glue.GlueTask
+    task: base.FinetuneTask
     model_config: ModelConfig
     tokenizer: tokenization.Tokenizer
     init_encoder: dict | None  # host arrays; None for random_init
-    features: dict  # split -> glue.Features
+    features: dict  # split -> the task's features
     model: nn.Module
     mesh: jax.sharding.Mesh
     optimizer: object
@@ -104,43 +105,30 @@ class Run:
     boxed_init: object
     state_shardings: TrainState
     train_step: object
-    logits_step: object
+    outputs_step: object
     total_steps: int
 
-    @property
-    def filler(self) -> list[int]:
-        return [self.tokenizer.cls_id, self.tokenizer.sep_id]
+
+def forward(model, params, batch: dict, rng, deterministic: bool):
+    """The task model's outputs on a batch (dropout on when not deterministic)."""
+    return model.apply(
+        {"params": params}, batch["input_ids"], batch["token_type_ids"], batch["attention_mask"],
+        deterministic=deterministic, rngs=None if deterministic else {"dropout": rng},
+    )
 
 
-def _data_dir(data_config) -> str:
-    if data_config.source != "tsv" or data_config.dir:
-        return data_config.dir
-    return str(shared_data.shared_data_path("glue"))
+def _sums_fn(task: base.FinetuneTask, model):
+    def sums_fn(params, batch, rng, deterministic):
+        return task.sums(forward(model, params, batch, rng, deterministic), batch)
+
+    return sums_fn
 
 
-def load_features(config, task: glue.GlueTask, tokenizer) -> dict:
-    """Encoded train, dev (all dev splits) and, when present and asked for, test splits."""
-    data = config.data
-    directory = _data_dir(data)
-    load = functools.partial(glue.load_examples, task, source=data.source, directory=directory,
-                             tfds_data_dir=data.tfds_data_dir, skip_empty=data.skip_empty)
-    splits = ["train"] + task.dev_splits
-    if data.predict_test:
-        present = [s for s in task.test_splits
-                   if glue.has_split(task, s, source=data.source, directory=directory)]
-        if not present:
-            logging.info("no test split of %s found: no submission file", task.name)
-        splits += present
-    features = {}
-    for split in splits:
-        examples = load(split)
-        if split == "train":
-            examples = glue.subsample(examples, data.max_train_examples, data.subset_seed)
-        if not examples:
-            raise ValueError(f"the {split} split of {task.name} has no examples")
-        features[split] = glue.encode(examples, tokenizer, data.max_seq_length, task.is_regression)
-        logging.info("%s %s: %d examples", task.name, split, len(examples))
-    return features
+def _outputs_fn(task: base.FinetuneTask, model):
+    def outputs_fn(params, batch):
+        return task.outputs(forward(model, params, batch, None, True))
+
+    return outputs_fn
 
 
 def _optimizer_section(config, total_steps: int):
@@ -154,7 +142,7 @@ def build(config, workdir: str) -> Run:
     if not config.init_checkpoint:
         raise ValueError("config.init_checkpoint is required: the checkpoint to fine-tune "
                          "(its architecture and tokenizer are used even with random_init)")
-    task = glue.get_task(config.task)
+    task = base.make_task(config)
     loaded = checkpoint.load_model(config.init_checkpoint)
     where = config.init_checkpoint
     model_config = finetune_model_config(loaded.model_config, config.model, where)
@@ -166,21 +154,25 @@ def build(config, workdir: str) -> Run:
         raise ValueError(f"data.max_seq_length={config.data.max_seq_length} exceeds the "
                          f"checkpoint's max_position_embeddings "
                          f"{model_config.max_position_embeddings}")
-    features = load_features(config, task, loaded.tokenizer)
+    features = task.load(loaded.tokenizer)
+    for split in ["train", *task.dev_splits]:
+        if split not in features or task.num_examples(features[split]) == 0:
+            raise ValueError(f"the {split} split of {task.name} has no examples")
 
     mesh = mesh_lib.make_mesh(config.mesh)
     cfg = config.train
     setup_lib.check_batch_divides(cfg.batch_size, cfg.grad_accum_steps, mesh)
     setup_lib.check_batch_divides(cfg.eval_batch_size, 1, mesh)
     rules = rules_lib.logical_axis_rules(config.mesh.rules)
-    total_steps = cfg.num_epochs * glue.num_batches(len(features["train"]), cfg.batch_size)
+    total_steps = cfg.num_epochs * -(-task.num_examples(features["train"]) // cfg.batch_size)
     optimizer, schedule = optim.make_optimizer(_optimizer_section(config, total_steps),
                                                total_steps)
-    model = BertForSequenceClassification(model_config, task.num_labels)
+    model = task.make_model(model_config)
+    init_batch = task.init_batch(config.data.max_seq_length)
 
     def init_boxed(rng):
-        ids = jnp.zeros((1, config.data.max_seq_length), jnp.int32)
-        params = model.init(rng, ids)["params"]
+        params = model.init(rng, init_batch["input_ids"], init_batch["token_type_ids"],
+                            init_batch["attention_mask"])["params"]
         return TrainState(step=jnp.zeros((), jnp.int32), params=params,
                           opt_state=optimizer.init(params))
 
@@ -195,18 +187,17 @@ def build(config, workdir: str) -> Run:
     run_setup = types.SimpleNamespace(mesh=mesh, rules=rules)
     batch_sharding, replicated = mesh_lib.batch_sharding(mesh), mesh_lib.replicated(mesh)
     train = functools.partial(
-        steps.train_step, sums_fn=classification.sums_fn(model), optimizer=optimizer,
-        schedule=schedule, grad_accum_steps=cfg.grad_accum_steps,
-        objective=classification.OBJECTIVE)
+        steps.train_step, sums_fn=_sums_fn(task, model), optimizer=optimizer,
+        schedule=schedule, grad_accum_steps=cfg.grad_accum_steps, objective=task.objective)
     train_step = setup_lib.with_mesh_and_rules(run_setup, jax.jit(
         train, in_shardings=(shardings, batch_sharding, replicated),
         out_shardings=(shardings, replicated), donate_argnums=0))
-    logits_step = setup_lib.with_mesh_and_rules(run_setup, jax.jit(
-        classification.logits_fn(model), in_shardings=(shardings.params, batch_sharding),
+    outputs_step = setup_lib.with_mesh_and_rules(run_setup, jax.jit(
+        _outputs_fn(task, model), in_shardings=(shardings.params, batch_sharding),
         out_shardings=replicated))
     return Run(config, workdir, task, model_config, loaded.tokenizer,
                None if config.random_init else encoder, features, model, mesh, optimizer,
-               schedule, init_boxed, shardings, train_step, logits_step, total_steps)
+               schedule, init_boxed, shardings, train_step, outputs_step, total_steps)
 
 
 def initial_state(run: Run, seed: int) -> TrainState:
@@ -237,26 +228,22 @@ def _global(batch: dict, mesh) -> dict:
     return mesh_lib.global_batch(local, mesh)
 
 
-def predict_logits(run: Run, params, features: glue.Features) -> np.ndarray:
-    """[N, num_labels] float32 logits in the features' order."""
-    out = np.zeros((len(features), run.task.num_labels), np.float32)
-    for indices, batch in glue.batches(features, run.config.train.eval_batch_size,
-                                       run.config.data.max_seq_length, run.filler):
-        logits = np.asarray(jax.device_get(run.logits_step(params, _global(batch, run.mesh))))
-        out[indices] = logits[:len(indices)]
+def predict_outputs(run: Run, params, features) -> list[dict]:
+    """The task's outputs per feature (a dict of numpy arrays each), in the features' order."""
+    out: list = [None] * run.task.num_examples(features)
+    for indices, batch in run.task.batches(features, run.config.train.eval_batch_size):
+        outputs = jax.device_get(run.outputs_step(params, _global(batch, run.mesh)))
+        for row, index in enumerate(indices):
+            out[index] = {name: np.asarray(value[row]) for name, value in outputs.items()}
     return out
 
 
 def evaluate(run: Run, params) -> dict:
-    """Dev metrics of every dev split; the extra MNLI split's names get its suffix."""
+    """Metrics of every dev split, named by the task."""
     metrics = {}
     for split in run.task.dev_splits:
         features = run.features[split]
-        logits = predict_logits(run, params, features)
-        predictions = glue.predictions_from_logits(run.task, logits)
-        values = glue.compute_metrics(run.task, predictions, features.labels)
-        suffix = split[len("dev"):]
-        metrics.update({f"{name}{suffix}": value for name, value in values.items()})
+        metrics.update(run.task.evaluate(split, features, predict_outputs(run, params, features)))
     return metrics
 
 
@@ -276,8 +263,7 @@ def train_epoch(run: Run, state: TrainState, epoch: int, seed: int, rng, writer,
     cfg = run.config.train
     order_rng = np.random.default_rng([seed, epoch])
     history, pending, step = [], None, first_step
-    for _, batch in glue.batches(run.features["train"], cfg.batch_size,
-                                 run.config.data.max_seq_length, run.filler, rng=order_rng):
+    for _, batch in run.task.batches(run.features["train"], cfg.batch_size, rng=order_rng):
         state, step_metrics = run.train_step(state, _global(batch, run.mesh), rng)
         step += 1
         # Step N-1's metrics are read only once step N is queued: no host sync per step.
@@ -318,17 +304,10 @@ def run_seed(run: Run, seed: int) -> dict:
                 _save_best(run, seed_dir, step, best_params, record)
     writer.close()
     result = {"seed": seed, "epochs": epochs, "best": best}
-    result["submissions"] = _write_submissions(run, best_params, seed_dir)
+    result["predictions"] = _write_predictions(run, best_params, seed_dir)
     if run.config.train.save_best_checkpoint:
         result["checkpoint"] = os.path.join(seed_dir, "checkpoints", str(best["step"]))
     return result
-
-
-def task_meta(task: glue.GlueTask) -> dict:
-    """What `inference.Predictor.classify` needs to name a fine-tuned checkpoint's outputs."""
-    return {"name": task.name, "labels": None if task.labels is None else list(task.labels),
-            "is_regression": task.is_regression,
-            "pair": len(task.text_columns) == 2, "metrics": list(task.metrics)}
 
 
 def _save_best(run: Run, seed_dir: str, step: int, params, record: dict) -> None:
@@ -336,27 +315,26 @@ def _save_best(run: Run, seed_dir: str, step: int, params, record: dict) -> None
     if jax.process_index() == 0 and tf.io.gfile.isdir(root):
         tf.io.gfile.rmtree(root)  # only the best epoch is kept
     meta = checkpoint.make_meta(step, run.model_config, run.tokenizer,
-                                run_config=run.config.to_dict(), task=task_meta(run.task),
+                                run_config=run.config.to_dict(), task=run.task.meta(),
                                 dev_metrics=record, init_checkpoint=run.config.init_checkpoint)
     checkpoint.save_model(root, step, params, meta)
 
 
-def _write_submissions(run: Run, params, seed_dir: str) -> dict:
+def _write_predictions(run: Run, params, seed_dir: str) -> dict:
+    """The task's prediction files of the dev and prediction splits: split -> path."""
     written = {}
-    for split in run.task.test_splits:
+    for split in [*run.task.dev_splits, *run.task.prediction_splits]:
         if split not in run.features:
             continue
         features = run.features[split]
-        predictions = glue.predictions_from_logits(
-            run.task, predict_logits(run, params, features))
-        path = os.path.join(seed_dir, "predictions", run.task.submissions[split])
-        if jax.process_index() == 0:
-            glue.write_submission(path, run.task, features.guids, predictions)
-        written[split] = path
+        path = run.task.write_predictions(os.path.join(seed_dir, "predictions"), split, features,
+                                          predict_outputs(run, params, features))
+        if path:
+            written[split] = path
     return written
 
 
-def summarize_seeds(task: glue.GlueTask, runs: list[dict]) -> dict:
+def summarize_seeds(task: base.FinetuneTask, runs: list[dict]) -> dict:
     """results.json: every seed, the best seed's epochs and best epoch, medians over seeds."""
     main = task.main_metric
     best_run = max(runs, key=lambda r: r["best"][main])
@@ -388,11 +366,11 @@ def finetune_and_evaluate(config, workdir: str) -> dict:
     results["seconds"] = time.perf_counter() - start
     if jax.process_index() == 0:
         best_seed = results["seeds"][str(results["best"]["seed"])]
-        for split, path in best_seed["submissions"].items():
+        for split, path in best_seed["predictions"].items():
             target = os.path.join(workdir, "predictions", os.path.basename(path))
-            os.makedirs(os.path.dirname(target), exist_ok=True)
-            shutil.copyfile(path, target)
-            results.setdefault("submissions", {})[split] = target
+            tf.io.gfile.makedirs(os.path.dirname(target))
+            tf.io.gfile.copy(path, target, overwrite=True)
+            results.setdefault("predictions", {})[split] = target
         with tf.io.gfile.GFile(os.path.join(workdir, "results.json"), "w") as f:
             json.dump(results, f, indent=2)
     logging.info("%s best: %s", run.task.name, results["best"])
