@@ -1,7 +1,12 @@
 """Convert checkpoints between other BERT formats and this package's.
 
     python -m bert_jax.convert --from=hf --input=HF_FOLDER --output=DIR
+    python -m bert_jax.convert --from=tf1 --input=GOOGLE_BERT_FOLDER --output=DIR [--nolowercase]
     python -m bert_jax.convert --to=hf --input=CHECKPOINT --output=HF_FOLDER
+
+A Hugging Face folder holds config.json, model.safetensors (or pytorch_model.bin, read without
+running pickled code) and vocab.txt. An original Google BERT folder holds bert_model.ckpt.*,
+bert_config.json and vocab.txt; `--from=tf` is the same as `--from=tf1`.
 """
 
 from absl import app, flags
@@ -9,10 +14,18 @@ from absl import app, flags
 from bert_jax.interop import convert
 
 FLAGS = flags.FLAGS
-flags.DEFINE_enum("from", None, ["hf"], "Import from this format into a bert_jax checkpoint.")
+flags.DEFINE_enum("from", None, ["hf", "tf1", "tf"],
+                  "Import from this format into a bert_jax checkpoint.")
 flags.DEFINE_enum("to", None, ["hf"], "Export a bert_jax checkpoint to this format.")
 flags.DEFINE_string("input", None, "Folder to read.", required=True)
 flags.DEFINE_string("output", None, "Folder to write.", required=True)
+flags.DEFINE_boolean(
+    "lowercase", None,
+    "Imports: whether the WordPiece vocab lowercases text. Unset: hf takes "
+    "tokenizer_config.json's do_lower_case (default true); tf1 infers it from the folder name "
+    "(cased_*/multi_cased_* keep case, anything else lowercases).")
+
+IMPORTERS = {"hf": convert.import_hf, "tf1": convert.import_tf1, "tf": convert.import_tf1}
 
 
 def main(argv):
@@ -20,9 +33,11 @@ def main(argv):
     source, target = FLAGS["from"].value, FLAGS.to
     if (source is None) == (target is None):
         raise app.UsageError("give exactly one of --from or --to")
-    if source == "hf":
-        print(convert.import_hf(FLAGS.input, FLAGS.output))
+    if source is not None:
+        print(IMPORTERS[source](FLAGS.input, FLAGS.output, lowercase=FLAGS.lowercase))
     else:
+        if FLAGS.lowercase is not None:
+            raise app.UsageError("--lowercase applies to imports (--from) only")
         print(convert.export_hf(FLAGS.input, FLAGS.output))
 
 

@@ -1,15 +1,21 @@
-"""The convert entrypoint: HF folder -> self-describing checkpoint -> HF folder."""
+"""The convert entrypoint: HF (safetensors or .bin) and original TF1 BERT folders ->
+self-describing checkpoint -> HF folder; parity with transformers on the way."""
 
+import json
+import os
 import subprocess
 import sys
 
+import flax.linen as nn
 import jax
 import numpy as np
 import pytest
 
-from bert_jax.interop import convert, hf
+from bert_jax.interop import convert, hf, tf1
+from bert_jax.model import BertEncoder, BertForPreTraining
 from bert_jax.train import checkpoint
 from tests.conftest import require
+from tests.test_hf_parity import _random_batch, _random_hf_pretraining_model
 
 
 @pytest.fixture(scope="module")
@@ -58,5 +64,219 @@ def test_missing_checkpoint_is_a_clear_error(tmp_path):
 
 def test_folder_without_weights_is_named(tmp_path):
     (tmp_path / "config.json").write_text("{}")
-    with pytest.raises(FileNotFoundError, match="model.safetensors"):
+    with pytest.raises(FileNotFoundError,
+                       match="neither model.safetensors nor pytorch_model.bin"):
         convert.import_hf(str(tmp_path), str(tmp_path / "out"))
+
+
+# ----------------------------------------------------------------------------------------------
+# A random BertForPreTraining (small, random biases and LayerNorms) in each foreign format.
+
+
+@pytest.fixture(scope="module")
+def random_model():
+    """(transformers BertForPreTraining, a padded batch, its outputs)."""
+    torch = require("torch")
+    model, _ = _random_hf_pretraining_model(torch, require("transformers"))
+    batch = _random_batch(np.random.default_rng(0))
+    return model, batch, _transformers_outputs(model, batch)
+
+
+def _transformers_outputs(model, batch) -> dict:
+    torch = require("torch")
+    input_ids, token_type_ids, attention_mask, masked_positions = batch
+    with torch.no_grad():
+        out = model(input_ids=torch.from_numpy(input_ids).long(),
+                    token_type_ids=torch.from_numpy(token_type_ids).long(),
+                    attention_mask=torch.from_numpy(attention_mask).long(),
+                    output_hidden_states=True)
+    mlm = np.take_along_axis(out.prediction_logits.numpy(), masked_positions[..., None], 1)
+    return {"sequence": out.hidden_states[-1].numpy(), "mlm_logits": mlm,
+            "nsp_logits": out.seq_relationship_logits.numpy()}
+
+
+def _our_outputs(path: str, batch) -> dict:
+    input_ids, token_type_ids, attention_mask, masked_positions = batch
+    loaded = checkpoint.load_model(path)
+    params = nn.unbox(loaded.params)
+    out = BertForPreTraining(loaded.model_config).apply(
+        {"params": params}, input_ids, token_type_ids, attention_mask,
+        masked_positions=masked_positions)
+    out["sequence"], _ = BertEncoder(loaded.model_config).apply(
+        {"params": params["bert"]}, input_ids, token_type_ids, attention_mask)
+    return out
+
+
+def _assert_same_outputs(got: dict, want: dict):
+    assert want["mlm_logits"].shape == (3, 5, 512)
+    for name in ("sequence", "mlm_logits", "nsp_logits"):
+        np.testing.assert_allclose(got[name], want[name], atol=1e-4, rtol=0, err_msg=name)
+
+
+def _write_vocab(folder, size: int = 512):
+    tokens = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
+    tokens += [f"w{i}" for i in range(size - len(tokens))]
+    (folder / "vocab.txt").write_text("".join(t + "\n" for t in tokens), encoding="utf-8")
+
+
+# ----------------------------------------------------------------------------------------------
+# Original Google BERT (TF1) checkpoints.
+
+
+def _original_variables(model) -> dict:
+    """The model's weights under the original BERT variable names, kernels [in, out]."""
+    w = {name: t.detach().numpy() for name, t in model.state_dict().items()}
+
+    def dense(tf_scope, hf_scope):
+        return {f"{tf_scope}/kernel": w[f"{hf_scope}.weight"].T,
+                f"{tf_scope}/bias": w[f"{hf_scope}.bias"]}
+
+    def layer_norm(tf_scope, hf_scope):
+        return {f"{tf_scope}/gamma": w[f"{hf_scope}.weight"],
+                f"{tf_scope}/beta": w[f"{hf_scope}.bias"]}
+
+    out = {f"bert/embeddings/{name}": w[f"bert.embeddings.{name}.weight"]
+           for name in ("word_embeddings", "token_type_embeddings", "position_embeddings")}
+    out |= layer_norm("bert/embeddings/LayerNorm", "bert.embeddings.LayerNorm")
+    for i in range(model.config.num_hidden_layers):
+        tf_layer, hf_layer = f"bert/encoder/layer_{i}", f"bert.encoder.layer.{i}"
+        for name in ("query", "key", "value"):
+            out |= dense(f"{tf_layer}/attention/self/{name}", f"{hf_layer}.attention.self.{name}")
+        out |= dense(f"{tf_layer}/attention/output/dense", f"{hf_layer}.attention.output.dense")
+        out |= layer_norm(f"{tf_layer}/attention/output/LayerNorm",
+                          f"{hf_layer}.attention.output.LayerNorm")
+        out |= dense(f"{tf_layer}/intermediate/dense", f"{hf_layer}.intermediate.dense")
+        out |= dense(f"{tf_layer}/output/dense", f"{hf_layer}.output.dense")
+        out |= layer_norm(f"{tf_layer}/output/LayerNorm", f"{hf_layer}.output.LayerNorm")
+    out |= dense("bert/pooler/dense", "bert.pooler.dense")
+    out |= dense("cls/predictions/transform/dense", "cls.predictions.transform.dense")
+    out |= layer_norm("cls/predictions/transform/LayerNorm", "cls.predictions.transform.LayerNorm")
+    out["cls/predictions/output_bias"] = w["cls.predictions.bias"]
+    out["cls/seq_relationship/output_weights"] = w["cls.seq_relationship.weight"]  # [2, H]
+    out["cls/seq_relationship/output_bias"] = w["cls.seq_relationship.bias"]
+    return out
+
+
+def _write_original_folder(folder, variables: dict, model):
+    """bert_model.ckpt.{index,data-*} (with Adam slots and global_step, as released),
+    bert_config.json and vocab.txt."""
+    tf = pytest.importorskip("tensorflow")
+    folder.mkdir()
+    slots = {f"{name}/{slot}": np.zeros_like(value)
+             for name, value in variables.items() for slot in ("adam_m", "adam_v")}
+    everything = {**variables, **slots, "global_step": np.int64(1000)}
+    tf.raw_ops.SaveV2(prefix=str(folder / "bert_model.ckpt"), tensor_names=list(everything),
+                      shape_and_slices=[""] * len(everything),
+                      tensors=[np.ascontiguousarray(v) for v in everything.values()])
+    c = model.config
+    (folder / "bert_config.json").write_text(json.dumps(dict(
+        vocab_size=c.vocab_size, hidden_size=c.hidden_size,
+        num_hidden_layers=c.num_hidden_layers, num_attention_heads=c.num_attention_heads,
+        intermediate_size=c.intermediate_size, hidden_act="gelu", hidden_dropout_prob=0.1,
+        attention_probs_dropout_prob=0.1, max_position_embeddings=c.max_position_embeddings,
+        type_vocab_size=c.type_vocab_size, initializer_range=0.02)))
+    _write_vocab(folder, c.vocab_size)
+    return str(folder)
+
+
+def test_tf1_checkpoint_imports_with_transformers_outputs(random_model, tmp_path):
+    model, batch, reference = random_model
+    folder = _write_original_folder(tmp_path / "uncased_L-3_H-64_A-4",
+                                    _original_variables(model), model)
+    assert tf1.lowercase_from_name(folder)  # the flag below overrides what the name says
+    output = tmp_path / "converted"
+    subprocess.run([sys.executable, "-m", "bert_jax.convert", "--from=tf1", f"--input={folder}",
+                    f"--output={output}", "--nolowercase"], check=True, capture_output=True)
+    _assert_same_outputs(_our_outputs(str(output), batch), reference)
+    loaded = checkpoint.load_model(str(output))
+    assert loaded.meta["has_pretraining_heads"] and not loaded.tokenizer.lowercase
+    assert loaded.tokenizer.vocab_size == 512
+
+
+def test_tf1_unexpected_and_missing_variables_are_named(random_model, tmp_path):
+    model, _, _ = random_model
+    variables = _original_variables(model)
+    del variables["bert/encoder/layer_2/output/LayerNorm/beta"]
+    variables["bert/encoder/layer_0/attention/self/rotary/kernel"] = np.zeros((4, 4), np.float32)
+    folder = _write_original_folder(tmp_path / "broken", variables, model)
+    with pytest.raises(ValueError, match=r"unexpected variable\(s\) \['bert/encoder/layer_0/"
+                                         r"attention/self/rotary/kernel'\]; 1 missing variable"
+                                         r"\(s\) \['bert/encoder/layer_2/output/LayerNorm/beta'\]"):
+        convert.import_tf1(folder, str(tmp_path / "out"))
+
+
+@pytest.mark.parametrize("name, lowercase", [
+    ("uncased_L-12_H-768_A-12", True), ("wwm_uncased_L-24_H-1024_A-16", True),
+    ("cased_L-12_H-768_A-12", False), ("multi_cased_L-12_H-768_A-12/", False),
+    ("chinese_L-12_H-768_A-12", True), ("my_bert", True)])
+def test_tf1_lowercase_is_inferred_from_the_folder_name(name, lowercase):
+    assert tf1.lowercase_from_name(os.path.join("models", name)) is lowercase
+
+
+def test_tf1_folder_without_checkpoint_is_named(tmp_path):
+    (tmp_path / "bert_config.json").write_text(json.dumps(dict(
+        vocab_size=8, hidden_size=8, num_hidden_layers=1, num_attention_heads=2,
+        intermediate_size=16)))
+    with pytest.raises(FileNotFoundError, match="no TF checkpoint.*bert_model.ckpt.index"):
+        convert.import_tf1(str(tmp_path), str(tmp_path / "out"))
+
+
+# ----------------------------------------------------------------------------------------------
+# pytorch_model.bin folders, and exports that transformers loads.
+
+
+@pytest.fixture(scope="module")
+def bin_checkpoint(random_model, tmp_path_factory):
+    """The random model as a pytorch_model.bin folder, imported."""
+    torch = require("torch")
+    model, _, _ = random_model
+    folder = tmp_path_factory.mktemp("bin_folder")
+    # What transformers < 5 wrote for safe_serialization=False (5.x writes safetensors only).
+    model.config.save_pretrained(str(folder))
+    torch.save(model.state_dict(), folder / "pytorch_model.bin")
+    _write_vocab(folder)
+    assert sorted(p.name for p in folder.iterdir()) == ["config.json", "pytorch_model.bin",
+                                                       "vocab.txt"]
+    return convert.import_hf(str(folder), str(tmp_path_factory.mktemp("bin_ckpt")))
+
+
+def test_torch_bin_folder_imports_with_transformers_outputs(random_model, bin_checkpoint):
+    _, batch, reference = random_model
+    _assert_same_outputs(_our_outputs(bin_checkpoint, batch), reference)
+
+
+def test_exported_pretraining_model_gives_transformers_our_outputs(random_model, bin_checkpoint,
+                                                                    tmp_path):
+    transformers = require("transformers")
+    _, batch, _ = random_model
+    convert.export_hf(bin_checkpoint, str(tmp_path))
+    exported = transformers.BertForPreTraining.from_pretrained(str(tmp_path)).eval()
+    _assert_same_outputs(_our_outputs(bin_checkpoint, batch),
+                         _transformers_outputs(exported, batch))
+
+
+class _RunsAShellCommand:
+    """What a malicious pickle carries: unpickling it calls os.system."""
+
+    def __init__(self, command: str):
+        self.command = command
+
+    def __reduce__(self):
+        return os.system, (self.command,)
+
+
+def test_bin_that_would_run_code_is_refused(tmp_path):
+    torch = require("torch")
+    marker = tmp_path / "marker"
+    (tmp_path / "config.json").write_text(json.dumps(hf.config_to_hf(
+        hf.config_from_hf(dict(vocab_size=8, hidden_size=8, num_hidden_layers=1,
+                               num_attention_heads=2, intermediate_size=16)))))
+    payload = {"bert.embeddings.word_embeddings.weight": torch.zeros(8, 8),
+               "bert.pooler.dense.bias": _RunsAShellCommand(f"touch {marker}")}
+    torch.save(payload, tmp_path / "pytorch_model.bin")
+    with pytest.raises(ValueError, match=r"refusing to load .*pytorch_model.bin.*posix.system"):
+        hf.read_hf_folder(str(tmp_path))
+    assert not marker.exists()
+    # The file really is live: an unrestricted load runs the command.
+    torch.load(tmp_path / "pytorch_model.bin", weights_only=False)
+    assert marker.exists()

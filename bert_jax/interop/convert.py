@@ -1,43 +1,70 @@
 """Conversion between foreign BERT checkpoints and this package's self-describing checkpoints."""
 
+import json
 import os
 
 import jax
 import numpy as np
+from absl import logging
 
 from bert_jax.data import tokenization
-from bert_jax.interop import hf
+from bert_jax.interop import hf, tf1
+from bert_jax.model.config import ModelConfig
 from bert_jax.train import checkpoint
 
 
-def import_hf(folder: str, output: str) -> str:
-    """A Hugging Face BERT folder (config.json, model.safetensors, vocab.txt) -> a checkpoint.
+def import_hf(folder: str, output: str, lowercase: bool | None = None) -> str:
+    """A Hugging Face BERT folder (config.json, model.safetensors or pytorch_model.bin,
+    vocab.txt) -> a checkpoint.
 
     Pre-training heads are kept when the folder has them (BertForPreTraining), else the
-    checkpoint holds the encoder and pooler only.
+    checkpoint holds the encoder and pooler only. lowercase=None takes tokenizer_config.json's
+    do_lower_case (default true).
     """
     config, tensors = hf.read_hf_folder(folder)
+    if lowercase is None:
+        lowercase = _hf_lowercase(folder)
+    return _save_imported(output, config, tensors, _wordpiece(folder, lowercase), f"hf:{folder}")
+
+
+def import_tf1(folder: str, output: str, lowercase: bool | None = None) -> str:
+    """An original Google BERT folder (bert_model.ckpt.*, bert_config.json, vocab.txt) -> a
+    checkpoint, pre-training heads included when the checkpoint has them.
+
+    lowercase=None infers it from the folder name: `cased_...` and `multi_cased_...` keep case;
+    `uncased_...` and other names lowercase.
+    """
+    config, tensors = tf1.read_tf1_folder(folder)
+    if lowercase is None:
+        lowercase = tf1.lowercase_from_name(folder)
+        logging.info("%s: %s vocab (from the folder name)", folder,
+                     "uncased" if lowercase else "cased")
+    return _save_imported(output, config, tensors, _wordpiece(folder, lowercase), f"tf1:{folder}")
+
+
+def _save_imported(output: str, config: ModelConfig, tensors: dict,
+                   tokenizer: tokenization.Tokenizer, source: str) -> str:
+    """HF-named tensors + config + tokenizer -> step 0 of a checkpoint at `output`."""
     with_heads = any(name.startswith("cls.") for name in tensors)
     params = hf.params_from_hf(tensors, config, with_heads=with_heads)
-    tokenizer = _hf_tokenizer(folder)
     if tokenizer.vocab_size != config.vocab_size:
-        raise ValueError(f"{folder}: vocab.txt has {tokenizer.vocab_size} tokens but config.json "
-                         f"says vocab_size={config.vocab_size}")
-    meta = checkpoint.make_meta(0, config, tokenizer, source=f"hf:{folder}",
+        raise ValueError(f"{source}: vocab.txt has {tokenizer.vocab_size} tokens but the model "
+                         f"config says vocab_size={config.vocab_size}")
+    meta = checkpoint.make_meta(0, config, tokenizer, source=source,
                                 has_pretraining_heads=with_heads)
     return checkpoint.save_model(output, 0, jax.tree_util.tree_map(np.asarray, params), meta)
 
 
-def _hf_tokenizer(folder: str) -> tokenization.Tokenizer:
-    vocab = os.path.join(folder, "vocab.txt")
-    lowercase = True
+def _hf_lowercase(folder: str) -> bool:
     config_path = os.path.join(folder, "tokenizer_config.json")
-    if os.path.exists(config_path):
-        import json
+    if not os.path.exists(config_path):
+        return True
+    with open(config_path, encoding="utf-8") as f:
+        return json.load(f).get("do_lower_case", True)
 
-        with open(config_path, encoding="utf-8") as f:
-            lowercase = json.load(f).get("do_lower_case", True)
-    return tokenization.load_tokenizer(f"wordpiece:{vocab}" + ("" if lowercase else ":cased"))
+
+def _wordpiece(folder: str, lowercase: bool) -> tokenization.Tokenizer:
+    return tokenization.WordPieceTokenizer(os.path.join(folder, "vocab.txt"), lowercase=lowercase)
 
 
 def export_hf(checkpoint_path: str, output: str) -> str:
@@ -45,8 +72,6 @@ def export_hf(checkpoint_path: str, output: str) -> str:
 
     Writes config.json, model.safetensors and the tokenizer's files (vocab.txt for WordPiece).
     """
-    import json
-
     import flax.linen as nn
     from safetensors.numpy import save_file
 

@@ -256,19 +256,34 @@ def config_to_hf(config: ModelConfig) -> dict:
 
 
 def read_hf_folder(folder: str) -> tuple[ModelConfig, dict]:
-    """config.json + model.safetensors of a HF folder -> (ModelConfig, tensors)."""
+    """config.json + weights of a HF folder -> (ModelConfig, tensors).
+
+    The weights are model.safetensors, else pytorch_model.bin read by torch's restricted
+    unpickler (torch_bin), which refuses a file that would run code.
+    """
     from safetensors.numpy import load as load_safetensors
 
+    from bert_jax.interop import torch_bin
+
     config_path = os.path.join(folder, "config.json")
-    weights_path = os.path.join(folder, "model.safetensors")
-    for path in (config_path, weights_path):
-        if not tf.io.gfile.exists(path):
-            raise FileNotFoundError(f"{path} not found (a Hugging Face BERT folder needs it)")
+    weights_path = _hf_weights_path(folder)
+    if not tf.io.gfile.exists(config_path):
+        raise FileNotFoundError(f"{config_path} not found (a Hugging Face BERT folder needs it)")
     with tf.io.gfile.GFile(config_path, "r") as f:
         config = config_from_hf(json.load(f))
+    if weights_path.endswith(".bin"):
+        return config, torch_bin.load_state_dict(weights_path)
     with tf.io.gfile.GFile(weights_path, "rb") as f:
-        tensors = load_safetensors(f.read())
-    return config, tensors
+        return config, load_safetensors(f.read())
+
+
+def _hf_weights_path(folder: str) -> str:
+    for name in ("model.safetensors", "pytorch_model.bin"):
+        path = os.path.join(folder, name)
+        if tf.io.gfile.exists(path):
+            return path
+    raise FileNotFoundError(f"{folder} has neither model.safetensors nor pytorch_model.bin "
+                            "(a Hugging Face BERT folder needs one of them)")
 
 
 def stack_layers(encoder_params: Params, num_layers: int) -> Params:
