@@ -86,6 +86,21 @@ class Tokenizer(abc.ABC):
     def encode_batch(self, texts: Sequence[str]) -> list[list[int]]:
         """Token ids of many texts at once (multi-threaded native code)."""
 
+    def encode_with_offsets(self, text: str) -> tuple[list[int], list[tuple[int, int]]]:
+        """`encode(text)` and each piece's (start, end) character span in `text` as given.
+
+        A span covers the characters the piece stands for (never surrounding whitespace); a
+        piece that stands for no character of its own (e.g. the second piece of one expanded
+        character) has an empty span.
+        """
+        return self.encode_batch_with_offsets([text])[0]
+
+    def encode_batch_with_offsets(
+        self, texts: Sequence[str]
+    ) -> list[tuple[list[int], list[tuple[int, int]]]]:
+        """encode_with_offsets of many texts at once."""
+        raise NotImplementedError(f"{type(self).__name__} has no character offsets")
+
     def encode_flat(self, texts: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
         """encode_batch's ids back to back ([T] int32) and each text's count ([N] int64).
 
@@ -199,6 +214,13 @@ class WordPieceTokenizer(Tokenizer):
         return _interleave(
             len(texts), (fast, fast_ids, fast_lengths), (slow, slow_ids, slow_lengths)
         )
+
+    def encode_batch_with_offsets(
+        self, texts: Sequence[str]
+    ) -> list[tuple[list[int], list[tuple[int, int]]]]:
+        # The full BERT pipeline: its offsets are those of the text before normalisation.
+        encodings = self._tok.encode_batch(list(texts), add_special_tokens=False)
+        return [(e.ids, [tuple(o) for o in e.offsets]) for e in encodings]
 
     def _encode_plain(self, joined: str) -> tuple[np.ndarray, np.ndarray]:
         """encode_flat of plain texts joined by _SEPARATOR."""
@@ -419,6 +441,24 @@ class SentencePieceTokenizer(Tokenizer):
                     batch[row] = self._drop_space_before(batch[row])
         return batch
 
+    def encode_batch_with_offsets(
+        self, texts: Sequence[str]
+    ) -> list[tuple[list[int], list[tuple[int, int]]]]:
+        # "offset_mapping" spans count characters (not UTF-8 bytes) of the text before
+        # normalisation; a "▁" piece's span takes in the whitespace it stands for, trimmed here.
+        texts = list(texts)
+        mapped = self._sp.encode(texts, return_type="offset_mapping",
+                                 num_threads=os.cpu_count() or 1)
+        out = []
+        for text, m in zip(texts, mapped):
+            ids, offsets = m["ids"], [_trim_span(text, *span) for span in m["offsets"]]
+            if any(piece in text for piece in self._text_specials):
+                kept = self._drop_space_before(ids)
+                offsets = _subsequence_items(ids, kept, offsets)
+                ids = kept
+            out.append((ids, offsets))
+        return out
+
     def _drop_space_before(self, ids: list[int]) -> list[int]:
         """Drops the lone "▁" SentencePiece emits before a special typed in text.
 
@@ -453,6 +493,31 @@ class SentencePieceTokenizer(Tokenizer):
     def _save_files(self, directory: str) -> dict:
         _write_bytes(os.path.join(directory, _SPM_MODEL_FILE), self._proto)
         return {"kind": "sentencepiece", "model_file": _SPM_MODEL_FILE}
+
+
+def _trim_span(text: str, start: int, end: int) -> tuple[int, int]:
+    """(start, end) without the whitespace at either end; (end, end) when only whitespace."""
+    while start < end and text[start].isspace():
+        start += 1
+    if start == end:
+        return end, end
+    while text[end - 1].isspace():
+        end -= 1
+    return start, end
+
+
+def _subsequence_items(full: list[int], kept: list[int], items: list) -> list:
+    """The items of the positions of `full` that make up its subsequence `kept`.
+
+    Matches each kept id at its earliest position; right for _drop_space_before, which only
+    removes a space piece whose next id (a special) differs from it.
+    """
+    out, j = [], 0
+    for i, item in zip(full, items):
+        if j < len(kept) and i == kept[j]:
+            out.append(item)
+            j += 1
+    return out
 
 
 def _sentencepiece_special_ids(sp: spm.SentencePieceProcessor, model_file: str) -> dict[str, int]:
