@@ -30,10 +30,10 @@ from bert_jax.data import tokenization
 from bert_jax.model import BertEncoder, BertForPreTraining, ModelConfig
 from bert_jax.model.heads import BertForSequenceClassification
 from bert_jax.tasks import glue
+from bert_jax.tasks.batching import length_bucket
 from bert_jax.train import checkpoint
 
 POOLINGS = ("cls", "pooled", "mean")
-_MIN_LENGTH_BUCKET = 16
 
 
 # ----------------------------------------------------------------------------------------------
@@ -82,14 +82,6 @@ def _classify_step(params, input_ids, token_type_ids, attention_mask, *, config,
 
 # ----------------------------------------------------------------------------------------------
 # Batching: tokenization, truncation, length buckets.
-
-
-def length_bucket(length: int, max_length: int) -> int:
-    """The padded length for `length` tokens: a power of two >= 16, capped at `max_length`."""
-    bucket = _MIN_LENGTH_BUCKET
-    while bucket < length:
-        bucket *= 2
-    return min(bucket, max_length)
 
 
 def _row_bucket(rows: int, batch_size: int) -> int:

@@ -71,7 +71,8 @@ class BertForPreTraining(nn.Module):
 
 
 class ClassificationHead(nn.Module):
-    """Dropout + dense on the pooled [CLS] output: [B, H] -> [B, num_labels] float32 logits.
+    """Dropout + dense on the pooled [CLS] output: [B, H] -> [B, num_labels] float32 logits
+    (or on every token's state, [B, L, H] -> [B, L, num_labels]).
 
     num_labels = 1 is a regression head (STS-B): its single output is the predicted score.
     """
@@ -107,3 +108,46 @@ class BertForSequenceClassification(nn.Module):
         _, pooled_output = self.bert(input_ids, token_type_ids, attention_mask,
                                      deterministic=deterministic)
         return self.classifier(pooled_output, deterministic)  # [B, num_labels]
+
+
+class SpanHead(nn.Module):
+    """Start and end logits per token (extractive QA): [B, L, H] -> two [B, L] float32."""
+
+    config: ModelConfig
+
+    @nn.compact
+    def __call__(self, sequence_output):
+        logits = dense(self.config, 2, ("embed", None), name="dense")(sequence_output)
+        logits = logits.astype(jnp.float32)  # [B, L, 2]
+        return logits[..., 0], logits[..., 1]
+
+
+class BertForQuestionAnswering(nn.Module):
+    """Encoder + span head: {'start_logits', 'end_logits'}, each [B, L] float32.
+
+    Params are {'bert': {...}, 'qa_outputs': {dense}}; the pooler is unused (as in the original).
+    """
+
+    config: ModelConfig
+
+    def setup(self):
+        self.bert = BertEncoder(self.config)
+        self.qa_outputs = SpanHead(self.config)
+
+    def __call__(self, input_ids, token_type_ids=None, attention_mask=None, *,
+                 deterministic: bool = True):
+        sequence_output, _ = self.bert(input_ids, token_type_ids, attention_mask,
+                                       deterministic=deterministic)
+        start, end = self.qa_outputs(sequence_output)
+        return {"start_logits": start, "end_logits": end}
+
+
+class BertForTokenClassification(BertForSequenceClassification):
+    """Encoder + the classification head on every final hidden state (NER):
+    [B, L, num_labels] float32 logits. Params as BertForSequenceClassification's."""
+
+    def __call__(self, input_ids, token_type_ids=None, attention_mask=None, *,
+                 deterministic: bool = True):
+        sequence_output, _ = self.bert(input_ids, token_type_ids, attention_mask,
+                                       deterministic=deterministic)
+        return self.classifier(sequence_output, deterministic)  # [B, L, num_labels]

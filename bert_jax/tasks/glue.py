@@ -29,8 +29,8 @@ from absl import logging
 from sklearn import metrics as sk_metrics
 
 from bert_jax.data import tokenization
+from bert_jax.tasks import batching
 
-_MIN_LENGTH_BUCKET = 16
 # CoLA's train/dev columns (the files have no header): source, label, original label, sentence.
 _COLA_COLUMNS = ("source", "label", "original_label", "sentence")
 
@@ -336,19 +336,11 @@ def encode(examples: Sequence[Example], tokenizer: tokenization.Tokenizer, max_s
     return Features(input_ids, type_ids, labels, [e.guid for e in examples])
 
 
-def length_bucket(length: int, max_length: int) -> int:
-    """Padded length: a power of two >= 16, capped at max_length."""
-    bucket = _MIN_LENGTH_BUCKET
-    while bucket < length:
-        bucket *= 2
-    return min(bucket, max_length)
-
-
 def pad_batch(features: Features, indices: Sequence[int], batch_size: int,
               max_seq_length: int, filler: Sequence[int]) -> dict:
     """Rows `indices` padded to [batch_size, bucket]; filler rows ([CLS] [SEP]) weigh 0."""
     rows = [features.input_ids[i] for i in indices]
-    length = length_bucket(max(len(r) for r in rows), max_seq_length)
+    length = batching.length_bucket(max(len(r) for r in rows), max_seq_length)
     batch = {
         "input_ids": np.zeros((batch_size, length), np.int32),
         "token_type_ids": np.zeros((batch_size, length), np.int32),
@@ -379,23 +371,8 @@ def batches(features: Features, batch_size: int, max_seq_length: int, filler: Se
     With `rng` (training): shuffle, sort chunks of sort_chunk batches by length, cut, and shuffle
     the batches. Without (evaluation): sorted by length, deterministic.
     """
-    if len(features) == 0:
-        return
-    lengths = features.lengths
-    if rng is None:
-        order = np.argsort(lengths, kind="stable")
-        groups = [order[s:s + batch_size] for s in range(0, len(order), batch_size)]
-    else:
-        order = rng.permutation(len(features))
-        groups = []
-        chunk = batch_size * sort_chunk
-        for s in range(0, len(order), chunk):
-            part = order[s:s + chunk]
-            part = part[np.argsort(lengths[part], kind="stable")]
-            groups += [part[b:b + batch_size] for b in range(0, len(part), batch_size)]
-        groups = [groups[i] for i in rng.permutation(len(groups))]
-    for group in groups:
-        indices = [int(i) for i in group]
+    for indices in batching.index_groups(features.lengths, batch_size, rng=rng,
+                                         sort_chunk=sort_chunk):
         yield indices, pad_batch(features, indices, batch_size, max_seq_length, filler)
 
 
