@@ -72,7 +72,10 @@ def get_config(arg: str = "base") -> config_dict.ConfigDict:
     ))
     config.checkpoint = config_dict.ConfigDict(dict(every_steps=10_000, keep=3))
     config.eval = config_dict.ConfigDict(dict(every_steps=10_000, num_batches=20))
-    config.mesh = config_dict.ConfigDict(dict(data=-1, fsdp=1, tensor=1, rules="data"))
+    # data x fsdp x tensor within a slice (-1: the remaining devices); dcn_data > 1: data
+    # parallelism across that many slices (TPU multislice) or processes (GPU nodes) over DCN.
+    config.mesh = config_dict.ConfigDict(dict(data=-1, fsdp=1, tensor=1, dcn_data=1,
+                                              rules="data"))
 
     if arg == "large":
         config.optimizer.name = "lamb"

@@ -254,6 +254,8 @@ def _run(args, devices, timeout=900):
 def test_two_processes_equal_one_process_then_restore_on_one_device(data_dir, tmp_path):
     workdir = str(tmp_path / "two_processes")
     flags = [f"--config.{k}={v}" for k, v in overrides(data_dir).items()]
+    # Each process stands for one slice (a GPU node): data parallelism across them over "DCN".
+    flags.append("--config.mesh.dcn_data=2")
     env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
     proc = subprocess.run(
         [sys.executable, "launch/local.py", "--num_processes=2", "--devices_per_process=4",

@@ -231,6 +231,44 @@ def test_mesh_minus_one_takes_the_rest():
     assert mesh_lib.mesh_shape(config, 16) == (4, 2, 2)
 
 
+class _FakeDevice:
+    """What the hybrid mesh reads of a device: its id, process and (on TPU) slice."""
+
+    def __init__(self, id, process_index, slice_index=None):
+        self.id, self.process_index, self.platform, self.device_kind = (
+            id, process_index, "cpu", "cpu")
+        if slice_index is not None:
+            self.slice_index = slice_index
+
+    def __repr__(self):
+        return f"d{self.id}"
+
+
+@pytest.mark.parametrize("by_slice", [True, False])
+def test_dcn_data_puts_only_the_data_axis_across_slices(by_slice):
+    # Two slices (or processes) of 4 devices, listed out of order; fsdp=2 within each slice.
+    devices = [_FakeDevice(i, i // 4, i // 4 if by_slice else None) for i in range(8)][::-1]
+    config = config_dict.ConfigDict(dict(data=-1, fsdp=2, tensor=1, dcn_data=2))
+    grid = mesh_lib.device_grid(config, devices)
+    assert grid.shape == (4, 2, 1)
+    group = np.vectorize(lambda d: d.id // 4)(grid)[:, :, 0]
+    # data rows 0-1 are one slice, rows 2-3 the other: fsdp and tensor never cross DCN.
+    assert (group[:2] == group[0, 0]).all() and (group[2:] == group[2, 0]).all()
+    assert group[0, 0] != group[2, 0]
+    assert sorted(d.id for d in grid.ravel()) == list(range(8))
+
+
+def test_dcn_data_must_match_the_slices():
+    devices = [_FakeDevice(i, i // 4) for i in range(8)]
+    config = config_dict.ConfigDict(dict(data=-1, fsdp=1, tensor=1, dcn_data=3))
+    with pytest.raises(ValueError, match=r"mesh.dcn_data=3 needs 3 processes of equal size, "
+                                         r"but the 8 devices form 2 processes"):
+        mesh_lib.device_grid(config, devices)
+    config.dcn_data = 0
+    with pytest.raises(ValueError, match="positive number of slices"):
+        mesh_lib.device_grid(config, devices)
+
+
 def test_batch_must_divide_data_axes():
     from bert_jax.train import setup as setup_lib
 

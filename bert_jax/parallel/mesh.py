@@ -1,10 +1,17 @@
-"""The device mesh (data x fsdp x tensor) and the shardings derived from logical names."""
+"""The device mesh (data x fsdp x tensor) and the shardings derived from logical names.
+
+Within a slice (TPU ICI, or the NVLink domain of a GPU node) the devices form data x fsdp x
+tensor. Across slices (DCN: the data-centre network) only data parallelism is used, since it
+sends one gradient reduction per step rather than per-layer collectives: `dcn_data` > 1 makes a
+hybrid mesh whose `data` axis is dcn_data slices x data devices per slice.
+"""
 
 import math
 
 import flax.linen as nn
 import jax
 import numpy as np
+from jax.experimental import mesh_utils
 from jax.sharding import NamedSharding, PartitionSpec
 
 from bert_jax.parallel.rules import MESH_AXES
@@ -29,10 +36,44 @@ def mesh_shape(config, num_devices: int) -> tuple[int, int, int]:
     return tuple(sizes)
 
 
+def dcn_data_size(config) -> int:
+    """Slices that data parallelism spans over DCN (config.dcn_data, default 1)."""
+    size = config.get("dcn_data", 1) if hasattr(config, "get") else getattr(config, "dcn_data", 1)
+    if size < 1:
+        raise ValueError(f"mesh.dcn_data must be a positive number of slices, got {size}")
+    return int(size)
+
+
+def _granules(devices) -> tuple[dict, bool]:
+    """Devices grouped by slice (TPU multislice) or, where devices name no slice, by process."""
+    by_slice = all(getattr(d, "slice_index", None) is not None for d in devices)
+    groups: dict = {}
+    for d in devices:
+        groups.setdefault(d.slice_index if by_slice else d.process_index, []).append(d)
+    return groups, not by_slice
+
+
 def make_mesh(config, devices=None) -> jax.sharding.Mesh:
     devices = jax.devices() if devices is None else devices
-    shape = mesh_shape(config, len(devices))
-    return jax.sharding.Mesh(np.asarray(devices).reshape(shape), MESH_AXES)
+    return jax.sharding.Mesh(device_grid(config, devices), MESH_AXES)
+
+
+def device_grid(config, devices) -> np.ndarray:
+    """The devices arranged as [data, fsdp, tensor]; with dcn_data > 1 the data axis runs over
+    slices (outer) then the data devices within a slice, so only `data` crosses DCN."""
+    dcn = dcn_data_size(config)
+    if dcn == 1:
+        return np.asarray(devices).reshape(mesh_shape(config, len(devices)))
+    groups, by_process = _granules(devices)
+    if len(groups) != dcn or len({len(g) for g in groups.values()}) != 1:
+        unit, units = ("process", "processes") if by_process else ("slice", "slices")
+        sizes = {k: len(g) for k, g in sorted(groups.items())}
+        raise ValueError(f"mesh.dcn_data={dcn} needs {dcn} {units} of equal size, but the "
+                         f"{len(devices)} devices form {len(groups)} {units} (devices per "
+                         f"{unit}: {sizes})")
+    per_slice = mesh_shape(config, len(devices) // dcn)
+    return mesh_utils.create_hybrid_device_mesh(per_slice, (dcn, 1, 1), devices,
+                                                process_is_granule=by_process)
 
 
 def logical_shardings(abstract_tree, mesh, rules):
