@@ -44,3 +44,32 @@ def index_groups(lengths: np.ndarray, batch_size: int, *, rng: np.random.Generat
         groups = [groups[i] for i in rng.permutation(len(groups))]
     for group in groups:
         yield [int(i) for i in group]
+
+
+def pad_rows(rows: dict, batch_size: int, length: int) -> dict:
+    """A fixed-size batch from the feature rows of one group.
+
+    rows: name -> [n, L, ...] per-token arrays (as wide as `input_ids`) or [n, ...] per-row
+    arrays, n <= batch_size. Per-token arrays are
+    cut to `length` (the group's bucket); every array gets batch_size - n filler rows of zeros
+    (labels that are -1 for "ignore" stay -1); `example_weight` is 1 on real rows, 0 on filler.
+    A filler row attends to its first token only: a row attending to nothing gives NaNs.
+    """
+    n = len(rows["input_ids"])
+    width = rows["input_ids"].shape[1]
+    batch = {}
+    for name, value in rows.items():
+        per_token = value.ndim >= 2 and value.shape[1] == width
+        if per_token:
+            value = value[:, :length]
+        fill = -1 if name in IGNORED_IS_MINUS_ONE else 0
+        padded = np.full((batch_size, *value.shape[1:]), fill, value.dtype)
+        padded[:n] = value
+        batch[name] = padded
+    batch["attention_mask"][n:, 0] = 1
+    batch["example_weight"] = (np.arange(batch_size) < n).astype(np.float32)
+    return batch
+
+
+# Per-token labels where -1 means "no label here" (the loss skips them).
+IGNORED_IS_MINUS_ONE = frozenset({"label_ids"})

@@ -38,7 +38,7 @@ def _totals(batch: dict) -> dict:
     return {"count": jnp.sum(batch["example_weight"])}
 
 
-def _loss(sums: dict, totals: dict):
+def mean_loss(sums: dict, totals: dict):
     """Mean over the real examples of the whole (accumulated) batch."""
     return sums["loss_sum"] / jnp.maximum(totals["count"], 1.0)
 
@@ -51,7 +51,7 @@ def summarize(sums: dict) -> dict:
     return metrics
 
 
-OBJECTIVE = losses.Objective(totals=_totals, loss=_loss, summarize=summarize)
+OBJECTIVE = losses.Objective(totals=_totals, loss=mean_loss, summarize=summarize)
 
 
 # ----------------------------------------------------------------------------------------------

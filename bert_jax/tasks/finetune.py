@@ -323,6 +323,8 @@ def _save_best(run: Run, seed_dir: str, step: int, params, record: dict) -> None
 def _write_predictions(run: Run, params, seed_dir: str) -> dict:
     """The task's prediction files of the dev and prediction splits: split -> path."""
     written = {}
+    if jax.process_index() == 0:
+        tf.io.gfile.makedirs(os.path.join(seed_dir, "predictions"))
     for split in [*run.task.dev_splits, *run.task.prediction_splits]:
         if split not in run.features:
             continue
@@ -358,7 +360,7 @@ def finetune_and_evaluate(config, workdir: str) -> dict:
     if jax.process_index() == 0:
         with tf.io.gfile.GFile(os.path.join(workdir, "config.json"), "w") as f:
             json.dump({"config": config.to_dict(), "model_config": run.model_config.to_dict(),
-                       "train_examples": len(run.features["train"]),
+                       "train_examples": run.task.num_examples(run.features["train"]),
                        "total_steps_per_seed": run.total_steps}, f, indent=2, default=str)
     start = time.perf_counter()
     runs = [run_seed(run, int(seed)) for seed in config.seeds]

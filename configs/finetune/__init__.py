@@ -1,1 +1,1 @@
-"""Fine-tuning configs (`configs/finetune/glue.py:TASK`)."""
+"""Fine-tuning configs: glue.py:TASK, squad.py[:v2], ner.py; common.py holds the recipe."""

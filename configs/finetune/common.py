@@ -1,0 +1,49 @@
+"""What every fine-tuning config shares: checkpoint, seeds, model, train, optimizer, mesh.
+
+The defaults are the BERT paper's fine-tuning recipe: AdamW, learning rate 2e-5 (the paper
+searched 2e-5..5e-5), batch 32, 3 epochs, 10% linear warmup then linear decay, dropout 0.1.
+Each task config adds its `task` name and `data` section and changes what its recipe changes.
+"""
+
+from ml_collections import config_dict
+
+
+def base_config(task: str) -> config_dict.ConfigDict:
+    config = config_dict.ConfigDict()
+    config.task = task
+    config.init_checkpoint = ""  # a checkpoint path (step folder, checkpoint root or workdir)
+    # True: the checkpoint's architecture and tokenizer, but freshly initialised weights (the
+    # baseline that shows what pre-training is worth).
+    config.random_init = False
+    config.seeds = (0,)  # one restart per seed; results.json reports each, the best, the median
+
+    config.model = config_dict.ConfigDict()
+    config.model.hidden_size = config_dict.placeholder(int)  # a check against the checkpoint
+    config.model.hidden_dropout = 0.1
+    config.model.attention_dropout = 0.1
+    config.model.dtype = "float32"
+
+    config.train = config_dict.ConfigDict(dict(
+        batch_size=32,  # global
+        eval_batch_size=64,
+        num_epochs=3,
+        grad_accum_steps=1,
+        log_every_steps=50,
+        skip_nonfinite_updates=False,
+        save_best_checkpoint=True,
+    ))
+    config.optimizer = config_dict.ConfigDict(dict(
+        name="adamw",
+        learning_rate=2e-5,
+        warmup_proportion=0.1,
+        weight_decay=0.01,
+        b1=0.9,
+        b2=0.999,
+        eps=1e-6,
+        grad_clip_norm=1.0,
+    ))
+    # data x fsdp x tensor within a slice (-1: the remaining devices); dcn_data > 1: data
+    # parallelism across that many slices (TPU multislice) or processes (GPU nodes) over DCN.
+    config.mesh = config_dict.ConfigDict(dict(data=-1, fsdp=1, tensor=1, dcn_data=1,
+                                              rules="data"))
+    return config
