@@ -1,17 +1,25 @@
-"""Inference from a checkpoint path alone: fill-mask, embeddings, and fine-tuned classifiers.
+"""Inference from a checkpoint path alone: fill-mask, embeddings, and fine-tuned models.
 
     predictor = inference.load("gs://bucket/run/checkpoints")    # or a local folder / step
     predictor.fill_mask(["The capital of France is [MASK]."], top_k=5)
     predictor.embed(["A sentence.", "Another one."], pooling="mean")   # np.ndarray [2, H]
-    inference.load(finetuned_checkpoint).classify([("A man sings.", "Someone sings.")])
+    inference.load(glue_checkpoint).classify([("A man sings.", "Someone sings.")])
+    inference.load(squad_checkpoint).answer([("Who sings?", "A man sings.")])
+    inference.load(conll_checkpoint).tag(["Peter lives in Berlin ."])
 
-Every text becomes `[CLS] text [SEP]` with token type 0. Texts are sorted by length and cut into
-batches of at most `batch_size`; each batch is padded to a length bucket (16, 32, 64, ... capped
-at the model's max_position_embeddings) and to a power-of-two number of rows, so the jitted
-functions compile once per (rows, length) bucket rather than once per input.
+A fine-tuned checkpoint stores its task (meta["task"]); answer and tag read their windows, label
+list and post-processing settings from it, and each method refuses a checkpoint of another task.
+
+For fill_mask, embed and classify every text becomes `[CLS] text [SEP]` with token type 0.
+Texts are sorted by length and cut into batches of at most `batch_size`; each batch is padded to
+a length bucket (16, 32, 64, ... capped at the model's max_position_embeddings) and to a
+power-of-two number of rows, so the jitted functions compile once per (rows, length) bucket
+rather than once per input. answer and tag batch their windows or rows the same way.
 
 A text longer than the model allows is truncated to its first max_position_embeddings - 2 tokens,
-with a logged warning; in fill_mask a [MASK] beyond the cut is an error.
+with a logged warning; in fill_mask a [MASK] beyond the cut is an error. As in fine-tuning,
+answer slides windows over a long context (the question is cut to max_query_length pieces) and
+tag splits a long text into rows at word boundaries.
 """
 
 from __future__ import annotations
@@ -28,12 +36,22 @@ from absl import logging
 
 from bert_jax.data import tokenization
 from bert_jax.model import BertEncoder, BertForPreTraining, ModelConfig
-from bert_jax.model.heads import BertForSequenceClassification
-from bert_jax.tasks import glue
+from bert_jax.model.heads import (BertForQuestionAnswering, BertForSequenceClassification,
+                                  BertForTokenClassification)
+from bert_jax.tasks import batching, conll, conlleval, glue, squad
 from bert_jax.tasks.batching import length_bucket
 from bert_jax.train import checkpoint
 
 POOLINGS = ("cls", "pooled", "mean")
+
+# meta["task"]["kind"] of the fine-tuned tasks; a GLUE classifier's is absent (older checkpoints)
+# and means None here.
+SPANS, TOKENS = "question_answering", "token_classification"
+_KIND_NAMES = {
+    None: "sentence (pair) classification, as GLUE",
+    SPANS: "extractive question answering, as SQuAD",
+    TOKENS: "token classification, as CoNLL-2003 NER",
+}
 
 
 # ----------------------------------------------------------------------------------------------
@@ -78,6 +96,22 @@ def _classify_step(params, input_ids, token_type_ids, attention_mask, *, config,
     """[B, L] inputs -> [B, num_labels] float32 logits of a fine-tuned classifier."""
     return BertForSequenceClassification(config, num_labels).apply(
         {"params": params}, input_ids, token_type_ids, attention_mask)
+
+
+@functools.partial(jax.jit, static_argnames=("config",))
+def _span_step(params, input_ids, token_type_ids, attention_mask, *, config):
+    """[B, L] inputs -> start and end logits, each [B, L] float32, of a fine-tuned QA model."""
+    out = BertForQuestionAnswering(config).apply(
+        {"params": params}, input_ids, token_type_ids, attention_mask)
+    return out["start_logits"], out["end_logits"]
+
+
+@functools.partial(jax.jit, static_argnames=("config", "num_labels"))
+def _tag_step(params, input_ids, attention_mask, *, config, num_labels):
+    """[B, L] inputs -> [B, L] int32 label ids of a fine-tuned token classifier."""
+    logits = BertForTokenClassification(config, num_labels).apply(
+        {"params": params}, input_ids, None, attention_mask)  # [B, L, num_labels]
+    return jnp.argmax(logits, axis=-1).astype(jnp.int32)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -132,12 +166,112 @@ def _check_texts(texts) -> list[str]:
     return texts
 
 
+def _squad_examples(items) -> list[squad.SquadExample]:
+    """(question, context) pairs as SQuAD examples without answers; errors name the input."""
+    if isinstance(items, str) or (isinstance(items, tuple) and len(items) == 2
+                                  and all(isinstance(x, str) for x in items)):
+        raise TypeError("answer takes a list of (question, context) pairs, not one pair or "
+                        "string (wrap it: [(question, context)])")
+    examples = []
+    for i, item in enumerate(items):
+        try:
+            question, context = item
+        except (TypeError, ValueError):
+            question = context = None
+        if isinstance(item, str) or not (isinstance(question, str) and isinstance(context, str)):
+            raise TypeError(f"input {i} is not a (question, context) pair of strings: "
+                            f"{item!r:.100}")
+        for name, text in (("question", question), ("context", context)):
+            if not text.strip():
+                raise ValueError(f"input {i}: the {name} is empty")
+        examples.append(squad.SquadExample(str(i), "", question, context, (), False))
+    return examples
+
+
+def _word_lists(texts) -> list[list[str]]:
+    """Each text's words: a string split on whitespace, or a list of words as given."""
+    if isinstance(texts, str):
+        raise TypeError("texts must be a list of texts or word lists, not one string "
+                        "(wrap it: [text])")
+    out = []
+    for i, text in enumerate(texts):
+        words = text.split() if isinstance(text, str) else list(text)
+        bad = [w for w in words if not isinstance(w, str) or not w.strip()]
+        if bad:
+            raise ValueError(f"texts[{i}]: words must be non-blank strings, got {bad[0]!r}")
+        if not words:
+            raise ValueError(f"texts[{i}] has no words: nothing to tag")
+        out.append(words)
+    return out
+
+
+def _token_rows(features: conll.TokenFeatures, rows: list[int]) -> dict:
+    """The model inputs of some NER rows (token type 0 throughout)."""
+    ids = features.input_ids[rows]  # [n, L]
+    mask = np.arange(ids.shape[1])[None, :] < features.lengths[rows, None]
+    return {"input_ids": ids, "attention_mask": mask.astype(np.int32)}
+
+
+def _check_pairs(task: dict, examples: list[glue.Example]) -> None:
+    """Pairs for a pair task (MRPC, MNLI, ...), single texts otherwise, when the task says."""
+    pair = task.get("pair")
+    if pair is None:  # checkpoints written before the field
+        return
+    for i, example in enumerate(examples):
+        if (example.text_b is not None) != pair:
+            raise ValueError(
+                f"the checkpoint is fine-tuned on {task['name']}, which takes "
+                f"{'sentence pairs' if pair else 'single sentences'}, but input {i} "
+                f"({example.text_a[:60]!r}) is {'a single text' if pair else 'a pair'}; give "
+                f"{'(text, text_b) pairs' if pair else 'single texts'}")
+
+
+# ----------------------------------------------------------------------------------------------
+# Outputs of the fine-tuned heads.
+
+
+def _char_start(context: str, spans: np.ndarray, start: np.ndarray, end: np.ndarray,
+                entry: dict) -> int | None:
+    """Where an n-best entry's answer starts in the context (None for the empty answer).
+
+    spans [R, L, 2], start / end [R, L]: the example's windows. The entry's span is the one whose
+    start and end logits and text are the entry's: postprocess reports no positions.
+    """
+    text = entry["text"]
+    if not text:
+        return None
+    for r in range(len(spans)):
+        in_context = spans[r, :, 0] >= 0  # [L]
+        firsts = np.flatnonzero(in_context & (start[r] == entry["start_logit"]))
+        lasts = np.flatnonzero(in_context & (end[r] == entry["end_logit"]))
+        for i in firsts.tolist():
+            for j in lasts[lasts >= i].tolist():
+                if context[spans[r, i, 0]:spans[r, j, 1]] == text:
+                    return int(spans[r, i, 0])
+    return context.find(text)  # an entry without logits (see Predictor.answer)
+
+
+def _span_record(context: str, spans, start, end, entry: dict) -> dict:
+    """An n-best entry of squad.postprocess as `answer` reports it."""
+    score = None if entry["start_logit"] is None else entry["start_logit"] + entry["end_logit"]
+    return {"answer": entry["text"], "start": _char_start(context, spans, start, end, entry),
+            "score": score, "probability": entry["probability"]}
+
+
+def _tagged(words: list[str], tags: list[str]) -> dict:
+    """A text's words with their tags, and the entities (conlleval's chunks) they form."""
+    return {"words": [{"word": w, "tag": t} for w, t in zip(words, tags)],
+            "entities": [{"type": kind, "text": " ".join(words[a:b]), "start_word": a,
+                          "end_word": b} for kind, a, b in conlleval.chunks(tags)]}
+
+
 # ----------------------------------------------------------------------------------------------
 # The predictor.
 
 
 class Predictor:
-    """A checkpoint's model, params and tokenizer, ready for fill_mask and embed."""
+    """A checkpoint's model, params and tokenizer: fill_mask and embed for any checkpoint (with
+    an MLM head for fill_mask); classify, answer or tag for one fine-tuned on that task."""
 
     def __init__(self, model_config: ModelConfig, params: dict,
                  tokenizer: tokenization.Tokenizer, batch_size: int = 32,
@@ -150,7 +284,7 @@ class Predictor:
         # Boxed (logically partitioned) leaves would make jit see metadata instead of arrays.
         self.params = jax.device_put(nn.unbox(params))
         self.max_length = model_config.max_position_embeddings
-        self.task = task  # a fine-tuned checkpoint's task: name, labels, is_regression
+        self.task = task  # a fine-tuned checkpoint's meta["task"] (see tasks/*.meta())
 
     @property
     def has_mlm_head(self) -> bool:
@@ -268,17 +402,18 @@ class Predictor:
         Returns per input {"label", "score", "probabilities": {label: p}} for a classifier
         (score = the predicted label's probability), or {"score"} for a regression (STS-B).
         Inputs longer than max_position_embeddings tokens are truncated (pairs longest-first).
+        Raises ValueError for a single text where the task takes pairs (MRPC, MNLI, ...) or a
+        pair where it takes single sentences.
         """
-        if "classifier" not in self.params or self.task is None:
-            raise ValueError("checkpoint has no classification head: classify needs a checkpoint "
-                             "written by fine-tuning (python -m bert_jax.finetune)")
+        task = self._fine_tuned(None, "classifier", "classify")
         if isinstance(texts, str):
             raise TypeError("texts must be a list of strings or pairs, not one string")
         examples = []
         for i, item in enumerate(texts):
             a, b = (item, None) if isinstance(item, str) else tuple(item)
             examples.append(glue.Example(str(i), a, b, None))
-        labels = self.task["labels"]
+        _check_pairs(task, examples)
+        labels = task["labels"]
         num_labels = 1 if labels is None else len(labels)
         features = glue.encode(examples, self.tokenizer, self.max_length, labels is None)
         logits = np.zeros((len(examples), num_labels), np.float32)
@@ -294,6 +429,116 @@ class Predictor:
         probs = np.asarray(jax.nn.softmax(logits, axis=-1))
         return [{"label": labels[int(np.argmax(p))], "score": float(np.max(p)),
                  "probabilities": {name: float(q) for name, q in zip(labels, p)}} for p in probs]
+
+    def answer(self, questions_and_contexts: Sequence, *, top_k: int = 1,
+               batch_size: int | None = None) -> list[dict]:
+        """Answers of a checkpoint fine-tuned on SQuAD to (question, context) pairs, made as the
+        fine-tuning run made its dev predictions: the windows (max_seq_length, doc_stride,
+        max_query_length) and post-processing (n_best_size, max_answer_length, v2 threshold)
+        stored in the checkpoint, `squad.postprocess`.
+
+        Returns per pair {"answer": text of the context, "start": its character offset in the
+        context (None for the empty answer), "score": start + end logit, "probability": softmax
+        over the n-best answers}; for SQuAD v2 also "null_score_diff" (null score minus the
+        best span's; the answer is "" when it exceeds the stored threshold); with top_k > 1,
+        "nbest": the top_k best distinct answers (at most n_best_size, "" among them for v2) in
+        the same form. batch_size counts windows. Raises ValueError for an empty question or
+        context and for a checkpoint of another task.
+        """
+        task = self._fine_tuned(SPANS, "qa_outputs", "answer")
+        if top_k < 1:
+            raise ValueError(f"top_k must be positive, got {top_k}")
+        examples = _squad_examples(questions_and_contexts)
+        if not examples:
+            return []
+        length = task["max_seq_length"]
+        features = squad.make_features(
+            examples, self.tokenizer, max_seq_length=length, doc_stride=task["doc_stride"],
+            max_query_length=task["max_query_length"], training=False)
+        # [F, L] each; past a row's length bucket there is only padding, never a candidate.
+        start, end = np.zeros((2, *features.input_ids.shape), np.float32)
+        for rows, batch in self._feature_batches(features.lengths, features.batch, length,
+                                                 batch_size):
+            logits = _span_step(self.params, batch["input_ids"], batch["token_type_ids"],
+                                batch["attention_mask"], config=self.model_config)
+            for array, side in zip((start, end), logits):  # side: [B, bucket]
+                array[rows, :side.shape[1]] = np.asarray(side)[:len(rows)]
+        predictions, null_score_diff, nbest = squad.postprocess(
+            examples, features, start, end, n_best_size=task["n_best_size"],
+            max_answer_length=task["max_answer_length"], version_2_with_negative=task["version_2"],
+            null_score_diff_threshold=task["null_score_diff_threshold"])
+        rows_of = [[] for _ in examples]
+        for row, index in enumerate(features.example_index.tolist()):
+            rows_of[index].append(row)
+        results = []
+        for example, rows in zip(examples, rows_of):
+            found = (example.context, features.token_char_spans[rows], start[rows], end[rows])
+            entries, prediction = nbest[example.qid], predictions[example.qid]
+            # Not listed only with an n-best of one that the null answer took (v2).
+            best = next((e for e in entries if e["text"] == prediction),
+                        {"text": prediction, "start_logit": None, "end_logit": None,
+                         "probability": None})
+            result = _span_record(*found, best)
+            if task["version_2"]:
+                result["null_score_diff"] = null_score_diff[example.qid]
+            if top_k > 1:
+                result["nbest"] = [_span_record(*found, e) for e in entries[:top_k]]
+            results.append(result)
+        return results
+
+    def tag(self, texts: Sequence, *, batch_size: int | None = None) -> list[dict]:
+        """Entity tags of a checkpoint fine-tuned on CoNLL-2003 (NER) for every word of texts.
+
+        texts: strings, split into words on whitespace, or lists of words. Returns per text
+        {"words": [{"word", "tag"}, ...] (IOB2 tags of the stored label list), "entities":
+        [{"type", "text", "start_word", "end_word"}, ...]}: the chunks conlleval scores, in
+        order, each words[start_word:end_word] ("text" joins them with single spaces). A text
+        of more pieces than the stored max_seq_length holds is split at word boundaries, as in
+        fine-tuning, so every word gets a tag. batch_size counts rows. Raises ValueError for a
+        text without words and for a checkpoint of another task.
+        """
+        task = self._fine_tuned(TOKENS, "classifier", "tag")
+        labels, length = task["labels"], task["max_seq_length"]
+        words = _word_lists(texts)
+        if not words:
+            return []
+        # make_features takes gold tags: any label of the list will do, none is read.
+        sentences = [conll.Sentence(tuple(w), (labels[0],) * len(w), f"texts[{i}]")
+                     for i, w in enumerate(words)]
+        features = conll.make_features(sentences, self.tokenizer, labels, max_seq_length=length)
+        ids = np.zeros(features.input_ids.shape, np.int32)  # [F, L]
+        for rows, batch in self._feature_batches(
+                features.lengths, functools.partial(_token_rows, features), length, batch_size):
+            out = _tag_step(self.params, batch["input_ids"], batch["attention_mask"],
+                            config=self.model_config, num_labels=len(labels))  # [B, bucket]
+            ids[rows, :out.shape[1]] = np.asarray(out)[:len(rows)]
+        tags = conll.word_predictions(features, ids, labels, len(sentences))
+        return [_tagged(w, t) for w, t in zip(words, tags)]
+
+    def _fine_tuned(self, kind: str | None, head: str, use: str) -> dict:
+        """The checkpoint's task, which must be of `kind` with its head's params under `head`."""
+        task = self.task or {}
+        found = task.get("kind") if task.get("kind") in (SPANS, TOKENS) else None
+        if task and found == kind and head in self.params:
+            return task
+        if not task:
+            what = f"is not fine-tuned (its params hold {sorted(self.params)})"
+        elif found != kind:
+            what = f"is fine-tuned on {task.get('name')} ({_KIND_NAMES[found]})"
+        else:
+            what = f"has no {head!r} params (it holds {sorted(self.params)})"
+        raise ValueError(f"{use} needs a checkpoint fine-tuned for {_KIND_NAMES[kind]} "
+                         f"(python -m bert_jax.finetune); this one {what}")
+
+    def _feature_batches(self, lengths: np.ndarray, make_rows, max_length: int,
+                         batch_size: int | None):
+        """(feature rows, padded batch) of similar lengths, as fine-tuning evaluates them, but
+        with the rows padded to a power of two only (`_row_bucket`)."""
+        batch_size = self._batch_size(batch_size)
+        for rows in batching.index_groups(lengths, batch_size):
+            length = length_bucket(int(lengths[rows].max()), max_length)
+            yield rows, batching.pad_rows(make_rows(rows), _row_bucket(len(rows), batch_size),
+                                          length)
 
     def _make_batches(self, rows, batch_size):
         pad_row = [self.tokenizer.cls_id, self.tokenizer.sep_id]

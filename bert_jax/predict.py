@@ -5,10 +5,14 @@
     python -m bert_jax.predict classify --checkpoint=FINETUNED --text="A gripping film."
     python -m bert_jax.predict classify --checkpoint=FINETUNED --text="A man sings." \
         --text_b="Someone sings."       # or --input_file with `text<TAB>text_b` lines
+    python -m bert_jax.predict qa --checkpoint=SQUAD_FINETUNED --question="Who sings?" \
+        --context="A man sings."        # or --input_file with {"question", "context"} lines
+    python -m bert_jax.predict ner --checkpoint=CONLL_FINETUNED --text="Peter lives in Berlin ."
 
 Inputs come from --text (repeatable) and/or --input_file (one per line; blank lines skipped).
 Commands that take pairs (classify) pair the i-th --text with the i-th --text_b, and split an
-input line at its first tab.
+input line at its first tab. qa pairs the i-th --question with the i-th --context, and reads
+JSON objects {"question": ..., "context": ...} from --input_file lines.
 """
 
 import dataclasses
@@ -24,27 +28,31 @@ FLAGS = flags.FLAGS
 flags.DEFINE_string("checkpoint", None, "Checkpoint step folder, root or workdir.", required=True)
 flags.DEFINE_multi_string("text", [], "A text to run on (repeatable).")
 flags.DEFINE_multi_string("text_b", [], "classify: the second text of a pair, one per --text.")
+flags.DEFINE_multi_string("question", [], "qa: a question (repeatable), one per --context.")
+flags.DEFINE_multi_string("context", [], "qa: the passage that answers the --question.")
 flags.DEFINE_string("input_file", None, "A file with one input per line (local or gs://); "
-                    "classify: a tab between the two texts of a pair.")
-flags.DEFINE_integer("top_k", 5, "fill_mask: predictions per [MASK].")
+                    "classify: a tab between the two texts of a pair; qa: a JSON object with "
+                    "'question' and 'context'.")
+flags.DEFINE_integer("top_k", None, "fill_mask: predictions per [MASK] (default 5); qa: "
+                     "answers per question, listed as 'nbest' when above 1 (default 1).")
 flags.DEFINE_enum("pooling", "cls", list(inference.POOLINGS), "embed: how to pool the tokens.")
-flags.DEFINE_integer("batch_size", 32, "Texts per device batch.")
+flags.DEFINE_integer("batch_size", 32, "Texts (qa: windows, ner: rows) per device batch.")
 
-Input = tuple[str, str | None]  # (text, text_b or None)
+Input = tuple[str, str | None]  # (text, text_b or None); qa: (question, context)
 
 
 @dataclasses.dataclass(frozen=True)
 class Command:
-    """run(predictor, inputs, options) -> one JSON-ready dict per input, options being the
-    parsed flags (top_k, pooling, ...); `pairs`: inputs may be (text, text_b) pairs."""
+    """read(options) -> the inputs; run(predictor, inputs, options) -> one JSON-ready dict per
+    input. `options` are the parsed flags (text, top_k, pooling, ...) or an object like them."""
 
     run: Callable[[inference.Predictor, list[Input], object], list[dict]]
-    pairs: bool = False
+    read: Callable[[object], list[Input]]
 
 
 def fill_mask(predictor: inference.Predictor, inputs: list[Input], options) -> list[dict]:
     texts = [text for text, _ in inputs]
-    outputs = predictor.fill_mask(texts, top_k=options.top_k)
+    outputs = predictor.fill_mask(texts, top_k=_top_k(options, 5))
     return [{"text": t, "predictions": p} for t, p in zip(texts, outputs)]
 
 
@@ -57,31 +65,36 @@ def embed(predictor: inference.Predictor, inputs: list[Input], options) -> list[
 def classify(predictor: inference.Predictor, inputs: list[Input], options) -> list[dict]:
     """Labels (or regression scores) of a fine-tuned classifier; see Predictor.classify."""
     del options
-    check_pairs(predictor.task, inputs)
     outputs = predictor.classify([text if b is None else (text, b) for text, b in inputs])
     return [{"text": a, **({} if b is None else {"text_b": b}), **out}
             for (a, b), out in zip(inputs, outputs)]
 
 
-def check_pairs(task: dict | None, inputs: list[Input]) -> None:
-    """Pairs for a pair task (MRPC, MNLI, ...), single texts otherwise, when the task says."""
-    pair = (task or {}).get("pair")
-    if pair is None:
-        return
-    for i, (text, text_b) in enumerate(inputs):
-        if (text_b is not None) != pair:
-            raise app.UsageError(
-                f"the checkpoint is fine-tuned on {task['name']}, which takes "
-                f"{'sentence pairs' if pair else 'single sentences'}, but input {i} "
-                f"({text[:60]!r}) is {'a single text' if pair else 'a pair'}; "
-                f"{'give --text_b or tab-separated lines' if pair else 'drop the second text'}")
+def answer(predictor: inference.Predictor, inputs: list[Input], options) -> list[dict]:
+    """Answers of a SQuAD-fine-tuned checkpoint; see Predictor.answer."""
+    outputs = predictor.answer(inputs, top_k=_top_k(options, 1))
+    return [{"question": question, **out} for (question, _), out in zip(inputs, outputs)]
 
 
-COMMANDS = {
-    "fill_mask": Command(fill_mask),
-    "embed": Command(embed),
-    "classify": Command(classify, pairs=True),
-}
+def tag(predictor: inference.Predictor, inputs: list[Input], options) -> list[dict]:
+    """Words with their tags, and entities, of a NER-fine-tuned checkpoint; see Predictor.tag."""
+    del options
+    texts = [text for text, _ in inputs]
+    return [{"text": t, **out} for t, out in zip(texts, predictor.tag(texts))]
+
+
+def _top_k(options, default: int) -> int:
+    return default if options.top_k is None else options.top_k
+
+
+def _input_lines(input_file: str | None) -> list[tuple[int, str]]:
+    """(line number, line) of the non-blank lines of --input_file."""
+    if not input_file:
+        return []
+    import tensorflow as tf  # gfile reads gs:// as well as local paths
+
+    with tf.io.gfile.GFile(input_file, "r") as f:
+        return [(n, line.rstrip("\r\n")) for n, line in enumerate(f, 1) if line.strip()]
 
 
 def read_inputs(texts: list[str], texts_b: list[str], input_file: str | None, *,
@@ -94,15 +107,70 @@ def read_inputs(texts: list[str], texts_b: list[str], input_file: str | None, *,
         raise app.UsageError(f"--text_b given {len(texts_b)} times but --text {len(texts)} "
                              "times: give one --text_b per --text")
     inputs: list[Input] = list(zip(texts, texts_b or [None] * len(texts)))
-    if input_file:
-        import tensorflow as tf  # gfile reads gs:// as well as local paths
-
-        with tf.io.gfile.GFile(input_file, "r") as f:
-            lines = [line.rstrip("\r\n") for line in f if line.strip()]
-        for line in lines:
-            text, tab, text_b = line.partition("\t") if pairs else (line, "", "")
-            inputs.append((text, text_b if tab else None))
+    for _, line in _input_lines(input_file):
+        text, tab, text_b = line.partition("\t") if pairs else (line, "", "")
+        inputs.append((text, text_b if tab else None))
     return inputs
+
+
+def read_questions(questions: list[str], contexts: list[str],
+                   input_file: str | None) -> list[Input]:
+    """(question, context) of each --question and --context, then of each --input_file line."""
+    if len(questions) != len(contexts):
+        raise app.UsageError(f"--question given {len(questions)} times but --context "
+                             f"{len(contexts)} times: give one --context per --question")
+    inputs: list[Input] = list(zip(questions, contexts))
+    for number, line in _input_lines(input_file):
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError:
+            record = None
+        if not (isinstance(record, dict) and isinstance(record.get("question"), str)
+                and isinstance(record.get("context"), str)):
+            raise app.UsageError(f"{input_file}:{number}: expected a JSON object with string "
+                                 "fields 'question' and 'context'")
+        inputs.append((record["question"], record["context"]))
+    return inputs
+
+
+def _refuse(options, names: tuple[str, ...], why: str) -> None:
+    given = [f"--{name}" for name in names if getattr(options, name)]
+    if given:
+        raise app.UsageError(f"{' and '.join(given)}: {why}")
+
+
+def _texts(options, pairs: bool = False) -> list[Input]:
+    _refuse(options, ("question", "context"), "for the qa command only")
+    return read_inputs(options.text, options.text_b, options.input_file, pairs=pairs)
+
+
+def _pairs(options) -> list[Input]:
+    return _texts(options, pairs=True)
+
+
+def _questions(options) -> list[Input]:
+    _refuse(options, ("text", "text_b"), "not for qa, which takes --question and --context")
+    return read_questions(options.question, options.context, options.input_file)
+
+
+COMMANDS = {
+    "fill_mask": Command(fill_mask, _texts),
+    "embed": Command(embed, _texts),
+    "classify": Command(classify, _pairs),
+    "qa": Command(answer, _questions),
+    "ner": Command(tag, _texts),
+}
+
+
+def records(name: str, options) -> list[dict]:
+    """The output records of command `name` on the inputs `options` name (the parsed flags)."""
+    command = COMMANDS[name]
+    inputs = command.read(options)
+    if not inputs:
+        raise app.UsageError("no input: give --text (qa: --question and --context; repeatable) "
+                             "or --input_file")
+    predictor = inference.load(options.checkpoint, batch_size=options.batch_size)
+    return command.run(predictor, inputs, options)
 
 
 def main(argv):
@@ -110,12 +178,7 @@ def main(argv):
         raise app.UsageError(
             f"expected one command, one of {' | '.join(COMMANDS)}; got {argv[1:] or 'none'}"
         )
-    command = COMMANDS[argv[1]]
-    inputs = read_inputs(FLAGS.text, FLAGS.text_b, FLAGS.input_file, pairs=command.pairs)
-    if not inputs:
-        raise app.UsageError("no input: give --text (repeatable) or --input_file")
-    predictor = inference.load(FLAGS.checkpoint, batch_size=FLAGS.batch_size)
-    for record in command.run(predictor, inputs, FLAGS):
+    for record in records(argv[1], FLAGS):
         sys.stdout.write(json.dumps(record, ensure_ascii=False) + "\n")
     sys.stdout.flush()
 

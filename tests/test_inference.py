@@ -1,21 +1,32 @@
-"""Inference: fill_mask and embed against transformers, the predict CLI, and bad input."""
+"""Inference: fill_mask and embed against transformers, answer and tag against the fine-tuning
+loop's own predictions, the predict CLI, exporting a fine-tuned encoder, and bad input."""
 
 import json
 import logging
+import pathlib
 import re
 import shutil
 import subprocess
 import sys
 
+import flax.linen as nn
+import jax
 import numpy as np
 import pytest
 from absl import app
 
 from bert_jax import inference, predict
 from bert_jax.interop import convert
+from bert_jax.model.config import ModelConfig
+from bert_jax.model.heads import BertForQuestionAnswering, BertForTokenClassification
+from bert_jax.tasks import base, conll, conlleval, finetune
+from bert_jax.train import checkpoint
 from tests.conftest import require
+from tests.test_finetune import vocab_tokenizer  # noqa: F401 (fixture)
+from tests.test_finetune_tasks import _config, _conll_slice, _small_squad
 
 MAX_POSITIONS = 64  # of the random model: over-long texts stay cheap
+NER_LABELS = conll.label_list(["LOC", "MISC", "ORG", "PER"])
 
 MASKED_TEXTS = [
     "The capital of France is [MASK].",
@@ -84,6 +95,76 @@ def minilm_predictor(minilm_checkpoint):
     return inference.load(minilm_checkpoint)
 
 
+def _tiny_config(tokenizer) -> ModelConfig:
+    return ModelConfig.from_size("tiny", vocab_size=tokenizer.vocab_size, hidden_size=32,
+                                 num_layers=1, num_heads=2, intermediate_size=64,
+                                 max_position_embeddings=MAX_POSITIONS)
+
+
+def _random_params(model: nn.Module) -> dict:
+    """Initial params with noise on every leaf, so that no bias or LayerNorm stays trivial."""
+    ids = np.zeros((1, 8), np.int32)
+    params = nn.unbox(model.init(jax.random.key(0), ids, ids, ids + 1)["params"])
+    rng = np.random.default_rng(0)
+    return jax.tree_util.tree_map(
+        lambda x: np.asarray(x) + rng.normal(0.0, 0.1, x.shape).astype(np.float32), params)
+
+
+def _squad_config(version: str):
+    """configs/finetune/squad.py at the tiny model's length: contexts span several windows."""
+    config = _config("squad", version)
+    config.data.max_seq_length = MAX_POSITIONS
+    config.data.doc_stride = 32
+    config.data.max_query_length = 16
+    config.data.heldout_fraction = 0.5
+    config.train.eval_batch_size = 8
+    return config
+
+
+def _ner_config():
+    config = _config("ner")
+    config.data.max_seq_length = 32  # long sentences take several rows
+    config.train.eval_batch_size = 8
+    return config
+
+
+def _save_finetuned(root, tokenizer, model_config, params, task: base.FinetuneTask) -> str:
+    """A checkpoint as fine-tuning writes it: params and the task's meta, no training."""
+    meta = checkpoint.make_meta(0, model_config, tokenizer, task=task.meta())
+    return checkpoint.save_model(str(root), 0, params, meta)
+
+
+@pytest.fixture(scope="module")
+def squad_checkpoints(vocab_tokenizer, tmp_path_factory):  # noqa: F811 (fixture)
+    """"v1" / "v2" -> one random tiny BertForQuestionAnswering saved as that task's run."""
+    model_config = _tiny_config(vocab_tokenizer)
+    params = _random_params(BertForQuestionAnswering(model_config))
+    return {version: _save_finetuned(tmp_path_factory.mktemp(f"squad_{version}"),
+                                     vocab_tokenizer, model_config, params,
+                                     base.make_task(_squad_config(version)))
+            for version in ("v1", "v2")}
+
+
+@pytest.fixture(scope="module")
+def ner_checkpoint(vocab_tokenizer, tmp_path_factory):  # noqa: F811 (fixture)
+    """A random tiny BertForTokenClassification saved as a CoNLL-2003 run."""
+    model_config = _tiny_config(vocab_tokenizer)
+    params = _random_params(BertForTokenClassification(model_config, len(NER_LABELS)))
+    task = base.make_task(_ner_config())
+    task.labels = NER_LABELS  # what task.load takes from the train split
+    return _save_finetuned(tmp_path_factory.mktemp("ner"), vocab_tokenizer, model_config, params,
+                           task)
+
+
+def _loop_outputs(config, workdir: pathlib.Path, split: str):
+    """(features, outputs) of a split, run by the fine-tuning loop on the init checkpoint's
+    params (the encoder and the head of a fine-tuned one)."""
+    run = finetune.build(config, str(workdir))
+    params = nn.unbox(checkpoint.load_model(config.init_checkpoint).params)
+    features = run.features[split]
+    return run, features, finetune.predict_outputs(run, params, features)
+
+
 def _softmax(x):
     e = np.exp(x - x.max(axis=-1, keepdims=True))
     return e / e.sum(axis=-1, keepdims=True)
@@ -146,6 +227,100 @@ def test_paraphrases_embed_closer_than_unrelated_sentences(minilm_predictor):
     for i in range(len(PARAPHRASES)):
         unrelated = np.delete(cosine[i], i)
         assert cosine[i, i] > unrelated.max() + 0.2, (PARAPHRASES[i], cosine[i])
+
+
+# ----------------------------------------------------------------------------------------------
+# Fine-tuned heads: the answers and tags the fine-tuning loop writes.
+
+
+@pytest.mark.parametrize("version", ["v1", "v2"])
+def test_answers_are_the_finetuning_runs_predictions(version, squad_checkpoints, data_dir,
+                                                     tmp_path):
+    config = _squad_config(version)
+    config.init_checkpoint = squad_checkpoints[version]
+    config.data.dev_file = str(_small_squad(data_dir, tmp_path / "small.json"))
+    run, dev, outputs = _loop_outputs(config, tmp_path / "run", "dev")
+    path = run.task.write_predictions(str(tmp_path), "dev", dev, outputs)
+    expected = json.loads(pathlib.Path(path).read_text())
+
+    # batch_size 4 against the loop's 8: other groups, row counts and length buckets.
+    predictor = inference.load(config.init_checkpoint, batch_size=4)
+    got = predictor.answer([(e.question, e.context) for e in dev.examples], top_k=3)
+    assert len(dev.features) > len(dev.examples)  # contexts span several windows
+    assert [g["answer"] for g in got] == [expected[e.qid] for e in dev.examples]
+    for example, answer in zip(dev.examples, got):
+        for span in [answer, *answer["nbest"]]:
+            text, start = span["answer"], span["start"]
+            assert (start is None) == (text == "")
+            assert text == "" or example.context[start:start + len(text)] == text
+        assert answer["nbest"][0]["answer"] in (answer["answer"], "")
+        probabilities = [s["probability"] for s in answer["nbest"]]
+        assert len(probabilities) == 3 and probabilities == sorted(probabilities, reverse=True)
+    if version == "v1":
+        assert all("null_score_diff" not in g for g in got)
+        return
+    null_odds = json.loads((tmp_path / "squad_v2_dev_null_odds.json").read_text())
+    diffs = np.array([g["null_score_diff"] for g in got])
+    np.testing.assert_allclose(diffs, [null_odds[e.qid] for e in dev.examples], atol=1e-4)
+    # A threshold inside the differences' range: "" exactly where the null answer wins by more.
+    threshold = float(np.median(diffs))
+    loaded = checkpoint.load_model(config.init_checkpoint)
+    stricter = inference.Predictor(
+        loaded.model_config, loaded.params, loaded.tokenizer,
+        task={**loaded.meta["task"], "null_score_diff_threshold": threshold})
+    answers = [a["answer"] for a in stricter.answer([(e.question, e.context)
+                                                     for e in dev.examples])]
+    assert [a == "" for a in answers] == (diffs > threshold).tolist()
+    assert 0 < answers.count("") < len(answers)
+
+
+def test_tags_are_the_finetuning_runs_predictions(ner_checkpoint, data_dir, tmp_path):
+    config = _ner_config()
+    config.init_checkpoint = ner_checkpoint
+    config.data.dir = str(_conll_slice(data_dir, tmp_path / "conll"))
+    run, test, outputs = _loop_outputs(config, tmp_path / "run", "test")
+    assert run.task.labels == NER_LABELS
+    path = run.task.write_predictions(str(tmp_path), "test", test, outputs)
+    blocks = pathlib.Path(path).read_text().strip().split("\n\n")
+    expected = [[line.split(" ")[2] for line in block.splitlines()] for block in blocks]
+
+    predictor = inference.load(ner_checkpoint, batch_size=4)
+    got = predictor.tag([list(s.words) for s in test.sentences])
+    assert len(test.features) > len(test.sentences)  # long sentences take several rows
+    assert [[w["word"] for w in g["words"]] for g in got] == [list(s.words)
+                                                              for s in test.sentences]
+    assert [[w["tag"] for w in g["words"]] for g in got] == expected
+    assert {t for tags in expected for t in tags} > {"O"}
+    for sentence, tags, tagged in zip(test.sentences, expected, got):
+        assert [(e["type"], e["start_word"], e["end_word"]) for e in tagged["entities"]] == (
+            conlleval.chunks(tags))
+        for entity in tagged["entities"]:
+            words = sentence.words[entity["start_word"]:entity["end_word"]]
+            assert entity["text"] == " ".join(words)
+    # Texts are split on whitespace: the same words, the same tags.
+    texts = ["  ".join(s.words) for s in test.sentences[:6]]
+    assert predictor.tag(texts, batch_size=2) == got[:6]
+
+
+def test_export_of_a_finetuned_checkpoint_is_its_encoder(squad_checkpoints, tmp_path, caplog):
+    torch = require("torch")
+    transformers = require("transformers")
+    with caplog.at_level(logging.WARNING):
+        convert.export_hf(squad_checkpoints["v1"], str(tmp_path))
+    assert "['qa_outputs']" in caplog.text and "encoder only" in caplog.text
+    assert json.loads((tmp_path / "config.json").read_text())["architectures"] == ["BertModel"]
+    exported = transformers.BertModel.from_pretrained(str(tmp_path)).eval()
+    predictor = inference.load(squad_checkpoints["v1"])
+    texts = ["Who wrote the first draft?", "The committee met in Geneva in 1951."]
+    for text in texts:
+        ids = [predictor.tokenizer.cls_id, *predictor.tokenizer.encode(text),
+               predictor.tokenizer.sep_id]
+        with torch.no_grad():
+            out = exported(input_ids=torch.tensor([ids]))
+        np.testing.assert_allclose(predictor.embed([text], pooling="cls")[0],
+                                   out.last_hidden_state[0, 0].numpy(), atol=1e-4, rtol=0)
+        np.testing.assert_allclose(predictor.embed([text], pooling="pooled")[0],
+                                   out.pooler_output[0].numpy(), atol=1e-4, rtol=0)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -238,3 +413,46 @@ def test_unknown_pooling_and_bare_string_are_rejected(random_predictor):
         random_predictor.embed(["text"], pooling="max")
     with pytest.raises(TypeError, match="list of strings"):
         random_predictor.embed("text")
+
+
+def test_each_head_refuses_a_checkpoint_of_another_task(squad_checkpoints, ner_checkpoint):
+    qa, ner = inference.load(squad_checkpoints["v1"]), inference.load(ner_checkpoint)
+    with pytest.raises(ValueError, match=r"tag needs a checkpoint fine-tuned for token "
+                                         r"classification.*fine-tuned on squad \(extractive"):
+        qa.tag(["Peter lives in Berlin ."])
+    with pytest.raises(ValueError, match="answer needs .* fine-tuned on conll2003 "):
+        ner.answer([("Who?", "Peter.")])
+    # Both hold 'classifier' params: the stored kind tells NER from GLUE.
+    with pytest.raises(ValueError, match="classify needs .* fine-tuned on conll2003 "):
+        ner.classify(["Peter lives in Berlin ."])
+    glue = inference.Predictor(ner.model_config, ner.params, ner.tokenizer,
+                               task={"name": "sst2", "labels": ["0", "1"]})  # no kind: older
+    with pytest.raises(ValueError, match=r"fine-tuned on sst2 \(sentence \(pair\) class"):
+        glue.tag(["Peter lives in Berlin ."])
+    encoder = inference.Predictor(ner.model_config, {"bert": ner.params["bert"]}, ner.tokenizer)
+    for method, inputs in ((encoder.answer, [("Who?", "Peter.")]), (encoder.tag, ["Peter"]),
+                           (encoder.classify, ["Peter"])):
+        with pytest.raises(ValueError, match=r"this one is not fine-tuned \(its params hold "
+                                             r"\['bert'\]\)"):
+            method(inputs)
+
+
+def test_bad_questions_and_texts_are_named(squad_checkpoints, ner_checkpoint):
+    qa, ner = inference.load(squad_checkpoints["v1"]), inference.load(ner_checkpoint)
+    with pytest.raises(ValueError, match="input 1: the question is empty"):
+        qa.answer([("Who?", "Peter."), (" ", "Peter.")])
+    with pytest.raises(ValueError, match="input 0: the context is empty"):
+        qa.answer([("Who?", "\n")])
+    with pytest.raises(TypeError, match="not one pair"):
+        qa.answer(("Who?", "Peter."))
+    with pytest.raises(TypeError, match="input 0 is not a \\(question, context\\) pair"):
+        qa.answer([("Who?", "Peter.", "extra")])
+    with pytest.raises(ValueError, match="top_k must be positive"):
+        qa.answer([("Who?", "Peter.")], top_k=0)
+    assert qa.answer([]) == [] and ner.tag([]) == []
+    with pytest.raises(ValueError, match="texts\\[1\\] has no words"):
+        ner.tag(["Peter", " \t "])
+    with pytest.raises(ValueError, match="texts\\[0\\]: words must be non-blank strings"):
+        ner.tag([["Peter", ""]])
+    with pytest.raises(TypeError, match="not one string"):
+        ner.tag("Peter lives in Berlin .")

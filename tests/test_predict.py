@@ -1,18 +1,21 @@
-"""The predict CLI's classify command, on a tiny checkpoint fine-tuned here on an MRPC slice;
-how inputs are read and paired."""
+"""The predict CLI: classify on a tiny checkpoint fine-tuned here on an MRPC slice, qa and ner
+on random fine-tuned checkpoints (in-process, through `records`); how inputs are read and paired."""
 
 import json
 import subprocess
 import sys
+import types
 
 import pytest
 from absl import app
 
 from bert_jax import inference, predict
+from bert_jax.data import shared_data
 from bert_jax.model.config import ModelConfig
-from bert_jax.tasks import finetune, glue
+from bert_jax.tasks import conll, finetune, glue, squad
 from tests.test_finetune import (HIDDEN, _encoder_checkpoint, _finetune_config,  # noqa: F401
                                  mrpc_dir, vocab_tokenizer)
+from tests.test_inference import ner_checkpoint, squad_checkpoints  # noqa: F401 (fixtures)
 
 PAIR_TASK = {"name": "mrpc", "labels": ["0", "1"], "pair": True}
 
@@ -54,12 +57,18 @@ def test_cli_classify_writes_the_predictors_labels_for_pairs(classifier, mrpc_di
 def test_classify_checks_pairs_against_the_task(classifier):
     predictor = inference.load(classifier)
     assert predictor.task["pair"] is True
-    with pytest.raises(app.UsageError, match="fine-tuned on mrpc, which takes sentence pairs, "
-                                             "but input 1 .* is a single text"):
-        predict.classify(predictor, [("a", "b"), ("A man sings.", None)], None)
-    with pytest.raises(app.UsageError, match="takes single sentences, but input 0"):
-        predict.check_pairs(dict(PAIR_TASK, name="sst2", pair=False), [("a", "b")])
-    predict.check_pairs({"name": "old", "labels": ["0", "1"]}, [("a", None), ("a", "b")])
+    with pytest.raises(ValueError, match="fine-tuned on mrpc, which takes sentence pairs, "
+                                         "but input 1 .* is a single text"):
+        predictor.classify([("a", "b"), "A man sings."])
+    with pytest.raises(ValueError, match="fine-tuned on mrpc, .* input 0"):
+        predict.classify(predictor, [("A man sings.", None)], None)
+    single = inference.Predictor(predictor.model_config, predictor.params, predictor.tokenizer,
+                                 task=dict(PAIR_TASK, name="sst2", pair=False))
+    with pytest.raises(ValueError, match="takes single sentences, but input 0 .* is a pair"):
+        single.classify([("a", "b")])
+    older = inference.Predictor(predictor.model_config, predictor.params, predictor.tokenizer,
+                                task={"name": "old", "labels": ["0", "1"]})  # no "pair"
+    assert len(older.classify(["a", ("a", "b")])) == 2
 
 
 def test_input_lines_split_at_the_first_tab_only_for_pair_commands(tmp_path):
@@ -76,3 +85,68 @@ def test_text_b_misuse_is_a_usage_error():
         predict.read_inputs(["a", "b"], ["c"], None, pairs=True)
     with pytest.raises(app.UsageError, match="--text_b applies to commands that take pairs"):
         predict.read_inputs(["a"], ["c"], None, pairs=False)
+
+
+# ----------------------------------------------------------------------------------------------
+# qa and ner, in-process.
+
+
+def _options(**values) -> types.SimpleNamespace:
+    """What the parsed flags give `predict.records`: the flags' defaults and `values`."""
+    names = ("checkpoint", "text", "text_b", "question", "context", "input_file", "top_k",
+             "pooling", "batch_size")
+    defaults = {name: predict.FLAGS[name].default for name in names}
+    return types.SimpleNamespace(**{**defaults, **values})
+
+
+@pytest.fixture(scope="module")
+def squad_questions():
+    examples, _ = squad.read_squad(str(shared_data.shared_data_path("squad", "dev-v1.1.json.zip")))
+    return [(e.question, e.context) for e in examples[:3]]
+
+
+def test_qa_reads_flags_then_json_lines(squad_checkpoints, squad_questions,  # noqa: F811
+                                        tmp_path):
+    (question, context), *rest = squad_questions
+    input_file = tmp_path / "questions.jsonl"
+    input_file.write_text("".join(json.dumps({"question": q, "context": c, "id": i}) + "\n\n"
+                                  for i, (q, c) in enumerate(rest)), encoding="utf-8")
+    records = predict.records("qa", _options(
+        checkpoint=squad_checkpoints["v2"], question=[question], context=[context],
+        input_file=str(input_file), top_k=2))
+    expected = inference.load(squad_checkpoints["v2"]).answer(squad_questions, top_k=2)
+    # The same windows in the same batches: the very same numbers.
+    assert records == [{"question": q, **e} for (q, _), e in zip(squad_questions, expected)]
+    for record, (_, context) in zip(records, squad_questions):
+        assert len(record["nbest"]) == 2 and "null_score_diff" in record
+        if record["answer"]:
+            assert context[record["start"]:].startswith(record["answer"])
+        json.dumps(record)  # JSON-ready
+
+
+def test_ner_reads_texts_and_lines(ner_checkpoint, tmp_path):  # noqa: F811
+    sentences = conll.read_conll(str(shared_data.shared_data_path("conll2003", "test.txt")))[:3]
+    texts = [" ".join(s.words) for s in sentences]
+    input_file = tmp_path / "texts.txt"
+    input_file.write_text("\n".join(texts[1:]) + "\n\n", encoding="utf-8")
+    records = predict.records("ner", _options(checkpoint=ner_checkpoint, text=texts[:1],
+                                              input_file=str(input_file)))
+    expected = inference.load(ner_checkpoint).tag(texts)
+    assert records == [{"text": t, **e} for t, e in zip(texts, expected)]
+    assert [[w["word"] for w in r["words"]] for r in records] == [list(s.words)
+                                                                   for s in sentences]
+
+
+def test_qa_and_text_flags_do_not_mix(tmp_path):
+    with pytest.raises(app.UsageError, match="--text: not for qa"):
+        predict.records("qa", _options(text=["a"], question=["q"], context=["c"]))
+    with pytest.raises(app.UsageError, match="--question and --context: for the qa command"):
+        predict.records("ner", _options(question=["q"], context=["c"]))
+    with pytest.raises(app.UsageError, match="one --context per --question"):
+        predict.records("qa", _options(question=["q", "r"], context=["c"]))
+    with pytest.raises(app.UsageError, match="no input"):
+        predict.records("ner", _options())
+    path = tmp_path / "questions.jsonl"
+    path.write_text('{"question": "q", "context": "c"}\n\n{"question": "q"}\n', encoding="utf-8")
+    with pytest.raises(app.UsageError, match=f"{path}:3: expected a JSON object"):
+        predict.records("qa", _options(input_file=str(path)))

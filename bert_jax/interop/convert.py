@@ -70,7 +70,9 @@ def _wordpiece(folder: str, lowercase: bool) -> tokenization.Tokenizer:
 def export_hf(checkpoint_path: str, output: str) -> str:
     """A checkpoint of this package -> a Hugging Face folder that transformers loads.
 
-    Writes config.json, model.safetensors and the tokenizer's files (vocab.txt for WordPiece).
+    Writes config.json, model.safetensors and the tokenizer's files (vocab.txt for WordPiece):
+    a BertForPreTraining with its MLM and NSP heads, else a BertModel (encoder and pooler). A
+    fine-tuned checkpoint exports its encoder as a BertModel; its task head is left out (logged).
     """
     import flax.linen as nn
     from safetensors.numpy import save_file
@@ -78,7 +80,12 @@ def export_hf(checkpoint_path: str, output: str) -> str:
     loaded = checkpoint.load_model(checkpoint_path)
     config = loaded.model_config
     params = _unrolled(nn.unbox(loaded.params), config)
-    with_heads = "bert" in params
+    with_heads = "mlm_head" in params
+    if "bert" in params and not with_heads:
+        logging.warning("%s holds task heads %s (fine-tuned) but no MLM head: exporting its "
+                        "encoder only, as a BertModel", checkpoint_path,
+                        sorted(set(params) - {"bert"}))
+        params = params["bert"]
     tensors = hf.params_to_hf(params, config, with_heads=with_heads)
     os.makedirs(output, exist_ok=True)
     hf_config = hf.config_to_hf(config)
