@@ -407,6 +407,14 @@ def test_unwritable_workdir_fails_before_training(data_dir, tmp_path, monkeypatc
         loop.train_and_evaluate(_config(_small_overrides(data_dir)), str(workdir))
 
 
+def test_relative_workdir_checkpoints_and_loads(data_dir, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # users type --workdir=runs/x; Orbax wants absolute paths
+    overrides = {**_small_overrides(data_dir), "train.num_steps": 2, "checkpoint.every_steps": 2}
+    loop.train_and_evaluate(_config(overrides), "runs/relative")
+    loaded = checkpoint.load_model("runs/relative")
+    assert loaded.step == 2 and (tmp_path / "runs" / "relative" / "checkpoints" / "2").is_dir()
+
+
 def _in_thread(fn, timeout: float):
     """fn()'s exception (None if it returned); fails the test if fn is still running."""
     outcome = {}

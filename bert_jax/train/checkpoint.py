@@ -120,9 +120,14 @@ def _step_dirs(root: str) -> list[int]:
                   if name.rstrip("/").isdigit())
 
 
+def absolute(path: str) -> str:
+    """Local paths made absolute (Orbax's tensorstore refuses relative ones); URLs as given."""
+    return path if "://" in path else os.path.abspath(path)
+
+
 def resolve(path: str) -> tuple[str, int]:
     """A workdir, a checkpoint root or a step folder -> (checkpoint root, step)."""
-    path = path.rstrip("/")
+    path = absolute(path).rstrip("/")
     if tf.io.gfile.isdir(os.path.join(path, META)):
         root, name = os.path.split(path)
         if name.isdigit():
@@ -139,6 +144,7 @@ def resolve(path: str) -> tuple[str, int]:
 
 def save_model(root: str, step: int, params, meta: dict) -> str:
     """Writes params + metadata as one step of a checkpoint root (what the converter makes)."""
+    root = absolute(root)
     with ocp.CheckpointManager(root, options=ocp.CheckpointManagerOptions(
             enable_async_checkpointing=False)) as manager:
         manager.save(step, args=ocp.args.Composite(**{
@@ -170,7 +176,7 @@ class TrainCheckpointer:
     """Periodic async saves of a training run and automatic resume from the latest step."""
 
     def __init__(self, workdir: str, keep: int, *, async_save: bool = True):
-        self.root = os.path.join(workdir, "checkpoints")
+        self.root = os.path.join(absolute(workdir), "checkpoints")
         self._manager = ocp.CheckpointManager(
             self.root,
             options=ocp.CheckpointManagerOptions(
