@@ -244,10 +244,12 @@ class _FakeDevice:
         return f"d{self.id}"
 
 
-@pytest.mark.parametrize("by_slice", [True, False])
-def test_dcn_data_puts_only_the_data_axis_across_slices(by_slice):
-    # Two slices (or processes) of 4 devices, listed out of order; fsdp=2 within each slice.
-    devices = [_FakeDevice(i, i // 4, i // 4 if by_slice else None) for i in range(8)][::-1]
+@pytest.mark.parametrize("slice_of", [lambda i: i // 4, lambda i: 0, lambda i: None],
+                         ids=["two_slices", "one_slice", "no_slice_index"])
+def test_dcn_data_puts_only_the_data_axis_across_slices(slice_of):
+    # Two slices of 4 devices, or (GPU nodes, CPU processes) one slice and two processes of 4;
+    # listed out of order; fsdp=2 within each.
+    devices = [_FakeDevice(i, i // 4, slice_of(i)) for i in range(8)][::-1]
     config = config_dict.ConfigDict(dict(data=-1, fsdp=2, tensor=1, dcn_data=2))
     grid = mesh_lib.device_grid(config, devices)
     assert grid.shape == (4, 2, 1)

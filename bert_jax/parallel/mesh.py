@@ -45,8 +45,10 @@ def dcn_data_size(config) -> int:
 
 
 def _granules(devices) -> tuple[dict, bool]:
-    """Devices grouped by slice (TPU multislice) or, where devices name no slice, by process."""
-    by_slice = all(getattr(d, "slice_index", None) is not None for d in devices)
+    """Devices grouped by slice (TPU multislice) or, where they all sit in one slice (a GPU
+    cluster, CPU processes: slice_index 0 or absent), by process."""
+    slices = {getattr(d, "slice_index", None) for d in devices}
+    by_slice = None not in slices and len(slices) > 1
     groups: dict = {}
     for d in devices:
         groups.setdefault(d.slice_index if by_slice else d.process_index, []).append(d)
