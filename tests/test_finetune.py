@@ -245,6 +245,6 @@ def test_classify_from_the_best_checkpoint_matches_evaluation(finetuned, mrpc_di
                                    np.array([e.label for e in examples]))
     assert metrics["f1"] == pytest.approx(results["best"]["f1"], abs=1e-6)
     assert all(abs(sum(o["probabilities"].values()) - 1) < 1e-5 for o in outputs)
-    with pytest.raises(ValueError, match="has no classification head"):
+    with pytest.raises(ValueError, match="classify needs a checkpoint fine-tuned for sentence"):
         inference.Predictor(predictor.model_config, {"bert": predictor.params["bert"]},
                             predictor.tokenizer).classify(["a"])

@@ -31,6 +31,9 @@ class FinetuneTask(abc.ABC):
     name: str
     main_metric: str  # picks the best epoch; higher is better
     objective: losses.Objective
+    # Whether the best epoch's dev predictions are written too (SQuAD's predictions JSON, NER's
+    # CoNLL columns); GLUE writes only its test-split submissions.
+    writes_dev_predictions: bool = True
 
     @property
     @abc.abstractmethod

@@ -63,6 +63,7 @@ class GlueFinetuneTask(base.FinetuneTask):
     scikit-learn/scipy metrics, GLUE submission files for the test splits."""
 
     objective = OBJECTIVE
+    writes_dev_predictions = False
 
     def __init__(self, task: glue.GlueTask, data_config):
         self.task = task
@@ -133,9 +134,7 @@ class GlueFinetuneTask(base.FinetuneTask):
         return {f"{name}{suffix}": value for name, value in values.items()}
 
     def write_predictions(self, directory: str, split: str, features: glue.Features,
-                          outputs: list[dict]) -> str | None:
-        if split not in self.task.submissions:
-            return None  # dev splits: their metrics are in results.json
+                          outputs: list[dict]) -> str:
         path = os.path.join(directory, self.task.submissions[split])
         if jax.process_index() == 0:
             glue.write_submission(path, self.task, features.guids, self._predictions(outputs))

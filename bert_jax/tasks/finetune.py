@@ -325,7 +325,8 @@ def _write_predictions(run: Run, params, seed_dir: str) -> dict:
     written = {}
     if jax.process_index() == 0:
         tf.io.gfile.makedirs(os.path.join(seed_dir, "predictions"))
-    for split in [*run.task.dev_splits, *run.task.prediction_splits]:
+    dev = run.task.dev_splits if run.task.writes_dev_predictions else []
+    for split in [*dev, *run.task.prediction_splits]:
         if split not in run.features:
             continue
         features = run.features[split]
