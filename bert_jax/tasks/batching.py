@@ -23,6 +23,11 @@ def length_bucket(length: int, max_length: int) -> int:
     return min(bucket, max_length)
 
 
+def num_batches(num_rows: int, batch_size: int) -> int:
+    """Batches of batch_size that cover num_rows (the last one padded)."""
+    return -(-num_rows // batch_size)
+
+
 def index_groups(lengths: np.ndarray, batch_size: int, *, rng: np.random.Generator | None = None,
                  sort_chunk: int = 50) -> Iterator[list[int]]:
     """Groups of at most batch_size indices covering every row once.

@@ -37,7 +37,7 @@ from bert_jax.data import tokenization
 from bert_jax.model.config import ModelConfig
 from bert_jax.parallel import mesh as mesh_lib
 from bert_jax.parallel import rules as rules_lib
-from bert_jax.tasks import base
+from bert_jax.tasks import base, batching
 from bert_jax.train import checkpoint, optim, steps
 from bert_jax.train import setup as setup_lib
 from bert_jax.train.loop import MetricWriter, NonFiniteLossError
@@ -164,7 +164,8 @@ def build(config, workdir: str) -> Run:
     setup_lib.check_batch_divides(cfg.batch_size, cfg.grad_accum_steps, mesh)
     setup_lib.check_batch_divides(cfg.eval_batch_size, 1, mesh)
     rules = rules_lib.logical_axis_rules(config.mesh.rules)
-    total_steps = cfg.num_epochs * -(-task.num_examples(features["train"]) // cfg.batch_size)
+    total_steps = cfg.num_epochs * batching.num_batches(task.num_examples(features["train"]),
+                                                        cfg.batch_size)
     optimizer, schedule = optim.make_optimizer(_optimizer_section(config, total_steps),
                                                total_steps)
     model = task.make_model(model_config)

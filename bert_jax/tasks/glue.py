@@ -376,10 +376,6 @@ def batches(features: Features, batch_size: int, max_seq_length: int, filler: Se
         yield indices, pad_batch(features, indices, batch_size, max_seq_length, filler)
 
 
-def num_batches(num_examples: int, batch_size: int) -> int:
-    return -(-num_examples // batch_size)
-
-
 # ----------------------------------------------------------------------------------------------
 # Metrics and predictions.
 
