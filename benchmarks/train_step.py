@@ -30,7 +30,15 @@ _STEPS = flags.DEFINE_integer("steps", 10, "Timed steps (after 2 warm-up steps).
 _REMAT = flags.DEFINE_string("remat", "none", "Remat policy: none, full, dots, dots_no_batch.")
 _SCAN = flags.DEFINE_bool("scan", False, "nn.scan over layers.")
 _ATTENTION = flags.DEFINE_string("attention", None, "Attention implementation: xla or cudnn.")
-_DROPOUT = flags.DEFINE_float("dropout", 0.1, "Hidden and attention dropout.")
+_DROPOUT = flags.DEFINE_float("dropout", 0.1, "Hidden dropout.")
+_BREAKDOWN = flags.DEFINE_bool(
+    "breakdown", False, "Also time the forward pass and forward+backward alone, so the step's "
+    "time splits into forward, backward and optimizer update.")
+_PROFILE_DIR = flags.DEFINE_string(
+    "profile_dir", None, "Write a jax.profiler trace of 3 steps here (xplane.pb, for xprof).")
+_ATTENTION_DROPOUT = flags.DEFINE_float(
+    "attention_dropout", None, "Dropout on the attention probabilities (default: --dropout). "
+    "Above 0 attention runs unfused: jax.nn.dot_product_attention has no dropout.")
 
 
 def synthetic_batch(rng: np.random.Generator, config: ModelConfig, batch: int, length: int,
@@ -60,6 +68,28 @@ def make_step(model_config: ModelConfig, num_steps: int):
     return model, optimizer, step
 
 
+def time_call(fn, *args, repeats: int) -> float:
+    """Seconds per call of a jitted fn, after one compiling call."""
+    jax.block_until_ready(fn(*args))
+    start = time.perf_counter()
+    for _ in range(repeats):
+        out = fn(*args)
+    jax.block_until_ready(out)
+    return (time.perf_counter() - start) / repeats
+
+
+def print_breakdown(model, params, data, rng, step_seconds: float) -> None:
+    """Step time split into forward, backward and the update (optimizer, clipping, checks)."""
+    sums_fn = steps.pretraining_sums_fn(model, use_nsp=True)
+    forward = jax.jit(lambda p, b, r: sums_fn(p, b, r, False))
+    forward_backward = jax.jit(lambda p, b, r: steps.accumulate_gradients(p, b, r, sums_fn, 1))
+    forward_s = time_call(forward, params, data, rng, repeats=_STEPS.value)
+    gradient_s = time_call(forward_backward, params, data, rng, repeats=_STEPS.value)
+    print(f"breakdown_ms forward={1000 * forward_s:.1f} "
+          f"backward={1000 * (gradient_s - forward_s):.1f} "
+          f"update={1000 * (step_seconds - gradient_s):.1f} step={1000 * step_seconds:.1f}")
+
+
 def main(argv):
     del argv
     length, batch = _SEQ_LEN.value, _BATCH.value
@@ -67,9 +97,13 @@ def main(argv):
     model_config = ModelConfig.from_size(
         _SIZE.value, dtype=_DTYPE.value, remat_policy=_REMAT.value, scan_layers=_SCAN.value,
         attention_implementation=_ATTENTION.value, hidden_dropout=_DROPOUT.value,
-        attention_dropout=_DROPOUT.value, max_position_embeddings=max(512, length))
+        attention_dropout=(_DROPOUT.value if _ATTENTION_DROPOUT.value is None
+                           else _ATTENTION_DROPOUT.value),
+        max_position_embeddings=max(512, length))
     device = jax.devices()[0]
-    peak = metrics.measure_matmul_peak(_DTYPE.value, size=4096)
+    on_cpu = device.platform == "cpu"
+    peak = metrics.measure_matmul_peak(_DTYPE.value, size=4096 if on_cpu else 8192,
+                                       repeats=1 if on_cpu else 20)
     datasheet = metrics.datasheet_peak(_DTYPE.value, device)
     print(f"device={device.device_kind} measured_matmul_peak_tflops={peak / 1e12:.3f}"
           + (f" datasheet_peak_tflops={datasheet / 1e12:.1f}" if datasheet else ""))
@@ -93,6 +127,13 @@ def main(argv):
         state, out = step(state, data, rng)
     jax.block_until_ready(out)
     elapsed = time.perf_counter() - start
+    if _BREAKDOWN.value:
+        print_breakdown(model, state.params, data, rng, elapsed / _STEPS.value)
+    if _PROFILE_DIR.value:
+        with jax.profiler.trace(_PROFILE_DIR.value):
+            for _ in range(3):
+                state, out = step(state, data, rng)
+            jax.block_until_ready(out)
 
     tokens_per_sec = batch * length * _STEPS.value / elapsed
     flops = metrics.flops_per_token(model_config, length, predictions) * tokens_per_sec

@@ -116,6 +116,22 @@ class Embeddings(nn.Module):
         return self.token_embed.attend(x)
 
 
+def fused_attention(query, key, value, mask, implementation):
+    """jax.nn.dot_product_attention; [B, L, N, K] in and out, mask bool [B, 1, L or 1, L].
+
+    cuDNN's flash kernel takes padding as sequence lengths, which it skips, while a mask reaches
+    it as a dense additive bias. A [B, 1, 1, L] mask (not packed) is padding, and the pipeline
+    and tokenizers always pad at the end, so its row sums are the key lengths. A packed
+    [B, 1, L, L] mask stays a mask.
+    """
+    if implementation == "cudnn" and mask.shape[2] == 1:
+        key_lengths = jnp.sum(mask[:, 0, 0, :], axis=-1, dtype=jnp.int32)
+        return jax.nn.dot_product_attention(
+            query, key, value, key_value_seq_lengths=key_lengths, implementation="cudnn")
+    return jax.nn.dot_product_attention(query, key, value, mask=mask,
+                                        implementation=implementation)
+
+
 class SelfAttention(nn.Module):
     """Multi-head self-attention; the score/softmax runs in float32 whatever the compute dtype."""
 
@@ -141,9 +157,7 @@ class SelfAttention(nn.Module):
             # applies; this explicit path is only taken while training with attention dropout.
             context = self._attention_with_dropout(query, key, value, mask)
         else:
-            context = jax.nn.dot_product_attention(
-                query, key, value, mask=mask, implementation=cfg.attention_implementation
-            )  # [B, L, N, K]
+            context = fused_attention(query, key, value, mask, cfg.attention_implementation)
         context = constrain(context, ("batch", "length", "act_heads", None))
         out = dense(cfg, cfg.hidden_size, ("heads", "kv", "embed"), in_axes=2, name="out")
         return out(context)  # [B, L, H]

@@ -43,18 +43,23 @@ def datasheet_peak(dtype: str, device=None) -> float | None:
     return None
 
 
-def measure_matmul_peak(dtype: str = "float32", size: int = 2048, trials: int = 5) -> float:
+def measure_matmul_peak(dtype: str = "float32", size: int = 2048, trials: int = 5,
+                        repeats: int = 1) -> float:
     """FLOP/s of a large square matmul on the default device, in the given dtype.
 
     The best of several timed trials: a peak, so a busy moment on a shared machine or the first
-    call's warm-up does not lower it (a low peak would inflate MFU).
+    call's warm-up does not lower it (a low peak would inflate MFU). Each trial times `repeats`
+    products dispatched back to back, so an accelerator's launch and sync costs are amortised.
+    Random operands: zeros or ones can run faster than real data on some chips.
     """
-    x = jnp.ones((size, size), jnp.dtype(dtype))
+    x = jax.random.normal(jax.random.key(0), (size, size), jnp.dtype(dtype))
     matmul = jax.jit(lambda a: a @ a)
     matmul(x).block_until_ready()
     best = float("inf")
     for _ in range(trials):
         start = time.perf_counter()
-        matmul(x).block_until_ready()
-        best = min(best, time.perf_counter() - start)
+        for _ in range(repeats):
+            out = matmul(x)
+        out.block_until_ready()
+        best = min(best, (time.perf_counter() - start) / repeats)
     return 2 * size**3 / best

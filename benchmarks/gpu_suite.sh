@@ -1,0 +1,34 @@
+#!/usr/bin/env bash
+# The GPU measurements of the README's performance table, in one go (one device lease):
+# the attention/bf16 numerics checks, then the training step at the sizes, each run in
+# its own process under a time limit so one failure leaves the others standing.
+#
+#   bash benchmarks/gpu_suite.sh [LOG_DIR]     (run from the repository root)
+#
+# Rows: BERT-Base seq 128 and BERT-Large seq 512 in bf16, with fused cuDNN attention (no dropout
+# on the attention probabilities: jax.nn.dot_product_attention has none) and with the faithful
+# unfused attention-dropout path. Each run's last line is `tokens_per_sec=<N> mfu=<F>`.
+set -u
+LOG_DIR=${1:-${TMPDIR:-/tmp}/bert_jax_gpu_suite}
+mkdir -p "$LOG_DIR"
+PYTHON=${PYTHON:-python3}
+export PYTHONUNBUFFERED=1 PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
+
+run() {  # name, limit in seconds, command...
+  local name=$1 limit=$2
+  shift 2
+  echo "== $name"
+  timeout "$limit" "$@" >"$LOG_DIR/$name.log" 2>&1
+  local rc=$?
+  grep -E "^(device=|size=|tokens_per_sec=|checks_passed=|.*rel_err=)" "$LOG_DIR/$name.log"
+  [ $rc -eq 0 ] || { echo "$name: exit $rc"; grep -E "Error|error:" "$LOG_DIR/$name.log" | tail -3; }
+}
+
+nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.max.sm --format=csv,noheader
+"$PYTHON" -c "import jax, flax; print('jax', jax.__version__, 'flax', flax.__version__, jax.devices())"
+run checks 90 "$PYTHON" benchmarks/attention_checks.py
+step="$PYTHON benchmarks/train_step.py --dtype=bfloat16 --steps=20"
+run base128_cudnn 100 $step --size=base --seq_len=128 --batch=256 --attention=cudnn --attention_dropout=0
+run large512_cudnn 130 $step --size=large --seq_len=512 --batch=32 --attention=cudnn --attention_dropout=0
+run base128_xla_dropout 90 $step --size=base --seq_len=128 --batch=256
+run large512_xla_dropout 120 $step --size=large --seq_len=512 --batch=32
