@@ -7,7 +7,8 @@
 #
 # Rows: BERT-Base seq 128 and BERT-Large seq 512 in bf16, with fused cuDNN attention (no dropout
 # on the attention probabilities: jax.nn.dot_product_attention has none) and with the faithful
-# unfused attention-dropout path. Each run's last line is `tokens_per_sec=<N> mfu=<F>`.
+# unfused attention-dropout path. Each run's last line is `tokens_per_sec=<N> mfu=<F>`. The
+# BERT-Base fused row also prints its forward/backward/update split and its profile's top ops.
 set -u
 LOG_DIR=${1:-${TMPDIR:-/tmp}/bert_jax_gpu_suite}
 mkdir -p "$LOG_DIR"
@@ -28,7 +29,10 @@ nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.max.sm --format=c
 "$PYTHON" -c "import jax, flax; print('jax', jax.__version__, 'flax', flax.__version__, jax.devices())"
 run checks 90 "$PYTHON" benchmarks/attention_checks.py
 step="$PYTHON benchmarks/train_step.py --dtype=bfloat16 --steps=20"
-run base128_cudnn 100 $step --size=base --seq_len=128 --batch=256 --attention=cudnn --attention_dropout=0
+run base128_cudnn 120 $step --size=base --seq_len=128 --batch=256 --attention=cudnn --attention_dropout=0 \
+  --breakdown --profile_dir="$LOG_DIR/profile_base128"
+grep "^breakdown_ms" "$LOG_DIR/base128_cudnn.log"
+"$PYTHON" benchmarks/profile_summary.py "$LOG_DIR/profile_base128" --top=15
 run large512_cudnn 130 $step --size=large --seq_len=512 --batch=32 --attention=cudnn --attention_dropout=0
 run base128_xla_dropout 90 $step --size=base --seq_len=128 --batch=256
 run large512_xla_dropout 120 $step --size=large --seq_len=512 --batch=32
