@@ -36,7 +36,8 @@ RECIPES = {
     "sst2": (lambda: glue_configs.get_config("sst2"), "accuracy", 0.87,
              {"optimizer.learning_rate": 5e-5, "data.max_train_examples": 20000,
               "data.max_seq_length": 64}),
-    "squad": (squad_configs.get_config, "f1", 55.0, {"data.max_seq_length": 256}),
+    "squad": (squad_configs.get_config, "f1", 55.0,
+              {"data.max_seq_length": 256, "optimizer.learning_rate": 1e-4}),
     "conll": (ner_configs.get_config, "f1_test", 0.85, {}),
 }
 
