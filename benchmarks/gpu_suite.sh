@@ -9,6 +9,12 @@
 # on the attention probabilities: jax.nn.dot_product_attention has none) and with the faithful
 # unfused attention-dropout path. Each run's last line is `tokens_per_sec=<N> mfu=<F>`. The
 # BERT-Base fused row also prints its forward/backward/update split and its profile's top ops.
+#
+# Needs jax with a GPU backend, flax, optax, absl-py and ml_collections; nothing else of the package
+# (no TensorFlow: the step runs on synthetic batches). Where ml_collections is missing and pip
+# cannot reach an index, bring its wheel (pure Python) and install it to a folder on PYTHONPATH:
+#   pip download --no-deps --only-binary=:all: -d .whl ml_collections   (where pip works)
+#   pip install --no-index --no-deps --target /tmp/site .whl/*.whl && export PYTHONPATH=/tmp/site
 set -u
 LOG_DIR=${1:-${TMPDIR:-/tmp}/bert_jax_gpu_suite}
 mkdir -p "$LOG_DIR"
