@@ -19,6 +19,7 @@ import time
 
 from absl import app, flags, logging
 
+from bert_jax.data import masking
 from bert_jax.data.shared_data import shared_data_dir
 from bert_jax.tasks import finetune
 from bert_jax.train import loop
@@ -46,7 +47,8 @@ def pretrain_config():
     config.data.tokenizer = "train"
     config.data.tokenizer_vocab_size = _VOCAB.value
     config.data.max_seq_length = _SEQ_LEN.value
-    config.data.max_predictions_per_seq = round(0.15 * _SEQ_LEN.value)
+    config.data.max_predictions_per_seq = masking.default_max_predictions(
+        _SEQ_LEN.value, config.data.masked_lm_prob)
     config.model.max_position_embeddings = max(128, _SEQ_LEN.value)
     config.train.num_steps = _STEPS.value
     config.train.batch_size = _BATCH.value

@@ -35,7 +35,7 @@ _BREAKDOWN = flags.DEFINE_bool(
     "breakdown", False, "Also time the forward pass and forward+backward alone, so the step's "
     "time splits into forward, backward and optimizer update.")
 _PROFILE_DIR = flags.DEFINE_string(
-    "profile_dir", None, "Write a jax.profiler trace of 3 steps here (xplane.pb, for xprof).")
+    "profile_dir", None, "Write a jax.profiler trace of 3 steps here (benchmarks/profile_summary.py reads it).")
 _ATTENTION_DROPOUT = flags.DEFINE_float(
     "attention_dropout", None, "Dropout on the attention probabilities (default: --dropout). "
     "Above 0 attention runs unfused: jax.nn.dot_product_attention has no dropout.")
