@@ -6,6 +6,7 @@ import json
 import os
 import subprocess
 import sys
+import tempfile
 import unicodedata
 
 import numpy as np
@@ -281,6 +282,24 @@ def test_save_load_round_trip(any_tokenizer, data_dir, tmp_path):
         assert loaded.special_ids == any_tokenizer.special_ids
         assert loaded.encode_batch(lines) == any_tokenizer.encode_batch(lines)
         assert (loaded.word_start_table() == any_tokenizer.word_start_table()).all()
+
+
+def test_checkpoint_embedded_tokenizer_round_trip_leaves_no_files(any_tokenizer, data_dir,
+                                                                   tmp_path, monkeypatch):
+    """Checkpoints carry the tokenizer's files inline; loading one must not leave a folder behind
+    (a notebook or sweep loads many)."""
+    from bert_jax.train import checkpoint
+
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    entry = json.loads(json.dumps(checkpoint.tokenizer_to_json(any_tokenizer)))  # as stored
+    loaded = checkpoint.tokenizer_from_json(entry)
+    assert list(tmp_path.iterdir()) == []
+    lines = _book_lines(data_dir, "84-0.txt")[:100]
+    assert type(loaded) is type(any_tokenizer)
+    assert loaded.encode_batch(lines) == any_tokenizer.encode_batch(lines)
+    loaded.save(str(tmp_path / "again"))  # still whole: saving needs no file of the old folder
+    assert load_tokenizer_dir(str(tmp_path / "again")).encode_batch(lines) == \
+        any_tokenizer.encode_batch(lines)
 
 
 def test_remote_paths_go_through_gfile(wordpiece, data_dir):

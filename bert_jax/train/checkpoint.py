@@ -95,11 +95,13 @@ def tokenizer_to_json(tokenizer: tokenization.Tokenizer) -> dict:
 
 
 def tokenizer_from_json(entry: dict) -> tokenization.Tokenizer:
-    directory = tempfile.mkdtemp(prefix="bert_jax_tokenizer_")
-    for name, encoded in entry["files"].items():
-        with open(os.path.join(directory, name), "wb") as f:
-            f.write(base64.b64decode(encoded))
-    return tokenization.load_tokenizer_dir(directory)
+    # Tokenizers read their files into memory when built, so the folder can go right after:
+    # loading checkpoints in a long-lived process (a notebook, a sweep) leaves nothing in /tmp.
+    with tempfile.TemporaryDirectory(prefix="bert_jax_tokenizer_") as directory:
+        for name, encoded in entry["files"].items():
+            with open(os.path.join(directory, name), "wb") as f:
+                f.write(base64.b64decode(encoded))
+        return tokenization.load_tokenizer_dir(directory)
 
 
 def make_meta(step: int, model_config: ModelConfig, tokenizer, run_config: dict | None = None,
