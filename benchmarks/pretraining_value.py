@@ -11,7 +11,7 @@ random initialisation of the same architecture, with the same fine-tuning budget
    tokenizer, fresh weights, the same recipe, steps and seed.
 Prints both best dev accuracies, the wall times, and `gain=<points> target=3 pass=<bool>` last.
 About an hour of pre-training on a 2-core CPU at the defaults (2,000 steps of 64 x 64 at
-~34 sequences/s), then ~15 minutes per fine-tuning run. A SIGTERM during pre-training saves
+~34 sequences/s), then ~11 minutes per fine-tuning run. A SIGTERM during pre-training saves
 and stops there (no comparison of a partial model); run it again to continue.
 """
 

@@ -166,7 +166,8 @@ class WordPieceTokenizer(Tokenizer):
     """BERT's WordPiece over a vocab.txt, with the original BERT normalisation."""
 
     def __init__(self, vocab_file: str, lowercase: bool = True):
-        self.vocab_file = vocab_file
+        # The file is read once here and not kept: a checkpoint's tokenizer is built from a
+        # temporary folder that is gone afterwards (train.checkpoint.tokenizer_from_json).
         self.lowercase = lowercase
         self._tokens = _read_vocab_lines(vocab_file)
         vocab = {token: i for i, token in enumerate(self._tokens)}
@@ -409,7 +410,7 @@ class SentencePieceTokenizer(Tokenizer):
     """A SentencePiece model (unigram or BPE) that holds the BERT special tokens."""
 
     def __init__(self, model_file: str):
-        self.model_file = model_file
+        # Read once, not kept as a path (see WordPieceTokenizer.__init__).
         self._proto = _read_bytes(model_file, what="SentencePiece model")
         self._sp = spm.SentencePieceProcessor(model_proto=self._proto)
         super().__init__(_sentencepiece_special_ids(self._sp, model_file))
