@@ -324,6 +324,14 @@ def test_nonfinite_loss_or_update_leaves_the_state_untouched(data_dir):
     _assert_trees_equal(new_state.opt_state, poisoned.opt_state)
     assert int(new_state.step) == 1  # the data moves on
 
+    # The next update applies the schedule where optax left it (step 0 of the warmup: rate 0,
+    # so nothing moves), and the log says so rather than the rate of step 1.
+    clean = new_state.replace(params=jax.device_get(state.params))
+    next_state, metrics = jit_step(s.optimizer)(clean, batch, jax.random.key(2))
+    assert float(metrics["nonfinite"]) == 0 and float(s.schedule(1)) > 0
+    assert float(metrics["learning_rate"]) == float(s.schedule(0)) == 0.0
+    _assert_trees_equal(next_state.params, clean.params)
+
     # A finite loss and gradient, but an update that overflows: caught on the new params.
     sgd = optax.sgd(float("inf"))
     params = jax.device_get(state.params)

@@ -44,5 +44,18 @@ def make_optimizer(config, total_steps: int):
     return core, schedule
 
 
+def schedule_count(opt_state, default: jax.Array) -> jax.Array:
+    """The step the optimizer's learning-rate schedule stands at: optax's own count, which a
+    skipped (non-finite) update leaves where it was while the training step moves on. `default`
+    when the optimizer has no schedule state (a constant learning rate)."""
+    is_schedule_state = lambda x: isinstance(x, optax.ScaleByScheduleState)  # noqa: E731
+    counts = [leaf.count for leaf in jax.tree_util.tree_leaves(opt_state, is_leaf=is_schedule_state)
+              if is_schedule_state(leaf)]
+    if len(counts) > 1:
+        raise ValueError(f"{len(counts)} learning-rate schedules in the optimizer state; "
+                         "expected one")
+    return counts[0] if counts else default
+
+
 def global_norm(tree) -> jax.Array:
     return optax.global_norm(tree)

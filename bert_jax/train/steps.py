@@ -10,7 +10,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from bert_jax.train import losses
+from bert_jax.train import losses, optim
 from bert_jax.train.state import TrainState
 
 # Model inputs that are passed only when the batch has them (packed rows).
@@ -114,7 +114,8 @@ def train_step(state: TrainState, batch: dict, rng, *, sums_fn: Callable,
     metrics = {
         "loss": loss,
         "grad_norm": grad_norm,
-        "learning_rate": schedule(state.step),
+        # The rate this update applied: after a skipped update the schedule is one step behind.
+        "learning_rate": schedule(optim.schedule_count(state.opt_state, state.step)),
         "nonfinite": 1.0 - finite.astype(jnp.float32),
         **objective.summarize(sums),
     }
