@@ -119,8 +119,11 @@ def main(argv):
     state = TrainState(step=jnp.zeros((), jnp.int32), params=params,
                        opt_state=optimizer.init(params))
     rng = jax.random.key(1)
-    for _ in range(2):  # compile and warm up
-        state, out = step(state, data, rng)
+    start = time.perf_counter()
+    state, out = step(state, data, rng)  # compiles
+    jax.block_until_ready(out)
+    print(f"first_step_s={time.perf_counter() - start:.1f} (compile + one step)")
+    state, out = step(state, data, rng)  # warm-up
     jax.block_until_ready(out)
     start = time.perf_counter()
     for _ in range(_STEPS.value):

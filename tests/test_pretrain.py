@@ -342,6 +342,15 @@ def test_nonfinite_loss_or_update_leaves_the_state_untouched(data_dir):
     _assert_trees_equal(new_state.params, params)
 
 
+def test_finiteness_check_sees_every_leaf_and_never_overflows():
+    tree = {"big": np.full(3, 3e38, np.float32), "ids": np.arange(4), "moments": np.ones((2, 2))}
+    check = jax.jit(steps._all_finite)
+    assert bool(check(tree))  # huge but finite values are not flagged
+    for bad in (np.inf, -np.inf, np.nan):
+        poisoned = {**tree, "moments": np.array([[1.0, 1.0], [1.0, bad]])}
+        assert not bool(check(poisoned)), bad
+
+
 def _exploding_overrides(data_dir) -> dict:
     """A learning rate so large that the first update sends the parameters to ~1e30 and the
     next forward pass overflows."""

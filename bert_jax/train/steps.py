@@ -78,12 +78,15 @@ def accumulate_gradients(params, batch: dict, rng, sums_fn: Callable, grad_accum
 
 
 def _all_finite(tree) -> jax.Array:
-    """True when every floating-point leaf of the tree is free of inf and NaN."""
-    finite = jnp.array(True)
-    for x in jax.tree_util.tree_leaves(tree):
-        if jnp.issubdtype(x.dtype, jnp.inexact):
-            finite = finite & jnp.all(jnp.isfinite(x))
-    return finite
+    """True when every floating-point leaf of the tree is free of inf and NaN.
+
+    x * 0 is 0 for finite x and NaN for inf or NaN, so one norm over the zeroed tree answers for
+    all leaves, with no overflow to fear. Why not `jnp.all(jnp.isfinite(x))` per leaf: XLA:CPU
+    fuses those ~600 boolean reductions (params and Adam's moments) into the update and took
+    ~250 s to compile BERT-Base's train step instead of ~20 s.
+    """
+    leaves = [x for x in jax.tree_util.tree_leaves(tree) if jnp.issubdtype(x.dtype, jnp.inexact)]
+    return jnp.isfinite(optax.tree.norm([x * 0 for x in leaves]))
 
 
 def train_step(state: TrainState, batch: dict, rng, *, sums_fn: Callable,
