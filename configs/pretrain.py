@@ -22,6 +22,7 @@ def model_section(size: str) -> config_dict.ConfigDict:
                        ("num_heads", int), ("intermediate_size", int),
                        ("max_position_embeddings", int), ("type_vocab_size", int),
                        ("hidden_dropout", float), ("attention_dropout", float),
+                       ("initializer_range", float), ("layer_norm_eps", float),
                        ("attention_implementation", str)):
         section[name] = config_dict.placeholder(kind)
     section.dtype = "float32"

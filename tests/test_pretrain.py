@@ -2,6 +2,7 @@
 bad input. Runs go through `loop.train_and_evaluate` in-process, or the CLI as a subprocess
 where the process itself must die or be signalled."""
 
+import dataclasses
 import functools
 import importlib.util
 import json
@@ -24,7 +25,7 @@ import pytest
 
 from bert_jax.data import pipeline, tokenization
 from bert_jax.model import BertForPreTraining
-from bert_jax.model.config import ModelConfig
+from bert_jax.model.config import ModelConfig, model_config_from_section
 from bert_jax.train import checkpoint, loop, optim, steps
 from bert_jax.train import setup as setup_lib
 
@@ -399,6 +400,16 @@ def test_checkpoint_of_another_model_shape_is_named(data_dir, tmp_path):
                                          r"checkpoint but \(64,\)"):
         loop.train_and_evaluate(_config(wider), str(tmp_path))
     assert _checkpoint_steps(tmp_path) == [2]  # nothing overwritten
+
+
+def test_every_model_config_field_is_a_run_config_key():
+    section = _get_config("tiny").model
+    fields = {field.name for field in dataclasses.fields(ModelConfig)}
+    assert fields <= set(section.keys()), fields - set(section.keys())
+    section.initializer_range, section.layer_norm_eps = 0.1, 1e-6
+    model_config = model_config_from_section(section)
+    assert (model_config.initializer_range, model_config.layer_norm_eps) == (0.1, 1e-6)
+    assert model_config.hidden_size == 128  # the rest still from the named size
 
 
 def test_unknown_config_key_is_rejected(data_dir, tmp_path):
