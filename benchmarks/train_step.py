@@ -36,6 +36,8 @@ _BREAKDOWN = flags.DEFINE_bool(
     "time splits into forward, backward and optimizer update.")
 _PROFILE_DIR = flags.DEFINE_string(
     "profile_dir", None, "Write a jax.profiler trace of 3 steps here (benchmarks/profile_summary.py reads it).")
+_HLO_FILE = flags.DEFINE_string(
+    "hlo_file", None, "Write the compiled step's optimized HLO here (names the profile's fusions).")
 _ATTENTION_DROPOUT = flags.DEFINE_float(
     "attention_dropout", None, "Dropout on the attention probabilities (default: --dropout). "
     "Above 0 attention runs unfused: jax.nn.dot_product_attention has no dropout.")
@@ -119,6 +121,9 @@ def main(argv):
     state = TrainState(step=jnp.zeros((), jnp.int32), params=params,
                        opt_state=optimizer.init(params))
     rng = jax.random.key(1)
+    if _HLO_FILE.value:
+        with open(_HLO_FILE.value, "w") as file:
+            file.write(step.lower(state, data, rng).compile().as_text())
     start = time.perf_counter()
     state, out = step(state, data, rng)  # compiles
     jax.block_until_ready(out)

@@ -119,6 +119,28 @@ def test_bfloat16_forward_is_close_to_float32(tiny_params):
     assert error.max() < 0.1 and error.mean() < 0.02, (error.max(), error.mean())
 
 
+def test_bfloat16_embedding_gradients_accumulate_in_float32(tiny_params):
+    """Every token adds its gradient to its embedding row; a bf16 accumulation (a lookup in the
+    compute dtype) loses most of it for rows hit by thousands of tokens, like the segment rows."""
+    rng = np.random.default_rng(4)
+    ids = _random_ids(rng, (64, 64))
+    types = jnp.asarray(rng.integers(0, 2, (64, 64)), jnp.int32)
+    projection = jnp.asarray(rng.normal(size=(64, 64, 128)), jnp.float32)
+
+    def embedding_grads(config):
+        def loss(params):
+            seq, _ = BertEncoder(config).apply({"params": params}, ids, types)
+            return jnp.sum(seq.astype(jnp.float32) * projection)
+        grads = jax.jit(jax.grad(loss))(tiny_params)["embeddings"]
+        return {name: np.asarray(grads[name]["embedding"], np.float32)
+                for name in ("type_embed", "position_embed", "token_embed")}
+
+    exact, bf16 = embedding_grads(_tiny()), embedding_grads(_tiny(dtype="bfloat16"))
+    for name in exact:
+        relative = np.linalg.norm(bf16[name] - exact[name]) / np.linalg.norm(exact[name])
+        assert relative < 0.02, (name, relative)  # ~0.003 here; 0.057 for a bf16 accumulation
+
+
 def test_remat_does_not_change_outputs_or_gradients(tiny_params):
     ids = _random_ids(np.random.default_rng(3), (2, 12))
 
