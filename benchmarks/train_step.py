@@ -36,6 +36,8 @@ _BREAKDOWN = flags.DEFINE_bool(
     "time splits into forward, backward and optimizer update.")
 _PROFILE_DIR = flags.DEFINE_string(
     "profile_dir", None, "Write a jax.profiler trace of 3 steps here (benchmarks/profile_summary.py reads it).")
+_PRNG_IMPL = flags.DEFINE_enum(
+    "prng_impl", "threefry2x32", list(steps.PRNG_IMPLS), "Dropout's random bits (train.prng_impl).")
 _HLO_FILE = flags.DEFINE_string(
     "hlo_file", None, "Write the compiled step's optimized HLO here (names the profile's fusions).")
 _ATTENTION_DROPOUT = flags.DEFINE_float(
@@ -120,7 +122,7 @@ def main(argv):
     params = nn.unbox(params)
     state = TrainState(step=jnp.zeros((), jnp.int32), params=params,
                        opt_state=optimizer.init(params))
-    rng = jax.random.key(1)
+    rng = steps.root_rng(1, _PRNG_IMPL.value)
     if _HLO_FILE.value:
         with open(_HLO_FILE.value, "w") as file:
             file.write(step.lower(state, data, rng).compile().as_text())

@@ -58,6 +58,9 @@ def get_config(arg: str = "base") -> config_dict.ConfigDict:
         batch_size=256,  # global, across all hosts
         grad_accum_steps=1,
         seed=0,
+        # Dropout's random bits: threefry2x32 (the same masks on any mesh) or rbg (cheaper on
+        # GPUs and TPUs; masks depend on the sharding). See bert_jax.train.steps.root_rng.
+        prng_impl="threefry2x32",
         log_every_steps=100,
         skip_nonfinite_updates=False,
     ))

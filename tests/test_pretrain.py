@@ -360,6 +360,20 @@ def _exploding_overrides(data_dir) -> dict:
             "checkpoint.every_steps": 1, "checkpoint.keep": 10}
 
 
+def test_rbg_dropout_bits_are_reproducible_and_differ_from_threefry(data_dir):
+    s, batch, state, jit_step = _step_setup(data_dir)
+    assert s.model.config.hidden_dropout > 0
+    step = jit_step(s.optimizer)
+
+    def loss(prng_impl):
+        return float(step(state, batch, steps.root_rng(3, prng_impl))[1]["loss"])
+
+    assert loss("rbg") == loss("rbg")
+    assert loss("rbg") != loss("threefry2x32")  # other masks
+    with pytest.raises(ValueError, match="train.prng_impl='philox': expected one of"):
+        steps.root_rng(0, "philox")
+
+
 def test_nonfinite_loss_stops_the_run_naming_the_step(data_dir, tmp_path):
     with pytest.raises(loop.NonFiniteLossError, match=r"at step (\d+)") as error:
         loop.train_and_evaluate(_config(_exploding_overrides(data_dir)), str(tmp_path))

@@ -283,7 +283,7 @@ def run_seed(run: Run, seed: int) -> dict:
     seed_dir = os.path.join(run.workdir, f"seed_{seed}")
     writer = MetricWriter(seed_dir)
     state = initial_state(run, seed)
-    rng = jax.random.key(seed)
+    rng = steps.root_rng(seed, run.config.train.prng_impl)
     main = run.task.main_metric
     epochs, best, best_params, step = [], None, None, 0
     for epoch in range(1, run.config.train.num_epochs + 1):

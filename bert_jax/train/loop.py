@@ -145,7 +145,7 @@ class Trainer:
         self._eval_data = None
         self.checkpointer = checkpoint.TrainCheckpointer(workdir, config.checkpoint.keep)
         self.writer = MetricWriter(workdir)
-        self.rng = jax.random.key(config.train.seed)
+        self.rng = steps.root_rng(config.train.seed, config.train.prng_impl)
         self._compile_steps()
 
     def _compile_steps(self):

@@ -28,6 +28,7 @@ def base_config(task: str) -> config_dict.ConfigDict:
         eval_batch_size=64,
         num_epochs=3,
         grad_accum_steps=1,
+        prng_impl="threefry2x32",  # or rbg: see configs/pretrain.py
         log_every_steps=50,
         skip_nonfinite_updates=False,
         save_best_checkpoint=True,
