@@ -12,7 +12,8 @@ random initialisation of the same architecture, with the same fine-tuning budget
 Prints both dev accuracies (the best epoch's; with `--seeds=0,1,2`, the median over seeds of
 each seed's best epoch), the wall times, and `gain=<points> target=3 pass=<bool>` last. Run
 again with another `--train_examples` on the same workdir to compare at fewer labels: the
-finished pre-training is reused (fine-tuning writes pretrained_N/ and random_init_N/).
+finished pre-training is reused (fine-tuning writes pretrained_N/ and random_init_N/, with
+_lrX added for another --finetune_lr).
 About an hour of pre-training on a 2-core CPU at the defaults (2,000 steps of 64 x 64 at
 ~34 sequences/s), then ~11 minutes per fine-tuning run. A SIGTERM during pre-training saves
 and stops there (no comparison of a partial model); run it again to continue.
@@ -96,8 +97,10 @@ def main(argv):
         start = time.perf_counter()
         results = finetune.finetune_and_evaluate(
             finetune_config(pretrain_dir, random_init),
-            # One folder per label count, so comparisons at several counts sit side by side.
-            os.path.join(_WORKDIR.value, f"{name}_{_TRAIN_EXAMPLES.value}"))
+            # One folder per label count (and fine-tuning rate, where not the default), so
+            # comparisons sit side by side.
+            os.path.join(_WORKDIR.value, f"{name}_{_TRAIN_EXAMPLES.value}" + (
+                "" if _FINETUNE_LR.value == _FINETUNE_LR.default else f"_lr{_FINETUNE_LR.value:g}")))
         seconds[name] = round(time.perf_counter() - start, 1)
         # The median, not the best seed: with several seeds, picking the luckiest of each side
         # would compare noise. With one seed the two are the same.
