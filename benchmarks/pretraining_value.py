@@ -95,12 +95,13 @@ def main(argv):
     scores, seconds = {}, {}
     for name, random_init in (("pretrained", False), ("random_init", True)):
         start = time.perf_counter()
+        # One folder per label count (and fine-tuning rate, where not the default), so
+        # comparisons sit side by side.
+        folder = f"{name}_{_TRAIN_EXAMPLES.value}"
+        if _FINETUNE_LR.value != _FINETUNE_LR.default:
+            folder += f"_lr{_FINETUNE_LR.value:g}"
         results = finetune.finetune_and_evaluate(
-            finetune_config(pretrain_dir, random_init),
-            # One folder per label count (and fine-tuning rate, where not the default), so
-            # comparisons sit side by side.
-            os.path.join(_WORKDIR.value, f"{name}_{_TRAIN_EXAMPLES.value}" + (
-                "" if _FINETUNE_LR.value == _FINETUNE_LR.default else f"_lr{_FINETUNE_LR.value:g}")))
+            finetune_config(pretrain_dir, random_init), os.path.join(_WORKDIR.value, folder))
         seconds[name] = round(time.perf_counter() - start, 1)
         # The median, not the best seed: with several seeds, picking the luckiest of each side
         # would compare noise. With one seed the two are the same.

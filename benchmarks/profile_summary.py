@@ -96,7 +96,8 @@ def main():
         classes[kernel_class(name)] += micros
     print("by class of kernel:")
     for label, micros in classes.most_common():
-        print(f"  {label:<40} {micros / args.steps / 1000:9.2f} ms  {micros / sum(kernels.values()):6.1%}")
+        share = micros / sum(kernels.values())
+        print(f"  {label:<40} {micros / args.steps / 1000:9.2f} ms  {share:6.1%}")
     print(f"top {args.top} kernels:")
     for name, micros in kernels.most_common(args.top):
         print(f"  {name[:100]:<100} {micros / args.steps / 1000:9.3f} ms")

@@ -82,9 +82,10 @@ def _all_finite(tree) -> jax.Array:
 
     x - x is 0 for finite x and NaN for inf or NaN, so one norm over the zeroed tree answers for
     all leaves, with no overflow to fear (x * 0 does the same, but XLA:CPU materialises the
-    broadcast zeros: a vocab x hidden buffer written every step). Why not `jnp.all(jnp.isfinite(x))` per leaf: XLA:CPU
-    fuses those ~600 boolean reductions (params and Adam's moments) into the update and took
-    ~250 s to compile BERT-Base's train step instead of ~20 s.
+    broadcast zeros: a vocab x hidden buffer written every step). Why not
+    `jnp.all(jnp.isfinite(x))` per leaf: XLA:CPU fuses those ~600 boolean reductions (params
+    and Adam's moments) into the update and took ~250 s to compile BERT-Base's train step
+    instead of ~20 s.
     """
     leaves = [x for x in jax.tree_util.tree_leaves(tree) if jnp.issubdtype(x.dtype, jnp.inexact)]
     return jnp.isfinite(optax.tree.norm([x - x for x in leaves]))
@@ -97,8 +98,8 @@ def root_rng(seed: int, prng_impl: str = "threefry2x32") -> jax.Array:
     """The run's root key; each step's dropout key is fold_in(root, step).
 
     threefry2x32 (JAX's default) gives the same dropout masks whatever the mesh. rbg splits and
-    folds with threefry but draws the bits with XLA's RngBitGenerator, which is much cheaper on
-    GPUs and TPUs (dropout needs ~30 bits per activation); its masks depend on the sharding.
+    folds with threefry but draws the bits with XLA's RngBitGenerator, which is cheaper on GPUs
+    and TPUs (dropout draws 32 random bits per activation); its masks depend on the sharding.
     """
     if prng_impl not in PRNG_IMPLS:
         raise ValueError(f"train.prng_impl={prng_impl!r}: expected one of {PRNG_IMPLS}")
