@@ -83,21 +83,20 @@ def main():
     if not totals:
         raise SystemExit(f"no events of module {args.module!r}; timelines: "
                          f"{sorted(processes.values())}")
-    per_step = sum(totals.values()) / args.steps / 1000
-    print(f"op time per step: {per_step:.2f} ms over {len(totals)} ops")
+    op_total, kernel_total = sum(totals.values()), sum(kernels.values())
+    print(f"op time per step: {op_total / args.steps / 1000:.2f} ms over {len(totals)} ops")
     kinds = collections.Counter()
     for op, micros in totals.items():
         kinds[re.sub(r"[.\d]+$", "", op)] += micros
     print("by kind:")
     for kind, micros in kinds.most_common(10):
-        print(f"  {kind:<40} {micros / args.steps / 1000:9.2f} ms  {micros / sum(totals.values()):6.1%}")
+        print(f"  {kind:<40} {micros / args.steps / 1000:9.2f} ms  {micros / op_total:6.1%}")
     classes = collections.Counter()
     for name, micros in kernels.items():
         classes[kernel_class(name)] += micros
     print("by class of kernel:")
     for label, micros in classes.most_common():
-        share = micros / sum(kernels.values())
-        print(f"  {label:<40} {micros / args.steps / 1000:9.2f} ms  {share:6.1%}")
+        print(f"  {label:<40} {micros / args.steps / 1000:9.2f} ms  {micros / kernel_total:6.1%}")
     print(f"top {args.top} kernels:")
     for name, micros in kernels.most_common(args.top):
         print(f"  {name[:100]:<100} {micros / args.steps / 1000:9.3f} ms")

@@ -123,8 +123,8 @@ def train_step(state: TrainState, batch: dict, rng, *, sums_fn: Callable,
     new_params = optax.apply_updates(state.params, updates)
 
     # The new state is checked too: a finite gradient times a huge learning rate can overflow.
-    finite = (jnp.isfinite(loss) & jnp.isfinite(grad_norm) & _all_finite(new_params)
-              & _all_finite(new_opt_state))
+    finite = (jnp.isfinite(loss) & jnp.isfinite(grad_norm)
+              & _all_finite((new_params, new_opt_state)))
     keep_if_finite = lambda new, old: jnp.where(finite, new, old)  # noqa: E731
     new_state = TrainState(
         step=state.step + 1,
