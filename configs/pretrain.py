@@ -52,6 +52,9 @@ def get_config(arg: str = "base") -> config_dict.ConfigDict:
         # `train`: train a SentencePiece vocabulary of tokenizer_vocab_size on data.source first.
         tokenizer="train",
         tokenizer_vocab_size=30000,
+        # `train` only: an uncased vocabulary (the text case-folded), e.g. for lowercased tasks
+        # such as GLUE's SST-2 and for uncased checkpoints.
+        tokenizer_lowercase=False,
     ))
     config.train = config_dict.ConfigDict(dict(
         num_steps=1_000_000,

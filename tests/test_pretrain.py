@@ -457,6 +457,22 @@ def test_relative_workdir_checkpoints_and_loads(data_dir, tmp_path, monkeypatch)
     assert loaded.step == 2 and (tmp_path / "runs" / "relative" / "checkpoints" / "2").is_dir()
 
 
+
+@pytest.mark.parametrize("lowercase", [False, True], ids=["cased", "uncased"])
+def test_trained_tokenizer_follows_tokenizer_lowercase(tmp_path, lowercase):
+    corpus = tmp_path / "corpus.txt"
+    corpus.write_text("".join(f"The river ran past the mill {i}. Then THE rain came.\n"
+                              for i in range(200)))
+    data = _get_config("tiny").data
+    data.update({"source": f"text:{corpus}", "tokenizer": "train", "tokenizer_vocab_size": 40,
+                 "tokenizer_lowercase": lowercase})
+    tokenizer = setup_lib.load_or_train_tokenizer(data, str(tmp_path / "run"))
+    upper, lower = tokenizer.encode_batch(["The River", "the river"])
+    assert (upper == lower) == lowercase
+    # The choice is the saved tokenizer's, so a resumed run tokenizes as the first did.
+    reloaded = setup_lib.load_or_train_tokenizer(data, str(tmp_path / "run"))
+    assert reloaded.encode_batch(["The River"]) == [upper]
+
 def _in_thread(fn, timeout: float):
     """fn()'s exception (None if it returned); fails the test if fn is still running."""
     outcome = {}

@@ -43,12 +43,14 @@ def load_or_train_tokenizer(data_config, workdir: str) -> tokenization.Tokenizer
     if jax.process_count() > 1:
         raise ValueError("data.tokenizer='train' is single-host only: train one with "
                          "`python -m bert_jax.tokenizer train` and pass its path")
-    logging.info("training a %d-piece SentencePiece vocabulary on %s", data_config.tokenizer_vocab_size,
-                 data_config.source)
+    logging.info("training a %d-piece %s SentencePiece vocabulary on %s",
+                 data_config.tokenizer_vocab_size,
+                 "uncased" if data_config.tokenizer_lowercase else "cased", data_config.source)
     prefix = os.path.join(workdir, "sentencepiece")
     try:
         tokenizer = tokenization.train_sentencepiece_from_source(
-            data_config.source, data_config.tokenizer_vocab_size, prefix)
+            data_config.source, data_config.tokenizer_vocab_size, prefix,
+            lowercase=data_config.tokenizer_lowercase)
     except ValueError as e:  # e.g. no text at all: say which source
         raise ValueError(f"cannot train a tokenizer on data.source {data_config.source!r}: "
                          f"{e}") from e
