@@ -3,9 +3,10 @@ random initialisation of the same architecture, with the same fine-tuning budget
 
     python benchmarks/pretraining_value.py --workdir=/tmp/bert_jax_value   # target: >= 3 points
 
-1. Pre-trains `configs/pretrain.py:mini` on the staged Gutenberg books (full sentences, a
-   SentencePiece vocabulary trained on them) with `bert_jax.pretrain`'s loop; resumes from
-   WORKDIR/pretrain when run again, so an interrupted run continues.
+1. Pre-trains `configs/pretrain.py:mini` on the staged Gutenberg books (sentence pairs with
+   next-sentence prediction as the paper, or full sentences with `--pretrain_mode`; an uncased
+   SentencePiece vocabulary trained on them, as SST-2 is lowercased) with `bert_jax.pretrain`'s
+   loop; resumes from WORKDIR/pretrain when run again, so an interrupted run continues.
 2. Fine-tunes SST-2 (configs/finetune/glue.py:sst2, a 20k-example subset, max length 64) from
    that checkpoint, then again with `random_init=True`: the checkpoint's architecture and
    tokenizer, fresh weights, the same recipe, steps and seed.
@@ -41,6 +42,11 @@ _BATCH = flags.DEFINE_integer("pretrain_batch", 64, "pre-training sequences per 
 _SEQ_LEN = flags.DEFINE_integer("pretrain_seq_len", 64, "pre-training sequence length")
 _LR = flags.DEFINE_float("pretrain_lr", 1e-3, "pre-training peak learning rate")
 _VOCAB = flags.DEFINE_integer("vocab_size", 8000, "SentencePiece pieces trained on the books")
+_MODE = flags.DEFINE_enum("pretrain_mode", "nsp", ["nsp", "full_sentences"],
+                          "pre-training examples: sentence pairs with next-sentence prediction "
+                          "(the paper's, and what trains [CLS], which the classifier reads) or "
+                          "full sentences (MLM only)")
+_LOWERCASE = flags.DEFINE_bool("lowercase", True, "an uncased vocabulary (SST-2 is lowercased)")
 _FINETUNE_LR = flags.DEFINE_float("finetune_lr", 1e-4, "fine-tuning learning rate (both runs)")
 _TRAIN_EXAMPLES = flags.DEFINE_integer("train_examples", 20000, "SST-2 training subset")
 _SEEDS = flags.DEFINE_list("seeds", ["0"], "fine-tuning seeds (both runs); with several, the "
@@ -52,9 +58,10 @@ TARGET_POINTS = 3.0
 def pretrain_config():
     config = pretrain_configs.get_config(_SIZE.value)
     config.data.source = f"prose:{shared_data_dir() / 'gutenberg'}/*.txt"
-    config.data.mode = "full_sentences"
+    config.data.mode = _MODE.value
     config.data.tokenizer = "train"
     config.data.tokenizer_vocab_size = _VOCAB.value
+    config.data.tokenizer_lowercase = _LOWERCASE.value
     config.data.max_seq_length = _SEQ_LEN.value
     config.data.max_predictions_per_seq = masking.default_max_predictions(
         _SEQ_LEN.value, config.data.masked_lm_prob)
@@ -111,6 +118,7 @@ def main(argv):
     print(json.dumps({"sst2_dev_accuracy": scores, "finetune_seconds": seconds,
                       "pretrain_seconds": round(pretrain_seconds, 1),
                       "pretrain_steps": _STEPS.value, "size": _SIZE.value,
+                      "pretrain_mode": _MODE.value, "lowercase": _LOWERCASE.value,
                       "train_examples": _TRAIN_EXAMPLES.value, "seeds": _SEEDS.value,
                       "load_average": os.getloadavg()}, indent=2))
     print(f"gain={gain:.2f} target={TARGET_POINTS} pass={gain >= TARGET_POINTS}")
