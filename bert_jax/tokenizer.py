@@ -16,6 +16,9 @@ _VOCAB_SIZE = flags.DEFINE_integer("vocab_size", 30000, "Number of pieces, speci
 _OUTPUT = flags.DEFINE_string("output", None, "Output prefix: writes PREFIX.model, PREFIX.vocab.")
 _MODEL_TYPE = flags.DEFINE_enum("model_type", "unigram", ["unigram", "bpe"], "Model kind.")
 _LOWERCASE = flags.DEFINE_bool("lowercase", False, "Case-fold text (an uncased vocabulary).")
+_FOLD_QUOTES = flags.DEFINE_bool(
+    "fold_quotes", True, "Read typographic quotes (‘ ’ “ ”) as ASCII ' and \" (in training and "
+    "whenever the model encodes), so text in either style shares the pieces.")
 _COVERAGE = flags.DEFINE_float(
     "character_coverage", 0.9995, "Fraction of characters covered; the rarest become [UNK]."
 )
@@ -34,6 +37,7 @@ def main(argv: list[str]) -> None:
         _OUTPUT.value,
         model_type=_MODEL_TYPE.value,
         lowercase=_LOWERCASE.value,
+        fold_quotes=_FOLD_QUOTES.value,
         character_coverage=_COVERAGE.value,
         input_sentence_size=_SAMPLE.value,
         verbose=True,

@@ -217,9 +217,11 @@ def test_sentencepiece_round_trip(sentencepiece, data_dir):
     encoded = sentencepiece.encode_batch(lines)
     known = [(line, ids) for line, ids in zip(lines, encoded) if sentencepiece.unk_id not in ids]
     assert len(known) >= 0.8 * len(lines)
+    folds = str.maketrans(tokenization.QUOTE_FOLDS)
     for line, ids in known:
-        # The model normalises with NFKC and collapses runs of whitespace.
-        assert sentencepiece.decode(ids) == " ".join(unicodedata.normalize("NFKC", line).split())
+        # The model normalises with NFKC, folds typographic quotes and collapses whitespace.
+        normalised = unicodedata.normalize("NFKC", line).translate(folds)
+        assert sentencepiece.decode(ids) == " ".join(normalised.split())
     assert encoded[:10] == [sentencepiece.encode(line) for line in lines[:10]]
 
 
@@ -229,6 +231,34 @@ def test_sentencepiece_bpe_and_lowercase(data_dir, tmp_path):
     assert [bpe.id_to_token(i) for i in range(5)] == list(tokenization.SPECIAL_TOKENS)
     assert bpe.encode("ALICE said") == bpe.encode("alice said")
     assert (tmp_path / "bpe.vocab").read_text("utf-8").splitlines()[4].startswith("[MASK]\t")
+
+
+@pytest.mark.parametrize("lowercase", [False, True], ids=["cased", "uncased"])
+def test_sentencepiece_folds_typographic_quotes_and_normalises_as_before(data_dir, tmp_path,
+                                                                         lowercase):
+    lines = _book_lines(data_dir, "84-0.txt")  # typographic quotes only, as the staged books
+    assert not any("'" in line for line in lines) and any("\u2019" in line for line in lines)
+    folded = train_sentencepiece(lines, 800, str(tmp_path / "folded"), lowercase=lowercase)
+    plain = train_sentencepiece(lines, 800, str(tmp_path / "plain"), lowercase=lowercase,
+                                fold_quotes=False)
+    # Text in the other style: ASCII quotes are known pieces, not [UNK].
+    ascii_text = "\"I don't know,\" he said."
+    typographic = "\u201cI don\u2019t know,\u201d he said."
+    assert folded.encode(ascii_text) == folded.encode(typographic)
+    assert folded.unk_id not in folded.encode(ascii_text)
+    assert plain.unk_id in plain.encode(ascii_text)  # what folding is for
+    # Everything but the quotes normalises as SentencePiece's built-in rule: compared on
+    # other books and on text drawn from all of Unicode.
+    rng = np.random.default_rng(0)
+    code_points = rng.integers(1, 0x30000, size=(3000, 12))
+    random_texts = ["".join(chr(c) for c in row if not 0xD800 <= c <= 0xDFFF)
+                    for row in code_points]
+    texts = _book_lines(data_dir, "1661-0.txt")[:3000] + random_texts + [
+        "e\u0301t\u00e9 \ufb01ne \uff21\uff22 \u2460 x\u00a0y \u200bz CAF\u00c9"]
+    folds = str.maketrans(tokenization.QUOTE_FOLDS)
+    differ = [t for t in texts
+              if folded._sp.normalize(t) != plain._sp.normalize(t).translate(folds)]
+    assert not differ, differ[:3]
 
 
 # ---- Both kinds ---------------------------------------------------------------------------------
@@ -345,6 +375,7 @@ def test_cli_trains_working_model(data_dir, tmp_path):
     ids = tokenizer.encode("It is a truth universally acknowledged.")
     assert tokenizer.unk_id not in ids and len(ids) <= 12
     assert tokenizer.decode(ids) == "It is a truth universally acknowledged."
+    assert tokenizer.encode("don't") == tokenizer.encode("don\u2019t")  # --fold_quotes default
 
 
 # ---- Bad input ----------------------------------------------------------------------------------
