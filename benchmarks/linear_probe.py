@@ -13,7 +13,6 @@ initializer) side by side. About two minutes for the mini model on a 2-core CPU.
 
 import json
 
-import flax
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -34,8 +33,7 @@ _POOLINGS = flags.DEFINE_list("poolings", ["cls", "mean"], "features: cls | pool
 def random_init_params(model_config) -> dict:
     model = BertForPreTraining(model_config)
     ids = jnp.zeros((1, 8), jnp.int32)
-    params = model.init(jax.random.key(0), ids, masked_positions=ids[:, :1])["params"]
-    return flax.linen.unbox(params)
+    return model.init(jax.random.key(0), ids, masked_positions=ids[:, :1])["params"]
 
 
 def probe_accuracy(train_x, train_y, dev_x, dev_y) -> float:
@@ -56,12 +54,12 @@ def main(argv):
     train_y = np.array([e.label for e in train])
     dev_y = np.array([e.label for e in dev])
 
-    predictor = inference.load(_CHECKPOINT.value, batch_size=64)
-    encoders = {"checkpoint": predictor.params,
-                "random_init": jax.device_put(random_init_params(predictor.model_config))}
+    loaded = inference.load(_CHECKPOINT.value, batch_size=64)
+    random_init = inference.Predictor(loaded.model_config,
+                                      random_init_params(loaded.model_config),
+                                      loaded.tokenizer, batch_size=64)
     results = {}
-    for name, params in encoders.items():
-        predictor.params = params
+    for name, predictor in (("checkpoint", loaded), ("random_init", random_init)):
         for pooling in _POOLINGS.value:
             train_x = predictor.embed([e.text_a for e in train], pooling=pooling)
             dev_x = predictor.embed([e.text_a for e in dev], pooling=pooling)

@@ -457,7 +457,6 @@ def test_relative_workdir_checkpoints_and_loads(data_dir, tmp_path, monkeypatch)
     assert loaded.step == 2 and (tmp_path / "runs" / "relative" / "checkpoints" / "2").is_dir()
 
 
-
 @pytest.mark.parametrize("lowercase", [False, True], ids=["cased", "uncased"])
 def test_trained_tokenizer_follows_tokenizer_lowercase(tmp_path, lowercase):
     corpus = tmp_path / "corpus.txt"
@@ -472,6 +471,7 @@ def test_trained_tokenizer_follows_tokenizer_lowercase(tmp_path, lowercase):
     # The choice is the saved tokenizer's, so a resumed run tokenizes as the first did.
     reloaded = setup_lib.load_or_train_tokenizer(data, str(tmp_path / "run"))
     assert reloaded.encode_batch(["The River"]) == [upper]
+
 
 def _in_thread(fn, timeout: float):
     """fn()'s exception (None if it returned); fails the test if fn is still running."""

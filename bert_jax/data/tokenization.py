@@ -15,6 +15,7 @@ Paths may be on gs:// (read and written through tf.io.gfile, imported only for s
 from __future__ import annotations
 
 import abc
+import contextlib
 import functools
 import io
 import itertools
@@ -576,22 +577,31 @@ def train_sentencepiece(
     if model_type not in ("unigram", "bpe"):
         raise ValueError(f"model_type must be 'unigram' or 'bpe', not {model_type!r}")
     sentences = _nonempty_or_raise(texts)
-    # nmt_nfkc_cf = NFKC plus Unicode case folding.
-    base_rule = "nmt_nfkc_cf" if lowercase else "nmt_nfkc"
     model = io.BytesIO()
-    with tempfile.TemporaryDirectory(prefix="bert_jax_spm_") as rules_dir:
-        if fold_quotes:
-            rules_file = os.path.join(rules_dir, "rules.tsv")
-            with open(rules_file, "w", encoding="utf-8") as f:
-                f.write(_rules_tsv_with_quote_folds(base_rule))
-            normalization = {"normalization_rule_tsv": rules_file}
-        else:
-            normalization = {"normalization_rule_name": base_rule}
-        _run_sentencepiece_trainer(
-            sentences, model, vocab_size, model_type=model_type,
-            character_coverage=character_coverage, input_sentence_size=input_sentence_size,
-            max_sentence_length=max_sentence_length, num_threads=num_threads, verbose=verbose,
-            **normalization)
+    try:
+        with _normalization_options(lowercase, fold_quotes) as normalization:
+            spm.SentencePieceTrainer.train(
+                sentence_iterator=sentences,
+                model_writer=model,
+                vocab_size=vocab_size,
+                model_type=model_type,
+                pad_id=0,
+                pad_piece=PAD,
+                unk_id=1,
+                unk_piece=UNK,
+                bos_id=-1,
+                eos_id=-1,
+                user_defined_symbols=[CLS, SEP, MASK],
+                character_coverage=character_coverage,
+                input_sentence_size=input_sentence_size,
+                shuffle_input_sentence=True,
+                max_sentence_length=max_sentence_length,
+                num_threads=num_threads or os.cpu_count() or 1,
+                minloglevel=0 if verbose else 2,
+                **normalization,
+            )
+    except RuntimeError as e:  # e.g. vocab_size larger than the corpus supports, or too small
+        raise ValueError(f"SentencePiece training (vocab_size={vocab_size}) failed: {e}") from e
     model_file = output_prefix + ".model"
     _write_bytes(model_file, model.getvalue())
     tokenizer = SentencePieceTokenizer(model_file)
@@ -599,33 +609,19 @@ def train_sentencepiece(
     return tokenizer
 
 
-def _run_sentencepiece_trainer(sentences: Iterator[str], model: io.BytesIO, vocab_size: int, *,
-                               model_type: str, character_coverage: float,
-                               input_sentence_size: int, max_sentence_length: int,
-                               num_threads: int | None, verbose: bool, **normalization) -> None:
-    try:
-        spm.SentencePieceTrainer.train(
-            sentence_iterator=sentences,
-            model_writer=model,
-            vocab_size=vocab_size,
-            model_type=model_type,
-            pad_id=0,
-            pad_piece=PAD,
-            unk_id=1,
-            unk_piece=UNK,
-            bos_id=-1,
-            eos_id=-1,
-            user_defined_symbols=[CLS, SEP, MASK],
-            character_coverage=character_coverage,
-            input_sentence_size=input_sentence_size,
-            shuffle_input_sentence=True,
-            max_sentence_length=max_sentence_length,
-            num_threads=num_threads or os.cpu_count() or 1,
-            minloglevel=0 if verbose else 2,
-            **normalization,
-        )
-    except RuntimeError as e:  # e.g. vocab_size larger than the corpus supports, or too small
-        raise ValueError(f"SentencePiece training (vocab_size={vocab_size}) failed: {e}") from e
+@contextlib.contextmanager
+def _normalization_options(lowercase: bool, fold_quotes: bool) -> Iterator[dict[str, str]]:
+    """The trainer's normalisation arguments: a built-in rule, or with `fold_quotes` a rule
+    table, which the trainer reads from a file only (removed when the context ends)."""
+    base_rule = "nmt_nfkc_cf" if lowercase else "nmt_nfkc"  # _cf: plus Unicode case folding
+    if not fold_quotes:
+        yield {"normalization_rule_name": base_rule}
+        return
+    with tempfile.TemporaryDirectory(prefix="bert_jax_spm_") as directory:
+        rules_file = os.path.join(directory, "rules.tsv")
+        with open(rules_file, "w", encoding="utf-8") as f:
+            f.write(_rules_tsv_with_quote_folds(base_rule))
+        yield {"normalization_rule_tsv": rules_file}
 
 
 # Typographic quotes and the ASCII character each becomes with fold_quotes.
