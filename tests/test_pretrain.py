@@ -473,6 +473,17 @@ def test_trained_tokenizer_follows_tokenizer_lowercase(tmp_path, lowercase):
     assert reloaded.encode_batch(["The River"]) == [upper]
 
 
+def test_tokenizer_lowercase_is_rejected_with_a_given_tokenizer(data_dir, tmp_path):
+    data = _get_config("tiny").data
+    data.update({"tokenizer": f"wordpiece:{data_dir}/bert_vocab/vocab.txt:cased",
+                 "tokenizer_lowercase": True})
+    with pytest.raises(ValueError, match="tokenizer_lowercase applies only to "
+                                         "data.tokenizer=train.*wordpiece:"):
+        setup_lib.load_or_train_tokenizer(data, str(tmp_path / "run"))
+    data.tokenizer_lowercase = False  # the default: the spec's own casing, no error
+    assert setup_lib.load_or_train_tokenizer(data, str(tmp_path / "run")).vocab_size == 30522
+
+
 def _in_thread(fn, timeout: float):
     """fn()'s exception (None if it returned); fails the test if fn is still running."""
     outcome = {}

@@ -36,6 +36,12 @@ def check_workdir_writable(workdir: str) -> None:
 def load_or_train_tokenizer(data_config, workdir: str) -> tokenization.Tokenizer:
     """data.tokenizer as a spec, or `train`: a SentencePiece vocabulary made once per workdir."""
     if data_config.tokenizer != "train":
+        if data_config.tokenizer_lowercase:  # would be silently ignored: the spec fixes the case
+            raise ValueError(
+                f"data.tokenizer_lowercase applies only to data.tokenizer=train; "
+                f"{data_config.tokenizer!r} has its own casing (a wordpiece vocabulary takes "
+                f"':cased' or ':uncased', a SentencePiece model keeps the rule it was trained "
+                f"with)")
         return tokenization.load_tokenizer(data_config.tokenizer)
     directory = os.path.join(workdir, "tokenizer")
     if tf.io.gfile.exists(os.path.join(directory, tokenization.METADATA_FILE)):
