@@ -15,6 +15,9 @@ each seed's best epoch), the wall times, and `gain=<points> target=3 pass=<bool>
 again with another `--train_examples` on the same workdir to compare at fewer labels: the
 finished pre-training is reused (fine-tuning writes pretrained_N/ and random_init_N/, with
 _lrX added for another --finetune_lr).
+`--with_sst2_text` adds the SST-2 training sentences, without labels, to the pre-training text
+(task-adaptive pre-training; the vocabulary is then trained on both): a diagnostic of whether the
+books' domain is what limits the gain, not the issue's setting.
 About an hour of pre-training on a 2-core CPU at the defaults (2,000 steps of 64 x 64 at
 ~34 sequences/s), then ~11 minutes per fine-tuning run. A SIGTERM during pre-training saves
 and stops there (no comparison of a partial model); run it again to continue.
