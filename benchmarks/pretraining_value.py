@@ -63,8 +63,8 @@ TARGET_POINTS = 3.0
 
 
 def sst2_training_text(folder: str) -> str:
-    """The SST-2 training sentences, one paragraph each, written to FOLDER/sst2_train.txt (no
-    labels; dev sentences never enter pre-training)."""
+    """The SST-2 training sentences and phrases, one paragraph each, written to
+    FOLDER/sst2_train.txt (no labels; dev sentences never enter pre-training)."""
     os.makedirs(folder, exist_ok=True)
     path = os.path.join(folder, "sst2_train.txt")
     examples = glue.load_examples(glue.get_task("sst2"), "train",
@@ -113,8 +113,9 @@ def main(argv):
     del argv
     pretrain_dir = os.path.join(_WORKDIR.value, "pretrain")
     start = time.perf_counter()
-    corpus_folder = os.path.join(_WORKDIR.value, "corpus")
-    loop.train_and_evaluate(pretrain_config(corpus_folder), pretrain_dir)  # resumes when a checkpoint exists
+    corpus_folder = os.path.join(_WORKDIR.value, "corpus")  # --with_sst2_text's file
+    # Resumes when a checkpoint exists.
+    loop.train_and_evaluate(pretrain_config(corpus_folder), pretrain_dir)
     pretrain_seconds = time.perf_counter() - start
     _, reached = checkpoint.resolve(pretrain_dir)
     if reached < _STEPS.value:  # stopped by SIGTERM: comparing now would judge a partial model

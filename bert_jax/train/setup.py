@@ -38,7 +38,7 @@ def load_or_train_tokenizer(data_config, workdir: str) -> tokenization.Tokenizer
     if data_config.tokenizer != "train":
         if data_config.tokenizer_lowercase:  # would be silently ignored: the spec fixes the case
             raise ValueError(
-                f"data.tokenizer_lowercase applies only to data.tokenizer=train; "
+                "data.tokenizer_lowercase applies only to data.tokenizer=train; "
                 f"{data_config.tokenizer!r} has its own casing (a wordpiece vocabulary takes "
                 f"':cased' or ':uncased', a SentencePiece model keeps the rule it was trained "
                 f"with)")
