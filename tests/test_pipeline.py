@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 
 from bert_jax.data import masking, pipeline, sources
+from bert_jax.data import examples as examples_lib
 from bert_jax.data.examples import IS_NEXT, NOT_NEXT
 from bert_jax.data.tokenization import load_tokenizer
 
@@ -181,6 +182,23 @@ def test_whole_word_masking_never_splits_a_word(gutenberg, tokenizer):
     assert selected[:, 1:][continuation].sum() > 100  # multi-piece words were masked
     fraction = w.sum() / ((batch["attention_mask"] > 0) & ~special).sum()
     assert 0.13 < fraction < 0.155  # never more than asked, beyond max(1, round(.)) rounding
+
+
+def test_full_sentences_separate_documents_once_and_never_end_on_a_separator():
+    # Rows of at most 10 tokens between [CLS] and [SEP]; documents of sentences (lengths):
+    # d0 (4, 4), d1 (3), d2 (2). d1's sentence does not fit after d0 and its separator, so the
+    # first row is d0 alone (not d0 [SEP] [SEP]); d2 fits after d1 with one separator.
+    lengths = [[4, 4], [3], [2]]
+    sentence_lengths = [n for doc in lengths for n in doc]
+    chunk = examples_lib.TokenizedChunk(
+        ids=np.arange(10, 10 + sum(sentence_lengths), dtype=np.int32),
+        sentence_starts=np.concatenate([[0], np.cumsum(sentence_lengths)]),
+        doc_starts=np.concatenate([[0], np.cumsum([len(doc) for doc in lengths])]))
+    options = examples_lib.ExampleOptions(mode=examples_lib.FULL_SENTENCES, max_seq_length=12,
+                                          short_seq_prob=0.0, cls_id=2, sep_id=3)
+    rows = [e.ids.tolist() for e in examples_lib.make_examples(
+        chunk, options, np.random.default_rng(0), sources.SkipCounter())]
+    assert rows == [[2, *range(10, 18), 3], [2, 18, 19, 20, 3, 21, 22, 3]]
 
 
 def test_packing_restarts_positions_and_never_overflows(data_dir, tokenizer):

@@ -193,9 +193,12 @@ def _full_sentences(
     origin: list[Segments] = []
     length = 0
     target = _target_length(max_num_tokens, opts, rng)
+    document_separator = np.array([opts.sep_id], np.int32)  # appended as this very object
 
     def emit():
         nonlocal pieces, origin, length, target
+        if pieces[-1] is document_separator:  # no sentence of the next document fitted
+            pieces.pop()  # else the row would end [SEP] [SEP]
         ids = np.concatenate([[opts.cls_id], *pieces, [opts.sep_id]]).astype(np.int32)
         examples.append(Example(ids, len(ids), 0, tuple(origin)))
         pieces, origin, length = [], [], 0
@@ -207,7 +210,7 @@ def _full_sentences(
             if length + 1 >= target:
                 emit()
             else:
-                pieces.append(np.array([opts.sep_id], np.int32))
+                pieces.append(document_separator)
                 length += 1
         for s, n in enumerate(lengths):
             if pieces and length + n > target:
