@@ -139,7 +139,9 @@ def test_tiny_model_learns_on_gutenberg(data_dir, tmp_path):
     assert last["mlm_accuracy"] >= 0.15
     assert evals[300]["mlm_accuracy"] >= 0.15  # held-out documents, not memorised ones
     # The issue asks for -30%; with a vocabulary the corpus fills, chance (ln 200) is close to
-    # the unigram entropy, and 300 steps of this size reach about -22% (see the report).
+    # the unigram entropy, and 300 steps of this size reach about -22%. transformers' BERT,
+    # trained the same way from the same weights on the same batches, follows the same curve
+    # (benchmarks/reference_learning_curve.py): the -30% is not reached by BERT here.
     assert last["mlm_loss"] <= 0.8 * first["mlm_loss"]
     assert first["mlm_loss"] == pytest.approx(math.log(200), rel=0.1)  # starts at chance
 
