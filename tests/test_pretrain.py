@@ -110,12 +110,18 @@ def _assert_params_equal(workdir, reference) -> None:
 
 # --- 1. Learning ------------------------------------------------------------------------------
 
+# MLM, unlike a causal LM, gets nothing from a masked position's own input: the tiny model
+# predicts from bag-of-context statistics until it learns to attend to neighbouring positions,
+# which takes BERT (ours and transformers' alike) a couple of thousand steps of batch 32 here.
+STEPS_PAST_PLATEAU = 3000
 
-@pytest.mark.slow
-def test_tiny_model_learns_on_gutenberg(data_dir, tmp_path):
-    """300 steps of the tiny model: MLM accuracy from ~0 to >= 0.15, MLM loss down >= 30%."""
+
+def _learning_run(data_dir, tmp_path, num_steps: int, learning_rate: float,
+                  warmup_steps: int) -> tuple[dict, dict, dict]:
+    """The tiny model on the books (full sentences of 64 tokens, batch 32, no dropout): the
+    first and last logged train windows (10 steps each) and the final held-out evaluation."""
     # A small SentencePiece vocabulary (trained here, in seconds): a cheap output layer, and
-    # words split into pieces that context predicts, so 300 steps show clear learning.
+    # words split into pieces that context predicts.
     texts = [line.strip() for name in ("11-0.txt", "84-0.txt")
              for line in (data_dir / "gutenberg" / name).read_text().splitlines() if line.strip()]
     tokenization.train_sentencepiece(texts, 200, str(tmp_path / "sp")).save(str(tmp_path / "tok"))
@@ -124,26 +130,47 @@ def test_tiny_model_learns_on_gutenberg(data_dir, tmp_path):
         "data.mode": "full_sentences", "data.max_seq_length": 64,
         "data.max_predictions_per_seq": 10, "model.max_position_embeddings": 64,
         "model.hidden_dropout": 0.0, "model.attention_dropout": 0.0,
-        "train.batch_size": 32, "train.num_steps": 300, "train.log_every_steps": 10,
-        "optimizer.learning_rate": 3e-3, "optimizer.warmup_steps": 30,
-        "checkpoint.every_steps": 1000, "eval.every_steps": 1000, "eval.num_batches": 4,
+        "train.batch_size": 32, "train.num_steps": num_steps, "train.log_every_steps": 10,
+        "optimizer.learning_rate": learning_rate, "optimizer.warmup_steps": warmup_steps,
+        "checkpoint.every_steps": num_steps, "eval.every_steps": num_steps,
+        "eval.num_batches": 4,
     })
     workdir = tmp_path / "run"
     loop.train_and_evaluate(config, str(workdir))
-
     train, evals = _metrics(workdir), _metrics(workdir, "eval")
-    first, last = train[10], train[300]
-    print(f"mlm_accuracy {first['mlm_accuracy']:.3f} -> {last['mlm_accuracy']:.3f}, "
-          f"mlm_loss {first['mlm_loss']:.3f} -> {last['mlm_loss']:.3f}, eval {evals[300]}")
+    first, last, final_eval = train[10], train[num_steps], evals[num_steps]
+    print(f"{num_steps} steps: mlm_accuracy {first['mlm_accuracy']:.3f} -> "
+          f"{last['mlm_accuracy']:.3f}, mlm_loss {first['mlm_loss']:.3f} -> "
+          f"{last['mlm_loss']:.3f}, eval {final_eval}")
     assert first["mlm_accuracy"] < 0.06  # steps 1-10, still warming up
+    assert first["mlm_loss"] == pytest.approx(math.log(200), rel=0.1)  # starts at chance
+    return first, last, final_eval
+
+
+@pytest.mark.slow
+def test_tiny_model_learns_on_gutenberg(data_dir, tmp_path):
+    """300 steps of the tiny model: MLM accuracy from ~0 to >= 0.15, MLM loss down >= 20%."""
+    first, last, final_eval = _learning_run(data_dir, tmp_path, 300, 3e-3, 30)
     assert last["mlm_accuracy"] >= 0.15
-    assert evals[300]["mlm_accuracy"] >= 0.15  # held-out documents, not memorised ones
+    assert final_eval["mlm_accuracy"] >= 0.15  # held-out documents, not memorised ones
     # The issue asks for -30%; with a vocabulary the corpus fills, chance (ln 200) is close to
     # the unigram entropy, and 300 steps of this size reach about -22%. transformers' BERT,
     # trained the same way from the same weights on the same batches, follows the same curve
-    # (benchmarks/reference_learning_curve.py): the -30% is not reached by BERT here.
+    # (benchmarks/reference_learning_curve.py): the -30% is not reached by BERT here. The
+    # next test shows it with more steps.
     assert last["mlm_loss"] <= 0.8 * first["mlm_loss"]
-    assert first["mlm_loss"] == pytest.approx(math.log(200), rel=0.1)  # starts at chance
+
+
+@pytest.mark.slow
+def test_tiny_model_leaves_the_unigram_plateau(data_dir, tmp_path):
+    """The issue's thresholds in full, MLM loss down >= 30% and accuracy >= 0.15 on held-out
+    text, once the model has learnt to attend to its neighbours: STEPS_PAST_PLATEAU steps."""
+    first, last, final_eval = _learning_run(data_dir, tmp_path, STEPS_PAST_PLATEAU, 1e-3,
+                                            STEPS_PAST_PLATEAU // 10)
+    assert last["mlm_loss"] <= 0.7 * first["mlm_loss"]
+    assert final_eval["mlm_loss"] <= 0.7 * first["mlm_loss"]
+    assert last["mlm_accuracy"] >= 0.15
+    assert final_eval["mlm_accuracy"] >= 0.15
 
 
 # --- 2. Exact resume ---------------------------------------------------------------------------
