@@ -176,6 +176,8 @@ def test_training_steps_match_transformers_with_torch_adamw():
         losses.append(expected["loss"])
     assert np.mean(losses[-4:]) < np.mean(losses[:4]) - 0.3  # it learns the four batches
 
+    with pytest.raises(ValueError, match="sequence_ids"):
+        reference.step(dict(batch, sequence_ids=batch["attention_mask"]), use_nsp=True)
     trained = hf.params_to_hf(jax.device_get(state.params), config, with_heads=True)
     final = reference.tensors()
     assert max(np.abs(final[name] - initial[name]).max() for name in final) > 5e-3  # moved

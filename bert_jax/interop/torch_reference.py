@@ -5,7 +5,9 @@ From the same weights and the same batches, `TorchReference.step` takes the upda
 LayerNorm and biases, linear warmup then linear decay, global-norm clipping first), with
 torch.optim.AdamW and transformers' BertForPreTraining. A test holds the two to float32
 round-off over many updates; benchmarks/reference_learning_curve.py compares whole runs on real
-text. Needs torch and transformers (the `hf` extra).
+text. Compare with dropout off: the two frameworks draw different dropout masks. Packed rows
+are refused (transformers' BERT has no block-diagonal attention). Needs torch and transformers
+(the `hf` extra).
 """
 
 import numpy as np
@@ -71,6 +73,9 @@ class TorchReference:
 
     def losses(self, batch: dict, use_nsp: bool) -> dict:
         """The batch's pre-training loss and metrics, as bert_jax.train.losses defines them."""
+        packed = sorted({"sequence_ids", "position_ids"} & set(batch))
+        if packed:
+            raise ValueError(f"batch has {packed}: packed rows have no transformers reference")
         torch = self._torch
         as_long = lambda name: torch.from_numpy(np.asarray(batch[name])).long()  # noqa: E731
         out = self.model(input_ids=as_long("input_ids"),
