@@ -47,9 +47,8 @@ _WORKDIR = flags.DEFINE_string(
 _LOG_EVERY = flags.DEFINE_integer("log_every", 25, "Steps per printed window.")
 
 
-def unigram_entropy(batches: list[dict]) -> float:
+def unigram_entropy(ids: np.ndarray) -> float:
     """Entropy (nats) of the masked tokens' own frequencies: the loss without context."""
-    ids = np.concatenate([b["masked_ids"][b["masked_weights"] > 0] for b in batches])
     counts = np.unique(ids, return_counts=True)[1] / ids.size
     return float(-(counts * np.log(counts)).sum())
 
@@ -89,10 +88,10 @@ def main(argv):
           f"batch={_BATCH.value} seq_len={_SEQ_LEN.value} lr={_LEARNING_RATE.value} "
           f"chance_loss={math.log(tokenizer.vocab_size):.3f}")
     print(f"{'step':>6} {'ours_loss':>10} {'torch_loss':>10} {'ours_acc':>9} {'torch_acc':>9}")
-    seen, window = [], []
+    masked_ids, window = [], []
     for step in range(1, num_steps + 1):
         batch = next(batches)
-        seen.append(batch)
+        masked_ids.append(batch["masked_ids"][batch["masked_weights"] > 0])
         state, metrics = train_step(state, batch, rng)
         expected = reference.step(batch, use_nsp=False)
         window.append((float(metrics["mlm_loss"]), expected["mlm_loss"],
@@ -103,7 +102,7 @@ def main(argv):
                   f"{means[3]:>9.3f}", flush=True)
             window = []
     batches.close()
-    print(f"unigram_entropy_of_masked_tokens={unigram_entropy(seen):.3f}")
+    print(f"unigram_entropy_of_masked_tokens={unigram_entropy(np.concatenate(masked_ids)):.3f}")
 
 
 if __name__ == "__main__":

@@ -14,6 +14,7 @@ import numpy as np
 
 from bert_jax.interop import hf
 from bert_jax.model.config import ModelConfig
+from bert_jax.train import optim
 
 
 def _decays(name: str) -> bool:
@@ -22,15 +23,9 @@ def _decays(name: str) -> bool:
 
 
 def schedule_multiplier(warmup_steps: int, total_steps: int):
-    """optim.learning_rate_schedule as a multiplier of the peak rate at a given update."""
-    warmup_steps = max(0, min(warmup_steps, total_steps))
-
-    def multiplier(step: int) -> float:
-        if step < warmup_steps:
-            return step / max(warmup_steps, 1)
-        return max(0.0, 1.0 - (step - warmup_steps) / max(total_steps - warmup_steps, 1))
-
-    return multiplier
+    """optim.learning_rate_schedule as a multiplier of the peak rate (torch's LambdaLR form)."""
+    schedule = optim.learning_rate_schedule(1.0, warmup_steps, total_steps)
+    return lambda step: float(schedule(step))
 
 
 class TorchReference:
