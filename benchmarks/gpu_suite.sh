@@ -43,18 +43,25 @@ nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.max.sm --format=c
 "$PYTHON" -c "import jax, flax; print('jax', jax.__version__, 'flax', flax.__version__, jax.devices())"
 run checks 90 "$PYTHON" benchmarks/attention_checks.py
 step="$PYTHON benchmarks/train_step.py --dtype=bfloat16 --steps=20"
-run base128_cudnn 150 $step --size=base --seq_len=128 --batch=256 --attention=cudnn --attention_dropout=0 \
-  --breakdown --profile_dir="$LOG_DIR/profile_base128"
-if [ -d "$LOG_DIR/profile_base128" ]; then
-  grep "^breakdown_ms" "$LOG_DIR/base128_cudnn.log"
-  "$PYTHON" benchmarks/profile_summary.py "$LOG_DIR/profile_base128" --top=15
-fi
-run large512_cudnn 180 $step --size=large --seq_len=512 --batch=32 --attention=cudnn --attention_dropout=0
-run base128_xla_dropout 120 $step --size=base --seq_len=128 --batch=256
-run base128_xla_dropout_rbg 120 $step --size=base --seq_len=128 --batch=256 --prng_impl=rbg
-run large512_xla_dropout 180 $step --size=large --seq_len=512 --batch=32
-# Not yet measured: cuBLASLt matmuls, whose epilogues can fuse the bias add (and GELU) that
-# otherwise run as separate memory-bound kernels (28% of the BERT-Base step in its profile).
+profile_rows() {  # name: its device-time summary, when the row wrote a profile
+  [ -d "$LOG_DIR/profile_$1" ] || return 0
+  grep "^breakdown_ms" "$LOG_DIR/$1.log"
+  "$PYTHON" benchmarks/profile_summary.py "$LOG_DIR/profile_$1" --top=15
+}
+large="$step --size=large --seq_len=512 --attention=cudnn --attention_dropout=0"
+base="$step --size=base --seq_len=128 --batch=256"
+run large512_cudnn 180 $large --batch=32 --profile_dir="$LOG_DIR/profile_large512_cudnn"
+profile_rows large512_cudnn
+run large512_cudnn_fused_qkv 150 $large --batch=32 --fused_qkv
+run base128_cudnn 150 $base --attention=cudnn --attention_dropout=0 --breakdown \
+  --profile_dir="$LOG_DIR/profile_base128_cudnn"
+profile_rows base128_cudnn
+run base128_cudnn_fused_qkv 120 $base --attention=cudnn --attention_dropout=0 --fused_qkv
+# cuBLASLt matmuls, whose epilogues can fuse the bias add (and GELU) that otherwise run as
+# separate memory-bound kernels (28% of the BERT-Base step in its profile).
 XLA_FLAGS="${XLA_FLAGS:-} --xla_gpu_enable_cublaslt=true" \
-  run base128_cudnn_cublaslt 120 $step --size=base --seq_len=128 --batch=256 --attention=cudnn \
-  --attention_dropout=0
+  run base128_cudnn_cublaslt 120 $base --attention=cudnn --attention_dropout=0
+run large512_cudnn_b64 180 $large --batch=64
+run base128_xla_dropout 120 $base
+run base128_xla_dropout_rbg 120 $base --prng_impl=rbg
+run large512_xla_dropout 180 $step --size=large --seq_len=512 --batch=32

@@ -31,6 +31,8 @@ _REMAT = flags.DEFINE_string("remat", "none", "Remat policy: none, full, dots, d
 _SCAN = flags.DEFINE_bool("scan", False, "nn.scan over layers.")
 _ATTENTION = flags.DEFINE_string("attention", None, "Attention implementation: xla or cudnn.")
 _DROPOUT = flags.DEFINE_float("dropout", 0.1, "Hidden dropout.")
+_FUSED_QKV = flags.DEFINE_bool(
+    "fused_qkv", False, "Project query, key and value with one matmul (model.fused_qkv).")
 _BREAKDOWN = flags.DEFINE_bool(
     "breakdown", False, "Also time the forward pass and forward+backward alone, so the step's "
     "time splits into forward, backward and optimizer update.")
@@ -103,7 +105,7 @@ def main(argv):
         attention_implementation=_ATTENTION.value, hidden_dropout=_DROPOUT.value,
         attention_dropout=(_DROPOUT.value if _ATTENTION_DROPOUT.value is None
                            else _ATTENTION_DROPOUT.value),
-        max_position_embeddings=max(512, length))
+        max_position_embeddings=max(512, length), fused_qkv=_FUSED_QKV.value)
     device = jax.devices()[0]
     on_cpu = device.platform == "cpu"
     peak = metrics.measure_matmul_peak(_DTYPE.value, size=4096 if on_cpu else 8192,

@@ -156,6 +156,45 @@ def test_remat_does_not_change_outputs_or_gradients(tiny_params):
                            remat_grads, expected_grads)
 
 
+def test_fused_qkv_keeps_the_parameters_outputs_and_gradients(tiny_params):
+    """The fused projection reads the query/key/value layers' own parameters: same tree (so
+    checkpoints and conversion are unaffected), same outputs and gradients, with and without
+    attention dropout, padding included."""
+    rng = np.random.default_rng(5)
+    ids = _random_ids(rng, (2, 12))
+    mask = jnp.asarray([[1] * 12, [1] * 7 + [0] * 5], jnp.int32)
+    fused_init = BertEncoder(_tiny(fused_qkv=True)).init(jax.random.key(0), ids)["params"]
+    assert jax.tree_util.tree_structure(nn.unbox(fused_init)) == \
+        jax.tree_util.tree_structure(tiny_params)
+    jax.tree_util.tree_map(lambda a, b: np.testing.assert_array_equal(a, b),
+                           nn.unbox(fused_init), tiny_params)
+
+    def loss_and_grads(config, deterministic):
+        def loss(params):
+            seq, pooled = BertEncoder(config).apply(
+                {"params": params}, ids, None, mask, deterministic=deterministic,
+                rngs={"dropout": jax.random.key(1)})
+            return jnp.sum(seq ** 2) + jnp.sum(pooled)
+        return jax.jit(jax.value_and_grad(loss))(tiny_params)
+
+    for deterministic in (True, False):
+        expected_loss, expected_grads = loss_and_grads(_tiny(), deterministic)
+        fused_loss, fused_grads = loss_and_grads(_tiny(fused_qkv=True), deterministic)
+        np.testing.assert_allclose(fused_loss, expected_loss, rtol=1e-6)
+        for path, grad in jax.tree_util.tree_leaves_with_path(fused_grads):
+            expected = _leaf(expected_grads, path)
+            # The key bias's gradient is zero up to rounding (softmax ignores a per-query
+            # constant), so errors are relative to at least 1.
+            relative = np.linalg.norm(grad - expected) / max(np.linalg.norm(expected), 1.0)
+            assert relative < 1e-5, (jax.tree_util.keystr(path), relative)  # float32 rounding
+
+
+def _leaf(tree, path):
+    for key in path:
+        tree = tree[key.key]
+    return tree
+
+
 def test_dropout_is_active_only_when_not_deterministic(tiny_params):
     ids = _random_ids(np.random.default_rng(4), (2, 12))
     model = _jitted_apply(_tiny())

@@ -39,6 +39,9 @@ class ModelConfig:
     scan_layers: bool = False
     # None lets XLA choose; "cudnn" asks for the fused GPU kernel.
     attention_implementation: str | None = None
+    # Query, key and value projected by one matmul over their concatenated kernels (the
+    # parameters stay three layers, so checkpoints and conversion are unaffected).
+    fused_qkv: bool = False
 
     def __post_init__(self):
         if self.hidden_size % self.num_heads:
