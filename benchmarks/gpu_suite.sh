@@ -6,16 +6,20 @@
 #   bash benchmarks/gpu_suite.sh [LOG_DIR]     (run from the repository root)
 #   ROWS="checks base128_cudnn" bash benchmarks/gpu_suite.sh    (only the rows named)
 #
-# The limits add up to ~16 minutes; on an H200 a first call ran the two BERT-Large rows, the
-# checks and one BERT-Base row in under 10 minutes (compile + first step: Large 66-80 s, Base
-# 38-51 s). On a 15-minute lease run them in two calls, BERT-Large first.
+# The limits add up to ~25 minutes, more than a 15-minute lease: name the rows wanted in ROWS
+# and give the call a limit. Compile + first step: BERT-Large 56-80 s, BERT-Base 27-51 s (H100
+# and H200); the lower figures are later rows that shared an autotune cache with earlier ones
+# (XLA_FLAGS=--xla_gpu_per_fusion_autotune_cache_dir=DIR).
+# On an H100 one 520 s call ran the first four rows below and most of the fifth.
 #
-# Rows: BERT-Base seq 128 and BERT-Large seq 512 in bf16, with fused cuDNN attention (no dropout
-# on the attention probabilities: jax.nn.dot_product_attention has none) and with the faithful
-# unfused attention-dropout path (BERT-Base also with train.prng_impl=rbg's cheaper dropout
-# bits). Each run's last line is `tokens_per_sec=<N> mfu=<F>`. The BERT-Base fused row also
-# prints its forward/backward/update split and its profile's kernels by class and by name.
-# BERT-Large takes over 100 s to compile on an H200; its limits leave room for that.
+# Rows: BERT-Large seq 512 and BERT-Base seq 128 in bf16, with fused cuDNN attention (no dropout
+# on the attention probabilities: jax.nn.dot_product_attention has none), with model.fused_qkv (the
+# default) and without, then cuBLASLt epilogues, BERT-Large at batch 64, and the faithful unfused
+# attention-dropout path (BERT-Base also with train.prng_impl=rbg's cheaper dropout bits). Each
+# run's last line is `tokens_per_sec=<N> mfu=<F>`. The first BERT-Large and BERT-Base rows also
+# write a profile and print its kernels by class and by name; BERT-Large also writes its
+# optimized HLO (large512_cudnn.hlo), which names the profile's fusions; BERT-Base prints its
+# forward/backward/update split.
 #
 # Needs jax with a GPU backend, flax, optax, absl-py and ml_collections; nothing else of the package
 # (no TensorFlow: the step runs on synthetic batches). Where ml_collections is missing and pip
@@ -50,13 +54,14 @@ profile_rows() {  # name: its device-time summary, when the row wrote a profile
 }
 large="$step --size=large --seq_len=512 --attention=cudnn --attention_dropout=0"
 base="$step --size=base --seq_len=128 --batch=256"
-run large512_cudnn 180 $large --batch=32 --profile_dir="$LOG_DIR/profile_large512_cudnn"
+run large512_cudnn 180 $large --batch=32 --profile_dir="$LOG_DIR/profile_large512_cudnn" \
+  --hlo_file="$LOG_DIR/large512_cudnn.hlo"
 profile_rows large512_cudnn
-run large512_cudnn_fused_qkv 150 $large --batch=32 --fused_qkv
+run large512_cudnn_separate_qkv 150 $large --batch=32 --nofused_qkv
 run base128_cudnn 150 $base --attention=cudnn --attention_dropout=0 --breakdown \
   --profile_dir="$LOG_DIR/profile_base128_cudnn"
 profile_rows base128_cudnn
-run base128_cudnn_fused_qkv 120 $base --attention=cudnn --attention_dropout=0 --fused_qkv
+run base128_cudnn_separate_qkv 120 $base --attention=cudnn --attention_dropout=0 --nofused_qkv
 # cuBLASLt matmuls, whose epilogues can fuse the bias add (and GELU) that otherwise run as
 # separate memory-bound kernels (28% of the BERT-Base step in its profile).
 XLA_FLAGS="${XLA_FLAGS:-} --xla_gpu_enable_cublaslt=true" \

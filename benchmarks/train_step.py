@@ -32,7 +32,8 @@ _SCAN = flags.DEFINE_bool("scan", False, "nn.scan over layers.")
 _ATTENTION = flags.DEFINE_string("attention", None, "Attention implementation: xla or cudnn.")
 _DROPOUT = flags.DEFINE_float("dropout", 0.1, "Hidden dropout.")
 _FUSED_QKV = flags.DEFINE_bool(
-    "fused_qkv", False, "Project query, key and value with one matmul (model.fused_qkv).")
+    "fused_qkv", True, "Project query, key and value with one matmul (model.fused_qkv); "
+    "--nofused_qkv for three.")
 _BREAKDOWN = flags.DEFINE_bool(
     "breakdown", False, "Also time the forward pass and forward+backward alone, so the step's "
     "time splits into forward, backward and optimizer update.")

@@ -29,7 +29,7 @@ def model_section(size: str) -> config_dict.ConfigDict:
     section.param_dtype = "float32"
     section.remat_policy = "none"
     section.scan_layers = False
-    section.fused_qkv = False
+    section.fused_qkv = True
     return section
 
 

@@ -163,11 +163,13 @@ def test_fused_qkv_keeps_the_parameters_outputs_and_gradients(tiny_params):
     rng = np.random.default_rng(5)
     ids = _random_ids(rng, (2, 12))
     mask = jnp.asarray([[1] * 12, [1] * 7 + [0] * 5], jnp.int32)
-    fused_init = BertEncoder(_tiny(fused_qkv=True)).init(jax.random.key(0), ids)["params"]
+    separate, fused = _tiny(fused_qkv=False), _tiny(fused_qkv=True)
+    separate_init = BertEncoder(separate).init(jax.random.key(0), ids)["params"]
+    fused_init = BertEncoder(fused).init(jax.random.key(0), ids)["params"]
     assert jax.tree_util.tree_structure(nn.unbox(fused_init)) == \
-        jax.tree_util.tree_structure(tiny_params)
+        jax.tree_util.tree_structure(nn.unbox(separate_init))
     jax.tree_util.tree_map(lambda a, b: np.testing.assert_array_equal(a, b),
-                           nn.unbox(fused_init), tiny_params)
+                           nn.unbox(fused_init), nn.unbox(separate_init))
 
     def loss_and_grads(config, deterministic):
         def loss(params):
@@ -178,8 +180,8 @@ def test_fused_qkv_keeps_the_parameters_outputs_and_gradients(tiny_params):
         return jax.jit(jax.value_and_grad(loss))(tiny_params)
 
     for deterministic in (True, False):
-        expected_loss, expected_grads = loss_and_grads(_tiny(), deterministic)
-        fused_loss, fused_grads = loss_and_grads(_tiny(fused_qkv=True), deterministic)
+        expected_loss, expected_grads = loss_and_grads(separate, deterministic)
+        fused_loss, fused_grads = loss_and_grads(fused, deterministic)
         np.testing.assert_allclose(fused_loss, expected_loss, rtol=1e-6)
         for path, grad in jax.tree_util.tree_leaves_with_path(fused_grads):
             expected = _leaf(expected_grads, path)
