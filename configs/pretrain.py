@@ -90,20 +90,24 @@ def get_config(arg: str = "base") -> config_dict.ConfigDict:
         config.optimizer.learning_rate = 1.76e-3  # the LAMB paper's BERT-Large setting
     if arg == "demo":
         # Minutes on a laptop CPU: a small vocabulary and no dropout, because a 2-layer model
-        # trained this briefly underfits rather than overfits.
+        # trained this briefly underfits rather than overfits. Full sentences and 2,000 steps:
+        # until a tiny BERT learns to attend to a mask's neighbours (~1,200-1,500 steps here)
+        # it predicts the corpus's most frequent pieces (the, a, is) whatever the context, and
+        # on sentence pairs with NSP it takes longer still.
+        config.data.mode = "full_sentences"
         config.model.max_position_embeddings = 128
         config.model.hidden_dropout = 0.0
         config.model.attention_dropout = 0.0
         config.data.tokenizer_vocab_size = 4000
         config.data.max_seq_length = 64
         config.data.max_predictions_per_seq = 10
-        config.train.num_steps = 600
+        config.train.num_steps = 2000
         config.train.batch_size = 64
-        config.train.log_every_steps = 50
+        config.train.log_every_steps = 100
         config.optimizer.learning_rate = 2e-3
-        config.optimizer.warmup_steps = 60
-        config.checkpoint.every_steps = 200
-        config.eval.every_steps = 200
+        config.optimizer.warmup_steps = 200
+        config.checkpoint.every_steps = 500
+        config.eval.every_steps = 500
         config.eval.num_batches = 4
     config.lock()
     return config
