@@ -16,6 +16,7 @@ import subprocess
 import sys
 import threading
 import time
+import types
 
 import flax
 import jax
@@ -226,7 +227,12 @@ def _assert_same_after(workdir, reference, restart_step: int, log_every: int) ->
         for key in ("loss", "mlm_loss", "mlm_accuracy", "nsp_loss", "nsp_accuracy", "grad_norm",
                     "learning_rate"):
             assert train[step][key] == ref_train[step][key], (step, key)
-    assert _metrics(workdir, "eval") == ref_eval
+    assert _without_timing(_metrics(workdir, "eval")) == _without_timing(ref_eval)
+
+
+def _without_timing(entries: dict[int, dict]) -> dict[int, dict]:
+    return {step: {k: v for k, v in entry.items() if k != "seconds"}
+            for step, entry in entries.items()}
 
 
 @pytest.mark.slow
@@ -614,3 +620,46 @@ def test_lamb_steps_by_the_trust_ratio():
     with pytest.raises(ValueError, match="sgd"):
         config.name = "sgd"
         optim.make_optimizer(config, total_steps=10)
+
+
+# --- 7. Logged throughput -----------------------------------------------------------------------
+
+
+def test_throughput_counts_training_time_only(monkeypatch):
+    """Rates and input wait of a window leave out time spent `excluded()` (an evaluation)."""
+    setup = types.SimpleNamespace(
+        model_config=ModelConfig.from_size("tiny", vocab_size=100),
+        pipeline_config=pipeline.PipelineConfig("builtin", max_seq_length=64))
+    loop._peak_flops("float32")  # measured once, before the clock below stands still
+    clock = [100.0]
+    monkeypatch.setattr(loop.time, "perf_counter", lambda: clock[0])
+    throughput = loop.Throughput(setup, batch_size=8, num_steps=104)
+    for _ in range(4):  # 2 s of training, 0.1 s of it waiting for input
+        clock[0] += 0.5
+        throughput.step_done()
+    throughput.add_input_wait(0.1)
+    with throughput.excluded():
+        clock[0] += 30.0
+    report = throughput.report(step=4)
+    assert report["sequences_per_sec"] == pytest.approx(4 * 8 / 2.0)
+    assert report["tokens_per_sec"] == pytest.approx(4 * 8 * 64 / 2.0)
+    assert report["input_wait_fraction"] == pytest.approx(0.05)
+    assert report["eta_minutes"] == pytest.approx(100 * 0.5 / 60)
+    throughput.reset()
+    clock[0] += 1.0
+    assert throughput.report(step=4) == {}  # no timed step in the window: no rates
+
+
+def test_first_step_and_evaluations_stay_out_of_the_logged_rates(data_dir, tmp_path):
+    """Every logged window reports rates and an input wait of training steps alone; the
+    evaluation's own duration is logged with its metrics."""
+    overrides = {**_small_overrides(data_dir), "train.num_steps": 30,
+                 "eval.every_steps": 10, "checkpoint.every_steps": 10}
+    loop.train_and_evaluate(_config(overrides), str(tmp_path))
+    train, evals = _metrics(tmp_path), _metrics(tmp_path, "eval")
+    assert sorted(train) == sorted(evals) == [10, 20, 30]
+    for entry in train.values():
+        assert entry["tokens_per_sec"] > 0 and 0 <= entry["input_wait_fraction"] < 1
+    assert all(entry["seconds"] > 0 for entry in evals.values())
+    # The first window would otherwise hold the compilation (seconds) in its 10 steps (ms).
+    assert train[10]["sequences_per_sec"] > 0.3 * train[30]["sequences_per_sec"]

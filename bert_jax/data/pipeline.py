@@ -330,9 +330,14 @@ class PretrainingIterator:
     def __iter__(self):
         return self
 
-    def __next__(self) -> dict[str, np.ndarray]:
+    def start(self) -> None:
+        """Starts making batches ahead now (else the first `next()` does), e.g. to overlap the
+        first chunk's tokenization with compilation. A no-op while already running."""
         if self._thread is None:
             self._start()
+
+    def __next__(self) -> dict[str, np.ndarray]:
+        self.start()
         item = self._queue.get()
         if isinstance(item, _Failure):
             self._thread = None

@@ -1,5 +1,6 @@
 """The pre-training loop: resume, step, log, evaluate, checkpoint, stop cleanly on SIGTERM."""
 
+import contextlib
 import functools
 import json
 import os
@@ -78,7 +79,9 @@ def _format(value: float) -> str:
 
 
 class Throughput:
-    """Sequences/s, tokens/s, model TFLOP/s per device, MFU, ETA and input-wait fraction."""
+    """Sequences/s, tokens/s, model TFLOP/s per device, MFU, ETA and input-wait fraction of
+    the training steps of one logging window; time spent `excluded()` (compiling, evaluating,
+    checkpointing) is not training time and counts in none of them."""
 
     def __init__(self, setup: setup_lib.RunSetup, batch_size: int, num_steps: int):
         cfg = setup.pipeline_config
@@ -95,6 +98,15 @@ class Throughput:
         self._start = time.perf_counter()
         self._steps = 0
         self._input_wait = 0.0
+        self._excluded = 0.0
+
+    @contextlib.contextmanager
+    def excluded(self):
+        start = time.perf_counter()
+        try:
+            yield
+        finally:
+            self._excluded += time.perf_counter() - start
 
     def add_input_wait(self, seconds: float):
         self._input_wait += seconds
@@ -103,7 +115,10 @@ class Throughput:
         self._steps += 1
 
     def report(self, step: int) -> dict:
-        elapsed = max(time.perf_counter() - self._start, 1e-9)
+        """The window's rates; none when no timed step ran in it (e.g. only the first one)."""
+        if self._steps == 0:
+            return {}
+        elapsed = max(time.perf_counter() - self._start - self._excluded, 1e-9)
         tokens_per_sec = self._tokens_per_step * self._steps / elapsed
         flops_per_device = tokens_per_sec * self._flops_per_token / self._num_devices
         seconds_per_step = elapsed / max(self._steps, 1)
@@ -142,7 +157,7 @@ class Trainer:
         self.train_data = pipeline.make_pretraining_iterator(
             self.setup.pipeline_config, self.tokenizer, batch_size=self.local_batch,
             seed=config.train.seed, split="train")
-        self._eval_data = None
+        self._held_out_batches: list[dict] | None = None
         self.checkpointer = checkpoint.TrainCheckpointer(workdir, config.checkpoint.keep)
         self.writer = MetricWriter(workdir)
         self.rng = steps.root_rng(config.train.seed, config.train.prng_impl)
@@ -187,19 +202,27 @@ class Trainer:
         self.checkpointer.save(step, state, self.train_data.get_state(), meta)
 
     def evaluate(self, params) -> dict:
-        if self._eval_data is None:
-            self._eval_data = pipeline.make_pretraining_iterator(
-                self.setup.pipeline_config, self.tokenizer, batch_size=self.local_batch,
-                seed=self.config.train.seed, split="eval")
-            self._eval_start = self._eval_data.get_state()
-        # Each evaluation starts from the same place, so numbers are comparable across steps.
-        self._eval_data.set_state(self._eval_start)
         total = None
-        for _ in range(self.config.eval.num_batches):
-            batch = mesh_lib.global_batch(next(self._eval_data), self.setup.mesh)
-            sums = self.eval_step(params, batch)
+        for local_batch in self._eval_batches():
+            sums = self.eval_step(params, mesh_lib.global_batch(local_batch, self.setup.mesh))
             total = sums if total is None else losses.tree_add(total, sums)
         return {k: float(v) for k, v in losses.summarize(jax.device_get(total)).items()}
+
+    def _eval_batches(self) -> list[dict]:
+        """The held-out batches, the same at every evaluation so that numbers compare across
+        steps. Read once and kept (eval.num_batches host batches, tens of MB for BERT-Large):
+        finding held-out documents scans the whole source, and a prefetch thread left running
+        between evaluations would take CPU time from training."""
+        if self._held_out_batches is None:
+            eval_data = pipeline.make_pretraining_iterator(
+                self.setup.pipeline_config, self.tokenizer, batch_size=self.local_batch,
+                seed=self.config.train.seed, split="eval")
+            try:
+                self._held_out_batches = [
+                    next(eval_data) for _ in range(self.config.eval.num_batches)]
+            finally:
+                eval_data.close()
+        return self._held_out_batches
 
     def run(self) -> dict:
         """Trains to train.num_steps (or until SIGTERM); returns the last logged metrics."""
@@ -215,12 +238,13 @@ class Trainer:
         throughput = Throughput(self.setup, cfg.batch_size, cfg.num_steps)
         history, pending, last_logged = [], None, {}
         with _PreemptionFlag() as preemption:
+            # The prefetch thread starts now and fills its queue while the first step compiles.
+            self.train_data.start()
             for step in range(start_step, cfg.num_steps):
-                wait_start = time.perf_counter()
-                batch = mesh_lib.global_batch(next(self.train_data), self.setup.mesh)
-                throughput.add_input_wait(time.perf_counter() - wait_start)
-                state, step_metrics = self.train_step(state, batch, self.rng)
-                throughput.step_done()
+                if step == start_step:
+                    state, step_metrics = self._first_step(state, throughput)
+                else:
+                    state, step_metrics = self._step(state, throughput)
                 # Read step N-1's metrics only now that step N is queued: no per-step host sync.
                 if pending is not None:
                     history.append(self._checked(*pending))
@@ -234,17 +258,46 @@ class Trainer:
                     self.writer.write(done, last_logged)
                     history = []
                     throughput.reset()
-                if done % self.config.eval.every_steps == 0 or done == cfg.num_steps:
-                    self.writer.write(done, self.evaluate(state.params), prefix="eval")
-                if done % self.config.checkpoint.every_steps == 0 or stop:
-                    if pending is not None:  # never checkpoint parameters not yet checked
-                        history.append(self._checked(*pending))
-                        pending = None
-                    self.save(state, done)
+                evaluate = done % self.config.eval.every_steps == 0 or done == cfg.num_steps
+                save = done % self.config.checkpoint.every_steps == 0 or stop
+                if evaluate or save:
+                    # Steps so far count as training time; evaluation and saving do not.
+                    jax.block_until_ready(state)
+                    with throughput.excluded():
+                        if evaluate:
+                            eval_start = time.perf_counter()
+                            eval_metrics = self.evaluate(state.params)
+                            eval_metrics["seconds"] = time.perf_counter() - eval_start
+                            self.writer.write(done, eval_metrics, prefix="eval")
+                        if save:
+                            if pending is not None:  # never checkpoint unchecked parameters
+                                history.append(self._checked(*pending))
+                                pending = None
+                            self.save(state, done)
                 if stop:
                     break
         self.checkpointer.wait()
         return last_logged
+
+    def _step(self, state: TrainState, throughput: Throughput | None):
+        """One train step, dispatched (not awaited); its input wait is added to `throughput`."""
+        wait_start = time.perf_counter()
+        batch = mesh_lib.global_batch(next(self.train_data), self.setup.mesh)
+        if throughput is not None:
+            throughput.add_input_wait(time.perf_counter() - wait_start)
+            throughput.step_done()
+        return self.train_step(state, batch, self.rng)
+
+    def _first_step(self, state: TrainState, throughput: Throughput):
+        """The first step compiles and waits for the pipeline's first chunk: timed on its own,
+        so that the first window's rates and input wait describe training alone."""
+        with throughput.excluded():
+            start = time.perf_counter()
+            state, step_metrics = self._step(state, None)
+            jax.block_until_ready(step_metrics)
+            logging.info("first step (compilation and input start): %.1f s",
+                         time.perf_counter() - start)
+        return state, step_metrics
 
     def _checked(self, step: int, step_metrics) -> dict:
         values = {k: float(v) for k, v in jax.device_get(step_metrics).items()}
@@ -259,8 +312,6 @@ class Trainer:
     def close(self):
         self.writer.close()
         self.train_data.close()
-        if self._eval_data is not None:
-            self._eval_data.close()
         self.checkpointer.close()
 
 
