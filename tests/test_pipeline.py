@@ -5,7 +5,9 @@ import os
 import subprocess
 import sys
 import textwrap
+import threading
 
+import jax
 import ml_collections
 import numpy as np
 import pytest
@@ -259,6 +261,33 @@ def test_resume_continues_the_same_stream(data_dir, tokenizer, source, mode, pac
         for key in want:
             np.testing.assert_array_equal(got[key], want[key], err_msg=key)
     resumed.close()
+
+
+def test_place_maps_batches_in_the_prefetch_thread(data_dir, tokenizer):
+    """`place` (the training loop copies batches onto its mesh with it) runs off the consumer's
+    thread, changes no value and leaves the iterator state exact."""
+    config = pipeline.PipelineConfig(f"text:{data_dir}/bert_sample/sample_text.txt",
+                                     max_seq_length=64)
+    threads = []
+
+    def place(batch):
+        threads.append(threading.current_thread().name)
+        return {k: jax.device_put(v) for k, v in batch.items()}
+
+    def make(**kwargs):
+        return pipeline.make_pretraining_iterator(
+            config, tokenizer, batch_size=4, seed=0, process_index=0, process_count=1, **kwargs)
+
+    plain, placed = make(), make(place=place)
+    expected, got = _take(plain, 3), _take(placed, 3)
+    assert placed.get_state() == plain.get_state()
+    plain.close()
+    placed.close()
+    assert threads and threading.current_thread().name not in threads
+    for g, e in zip(got, expected):
+        assert all(isinstance(v, jax.Array) for v in g.values())
+        for key in e:
+            np.testing.assert_array_equal(np.asarray(g[key]), e[key], err_msg=key)
 
 
 def test_eval_split_holds_out_other_documents(gutenberg, tokenizer):

@@ -20,7 +20,8 @@ import logging
 import queue
 import threading
 import zlib
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from typing import Any
 
 import numpy as np
 
@@ -315,8 +316,9 @@ class PretrainingIterator:
     after the last batch returned; `set_state()` makes the next batch the one that followed it.
     """
 
-    def __init__(self, maker: _BatchMaker, split: str, prefetch: int = PREFETCH_BATCHES):
-        self._maker, self._split, self._prefetch = maker, split, prefetch
+    def __init__(self, maker: _BatchMaker, split: str, prefetch: int = PREFETCH_BATCHES,
+                 place: Callable[[dict], Any] | None = None):
+        self._maker, self._split, self._prefetch, self._place = maker, split, prefetch, place
         self._cursor = _Cursor()
         self._thread: threading.Thread | None = None
         self._queue: queue.Queue | None = None
@@ -385,7 +387,8 @@ class PretrainingIterator:
 
     def _produce(self, cursor: _Cursor, out: queue.Queue, stop: threading.Event):
         try:
-            for item in self._maker.batches(cursor, stop):
+            for batch, after in self._maker.batches(cursor, stop):
+                item = (batch if self._place is None else self._place(batch), after)
                 while not stop.is_set():
                     try:
                         out.put(item, timeout=0.1)
@@ -409,12 +412,15 @@ def make_pretraining_iterator(
     split: str = "train",
     process_index: int | None = None,
     process_count: int | None = None,
+    place: Callable[[dict], Any] | None = None,
 ) -> PretrainingIterator:
     """An endless iterator of this host's masked batches for `split` ("train" or "eval").
 
     Each process reads a disjoint part of the source (by default jax.process_index() of
     jax.process_count()); eval reads the held-out documents. Epochs repeat with new shuffles,
-    pairings and masks.
+    pairings and masks. `place`, if given, maps each numpy batch in the prefetch thread, e.g.
+    onto the devices, so the copy happens ahead of the step that needs it; the iterator then
+    returns what it returns.
     """
     if split not in _SPLITS:
         raise ValueError(f"split must be 'train' or 'eval', not {split!r}")
@@ -432,7 +438,7 @@ def make_pretraining_iterator(
     stream = _ExampleStream(config, tokenizer, shard, seed=seed, host=process_index, split=split,
                             skips=skips)
     tables = masking.MaskingTables.from_tokenizer(tokenizer)
-    return PretrainingIterator(_BatchMaker(stream, batch_size, tables), split)
+    return PretrainingIterator(_BatchMaker(stream, batch_size, tables), split, place=place)
 
 
 def _check_tokenizer(tokenizer) -> None:

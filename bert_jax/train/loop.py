@@ -154,9 +154,11 @@ class Trainer:
         self.setup = setup_lib.build(config, self.tokenizer)
         setup_lib.write_run_description(workdir, config, self.setup)
         self.local_batch = config.train.batch_size // jax.process_count()
+        # Batches reach the devices in the prefetch thread, off the step's critical path.
         self.train_data = pipeline.make_pretraining_iterator(
             self.setup.pipeline_config, self.tokenizer, batch_size=self.local_batch,
-            seed=config.train.seed, split="train")
+            seed=config.train.seed, split="train",
+            place=functools.partial(mesh_lib.global_batch, mesh=self.setup.mesh))
         self._held_out_batches: list[dict] | None = None
         self.checkpointer = checkpoint.TrainCheckpointer(workdir, config.checkpoint.keep)
         self.writer = MetricWriter(workdir)
@@ -282,7 +284,7 @@ class Trainer:
     def _step(self, state: TrainState, throughput: Throughput | None):
         """One train step, dispatched (not awaited); its input wait is added to `throughput`."""
         wait_start = time.perf_counter()
-        batch = mesh_lib.global_batch(next(self.train_data), self.setup.mesh)
+        batch = next(self.train_data)
         if throughput is not None:
             throughput.add_input_wait(time.perf_counter() - wait_start)
             throughput.step_done()
