@@ -210,6 +210,11 @@ class Trainer:
             total = sums if total is None else losses.tree_add(total, sums)
         return {k: float(v) for k, v in losses.summarize(jax.device_get(total)).items()}
 
+    def _write_evaluation(self, step: int, params) -> None:
+        start = time.perf_counter()
+        values = self.evaluate(params)
+        self.writer.write(step, {**values, "seconds": time.perf_counter() - start}, prefix="eval")
+
     def _eval_batches(self) -> list[dict]:
         """The held-out batches, the same at every evaluation so that numbers compare across
         steps. Read once and kept (eval.num_batches host batches, tens of MB for BERT-Large):
@@ -267,10 +272,7 @@ class Trainer:
                     jax.block_until_ready(state)
                     with throughput.excluded():
                         if evaluate:
-                            eval_start = time.perf_counter()
-                            eval_metrics = self.evaluate(state.params)
-                            eval_metrics["seconds"] = time.perf_counter() - eval_start
-                            self.writer.write(done, eval_metrics, prefix="eval")
+                            self._write_evaluation(done, state.params)
                         if save:
                             if pending is not None:  # never checkpoint unchecked parameters
                                 history.append(self._checked(*pending))
