@@ -229,6 +229,13 @@ class Trainer:
                     next(eval_data) for _ in range(self.config.eval.num_batches)]
             finally:
                 eval_data.close()
+            passes = eval_data.get_state()["epoch"] + 1
+            if passes > 1:
+                logging.warning(
+                    "evaluation reads the held-out documents %d times (with new masks) to fill "
+                    "eval.num_batches=%d batches of %d: raise data.eval_fraction (now %g) for "
+                    "more distinct held-out text", passes, self.config.eval.num_batches,
+                    self.local_batch, self.config.data.eval_fraction)
         return self._held_out_batches
 
     def run(self) -> dict:
