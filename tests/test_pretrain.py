@@ -6,6 +6,7 @@ import dataclasses
 import functools
 import importlib.util
 import json
+import logging
 import math
 import os
 import pathlib
@@ -663,3 +664,13 @@ def test_first_step_and_evaluations_stay_out_of_the_logged_rates(data_dir, tmp_p
     assert all(entry["seconds"] > 0 for entry in evals.values())
     # The first window would otherwise hold the compilation (seconds) in its 10 steps (ms).
     assert train[10]["sequences_per_sec"] > 0.3 * train[30]["sequences_per_sec"]
+
+
+def test_evaluation_that_rereads_its_documents_says_so(data_dir, tmp_path, caplog):
+    """1% of the built-in corpus is ~160 sequences of 32: 40 batches of 8 read it twice."""
+    overrides = {**_small_overrides(data_dir), "data.source": "builtin", "train.num_steps": 1,
+                 "eval.every_steps": 1, "eval.num_batches": 40, "checkpoint.every_steps": 1}
+    with caplog.at_level(logging.WARNING):
+        loop.train_and_evaluate(_config(overrides), str(tmp_path))
+    assert "reads the held-out documents" in caplog.text
+    assert "data.eval_fraction (now 0.01)" in caplog.text
