@@ -121,7 +121,7 @@ class Throughput:
         elapsed = max(time.perf_counter() - self._start - self._excluded, 1e-9)
         tokens_per_sec = self._tokens_per_step * self._steps / elapsed
         flops_per_device = tokens_per_sec * self._flops_per_token / self._num_devices
-        seconds_per_step = elapsed / max(self._steps, 1)
+        seconds_per_step = elapsed / self._steps
         return {
             "sequences_per_sec": self._batch_size * self._steps / elapsed,
             "tokens_per_sec": tokens_per_sec,
@@ -155,11 +155,11 @@ class Trainer:
         setup_lib.write_run_description(workdir, config, self.setup)
         self.local_batch = config.train.batch_size // jax.process_count()
         # Batches reach the devices in the prefetch thread, off the step's critical path.
+        self._place_on_mesh = functools.partial(mesh_lib.global_batch, mesh=self.setup.mesh)
         self.train_data = pipeline.make_pretraining_iterator(
             self.setup.pipeline_config, self.tokenizer, batch_size=self.local_batch,
-            seed=config.train.seed, split="train",
-            place=functools.partial(mesh_lib.global_batch, mesh=self.setup.mesh))
-        self._held_out_batches: list[dict] | None = None
+            seed=config.train.seed, split="train", place=self._place_on_mesh)
+        self._held_out_batches: list[dict] | None = None  # on the mesh
         self.checkpointer = checkpoint.TrainCheckpointer(workdir, config.checkpoint.keep)
         self.writer = MetricWriter(workdir)
         self.rng = steps.root_rng(config.train.seed, config.train.prng_impl)
@@ -205,8 +205,8 @@ class Trainer:
 
     def evaluate(self, params) -> dict:
         total = None
-        for local_batch in self._eval_batches():
-            sums = self.eval_step(params, mesh_lib.global_batch(local_batch, self.setup.mesh))
+        for batch in self._eval_batches():
+            sums = self.eval_step(params, batch)
             total = sums if total is None else losses.tree_add(total, sums)
         return {k: float(v) for k, v in losses.summarize(jax.device_get(total)).items()}
 
@@ -217,13 +217,13 @@ class Trainer:
 
     def _eval_batches(self) -> list[dict]:
         """The held-out batches, the same at every evaluation so that numbers compare across
-        steps. Read once and kept (eval.num_batches host batches, tens of MB for BERT-Large):
-        finding held-out documents scans the whole source, and a prefetch thread left running
-        between evaluations would take CPU time from training."""
+        steps. Read once and kept on the devices (eval.num_batches batches, tens of MB for
+        BERT-Large): finding held-out documents scans the whole source, and a prefetch thread
+        left running between evaluations would take CPU time from training."""
         if self._held_out_batches is None:
             eval_data = pipeline.make_pretraining_iterator(
                 self.setup.pipeline_config, self.tokenizer, batch_size=self.local_batch,
-                seed=self.config.train.seed, split="eval")
+                seed=self.config.train.seed, split="eval", place=self._place_on_mesh)
             try:
                 self._held_out_batches = [
                     next(eval_data) for _ in range(self.config.eval.num_batches)]
