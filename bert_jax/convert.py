@@ -5,7 +5,8 @@
     python -m bert_jax.convert --to=hf --input=CHECKPOINT --output=HF_FOLDER
 
 A Hugging Face folder holds config.json, model.safetensors (or pytorch_model.bin, read without
-running pickled code) and vocab.txt. An original Google BERT folder holds bert_model.ckpt.*,
+running pickled code) and vocab.txt, or tokenizer.json where a fast tokenizer saved only
+that. An original Google BERT folder holds bert_model.ckpt.*,
 bert_config.json and vocab.txt; `--from=tf` is the same as `--from=tf1`.
 """
 

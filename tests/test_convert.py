@@ -62,10 +62,69 @@ def test_missing_checkpoint_is_a_clear_error(tmp_path):
         checkpoint.load_model(str(tmp_path))
 
 
+def test_checkpoint_without_its_tokenizer_is_named(tmp_path):
+    checkpoint.save_model(str(tmp_path), 0, {"w": np.zeros(2, np.float32)}, {"step": 0})
+    with pytest.raises(ValueError, match="has no tokenizer in its metadata"):
+        checkpoint.load_model(str(tmp_path))
+
+
 def test_folder_without_weights_is_named(tmp_path):
     (tmp_path / "config.json").write_text("{}")
+    _write_vocab(tmp_path)
     with pytest.raises(FileNotFoundError,
                        match="neither model.safetensors nor pytorch_model.bin"):
+        convert.import_hf(str(tmp_path), str(tmp_path / "out"))
+
+
+def _fast_tokenizer_folder(minilm_folder, folder, edit=lambda saved: None) -> str:
+    """The MiniLM folder as a fast tokenizer saves it: tokenizer.json, no vocab.txt."""
+    folder.mkdir()
+    for name in ("config.json", "model.safetensors"):
+        os.symlink(os.path.join(minilm_folder, name), folder / name)
+    saved = json.loads(open(os.path.join(minilm_folder, "tokenizer.json"), "rb").read())
+    edit(saved)
+    (folder / "tokenizer.json").write_text(json.dumps(saved), encoding="utf-8")
+    return str(folder)
+
+
+def test_tokenizer_json_alone_gives_the_vocab_txt_tokenizer(minilm_folder, converted, tmp_path):
+    folder = _fast_tokenizer_folder(minilm_folder, tmp_path / "fast")
+    convert.import_hf(folder, str(tmp_path / "out"))
+    loaded, reference = checkpoint.load_model(str(tmp_path / "out")), checkpoint.load_model(
+        converted)
+    assert loaded.tokenizer.lowercase  # tokenizer.json's BertNormalizer says lowercase
+    vocab = open(os.path.join(minilm_folder, "vocab.txt"), encoding="utf-8").read().split("\n")
+    ids = range(loaded.tokenizer.vocab_size)
+    assert [loaded.tokenizer.id_to_token(i) for i in ids] == vocab[:len(ids)] == [
+        reference.tokenizer.id_to_token(i) for i in ids]
+    text = "Fast tokenizers save tokenizer.json; naïve folders lack vocab.txt."
+    assert loaded.tokenizer.encode(text) == reference.tokenizer.encode(text)
+    jax.tree_util.tree_map(np.testing.assert_array_equal, loaded.params, reference.params)
+
+
+def test_tokenizer_json_casing_is_read_from_its_normaliser(minilm_folder, tmp_path):
+    def cased(saved):
+        saved["normalizer"]["lowercase"] = False
+
+    folder = _fast_tokenizer_folder(minilm_folder, tmp_path / "cased", cased)
+    convert.import_hf(folder, str(tmp_path / "out"))
+    assert not checkpoint.load_model(str(tmp_path / "out")).tokenizer.lowercase
+
+
+def test_tokenizer_json_of_another_kind_is_named(minilm_folder, tmp_path):
+    def bpe(saved):
+        saved["model"]["type"] = "BPE"
+
+    folder = _fast_tokenizer_folder(minilm_folder, tmp_path / "bpe", bpe)
+    with pytest.raises(ValueError, match="tokenizer.json: model type 'BPE', expected 'WordPiece'"):
+        convert.import_hf(folder, str(tmp_path / "out"))
+
+
+def test_folder_without_tokenizer_fails_before_its_weights_are_read(tmp_path):
+    (tmp_path / "config.json").write_text("{}")
+    (tmp_path / "model.safetensors").write_bytes(b"not safetensors")
+    with pytest.raises(FileNotFoundError, match="has no tokenizer "
+                                                r"\(neither vocab.txt nor tokenizer.json\)"):
         convert.import_hf(str(tmp_path), str(tmp_path / "out"))
 
 
@@ -217,8 +276,18 @@ def test_tf1_folder_without_checkpoint_is_named(tmp_path):
     (tmp_path / "bert_config.json").write_text(json.dumps(dict(
         vocab_size=8, hidden_size=8, num_hidden_layers=1, num_attention_heads=2,
         intermediate_size=16)))
+    _write_vocab(tmp_path)
     with pytest.raises(FileNotFoundError, match="no TF checkpoint.*bert_model.ckpt.index"):
         convert.import_tf1(str(tmp_path), str(tmp_path / "out"))
+
+
+def test_tf1_folder_without_vocab_is_named(random_model, tmp_path):
+    model, _, _ = random_model
+    folder = _write_original_folder(tmp_path / "uncased_L-3_H-64_A-4",
+                                    _original_variables(model), model)
+    os.remove(os.path.join(folder, "vocab.txt"))
+    with pytest.raises(FileNotFoundError, match="uncased_L-3_H-64_A-4 has no vocab.txt"):
+        convert.import_tf1(folder, str(tmp_path / "out"))
 
 
 # ----------------------------------------------------------------------------------------------

@@ -169,11 +169,14 @@ class Tokenizer(abc.ABC):
 class WordPieceTokenizer(Tokenizer):
     """BERT's WordPiece over a vocab.txt, with the original BERT normalisation."""
 
-    def __init__(self, vocab_file: str, lowercase: bool = True):
+    def __init__(self, vocab_file: str, lowercase: bool = True, *,
+                 tokens: Sequence[str] | None = None):
+        """`tokens` (token i is id i), when given, stand in for the file's lines and
+        `vocab_file` only names where they came from (e.g. a tokenizer.json)."""
         # The file is read once here and not kept: a checkpoint's tokenizer is built from a
         # temporary folder that is gone afterwards (train.checkpoint.tokenizer_from_json).
         self.lowercase = lowercase
-        self._tokens = _read_vocab_lines(vocab_file)
+        self._tokens = _read_vocab_lines(vocab_file) if tokens is None else list(tokens)
         vocab = {token: i for i, token in enumerate(self._tokens)}
         missing = [t for t in SPECIAL_TOKENS if t not in vocab]
         if missing:

@@ -5,6 +5,7 @@ import os
 
 import jax
 import numpy as np
+import tensorflow as tf
 from absl import logging
 
 from bert_jax.data import tokenization
@@ -19,12 +20,14 @@ def import_hf(folder: str, output: str, lowercase: bool | None = None) -> str:
 
     Pre-training heads are kept when the folder has them (BertForPreTraining), else the
     checkpoint holds the encoder and pooler only. lowercase=None takes tokenizer_config.json's
-    do_lower_case (default true).
+    do_lower_case (else tokenizer.json's normaliser; default true). The vocabulary is
+    vocab.txt, else the WordPiece vocabulary inside tokenizer.json (folders saved by a fast
+    tokenizer only).
     """
+    # The tokenizer first: a folder without one fails before its weights are read.
+    tokenizer = _hf_tokenizer(folder, lowercase)
     config, tensors = hf.read_hf_folder(folder)
-    if lowercase is None:
-        lowercase = _hf_lowercase(folder)
-    return _save_imported(output, config, tensors, _wordpiece(folder, lowercase), f"hf:{folder}")
+    return _save_imported(output, config, tensors, tokenizer, f"hf:{folder}")
 
 
 def import_tf1(folder: str, output: str, lowercase: bool | None = None) -> str:
@@ -34,12 +37,20 @@ def import_tf1(folder: str, output: str, lowercase: bool | None = None) -> str:
     lowercase=None infers it from the folder name: `cased_...` and `multi_cased_...` keep case;
     `uncased_...` and other names lowercase.
     """
-    config, tensors = tf1.read_tf1_folder(folder)
     if lowercase is None:
         lowercase = tf1.lowercase_from_name(folder)
         logging.info("%s: %s vocab (from the folder name)", folder,
                      "uncased" if lowercase else "cased")
-    return _save_imported(output, config, tensors, _wordpiece(folder, lowercase), f"tf1:{folder}")
+    vocab_path = os.path.join(folder, tf1.VOCAB_FILE)
+    if not tf.io.gfile.exists(vocab_path):
+        raise FileNotFoundError(f"{folder} has no {tf1.VOCAB_FILE}: {_NO_TOKENIZER}")
+    tokenizer = tokenization.WordPieceTokenizer(vocab_path, lowercase=lowercase)
+    config, tensors = tf1.read_tf1_folder(folder)
+    return _save_imported(output, config, tensors, tokenizer, f"tf1:{folder}")
+
+
+_NO_TOKENIZER = ("a checkpoint is imported together with its vocabulary, so that nobody pairs "
+                 "weights and vocab by hand")
 
 
 def _save_imported(output: str, config: ModelConfig, tensors: dict,
@@ -55,16 +66,53 @@ def _save_imported(output: str, config: ModelConfig, tensors: dict,
     return checkpoint.save_model(output, 0, jax.tree_util.tree_map(np.asarray, params), meta)
 
 
-def _hf_lowercase(folder: str) -> bool:
-    config_path = os.path.join(folder, "tokenizer_config.json")
-    if not os.path.exists(config_path):
-        return True
-    with open(config_path, encoding="utf-8") as f:
-        return json.load(f).get("do_lower_case", True)
+def _hf_tokenizer(folder: str, lowercase: bool | None) -> tokenization.Tokenizer:
+    """vocab.txt, else tokenizer.json's WordPiece vocabulary; casing as import_hf says."""
+    vocab_path = os.path.join(folder, "vocab.txt")
+    json_path = os.path.join(folder, "tokenizer.json")
+    config_lowercase = _read_json(os.path.join(folder, "tokenizer_config.json"), {}).get(
+        "do_lower_case")
+    if tf.io.gfile.exists(vocab_path):
+        tokens, json_lowercase = None, None
+    elif tf.io.gfile.exists(json_path):
+        tokens, json_lowercase = _tokenizer_json_wordpiece(json_path)
+        vocab_path = json_path
+    else:
+        raise FileNotFoundError(f"{folder} has no tokenizer (neither vocab.txt nor "
+                                f"tokenizer.json): {_NO_TOKENIZER}")
+    lowercase = next(choice for choice in (lowercase, config_lowercase, json_lowercase, True)
+                     if choice is not None)
+    return tokenization.WordPieceTokenizer(vocab_path, lowercase=lowercase, tokens=tokens)
 
 
-def _wordpiece(folder: str, lowercase: bool) -> tokenization.Tokenizer:
-    return tokenization.WordPieceTokenizer(os.path.join(folder, "vocab.txt"), lowercase=lowercase)
+def _tokenizer_json_wordpiece(path: str) -> tuple[list[str], bool | None]:
+    """The tokens (by id) of a fast tokenizer's tokenizer.json, and its normaliser's casing."""
+    saved = _read_json(path, None)
+    model = saved.get("model") or {}
+    if model.get("type") != "WordPiece":
+        raise ValueError(f"{path}: model type {model.get('type')!r}, expected 'WordPiece' "
+                         "(BERT's tokenizer)")
+    prefix = model.get("continuing_subword_prefix", "##")
+    if prefix != "##":
+        raise ValueError(f"{path}: continuing_subword_prefix {prefix!r}, expected '##'")
+    by_id = {i: token for token, i in model["vocab"].items()}
+    if sorted(by_id) != list(range(len(model["vocab"]))):
+        raise ValueError(f"{path}: vocabulary ids are not 0..{len(model['vocab']) - 1}, each "
+                         "once")
+    normalizer = saved.get("normalizer") or {}
+    json_lowercase = (normalizer.get("lowercase") if normalizer.get("type") == "BertNormalizer"
+                      else None)
+    return [by_id[i] for i in range(len(by_id))], json_lowercase
+
+
+def _read_json(path: str, missing):
+    if not tf.io.gfile.exists(path):
+        return missing
+    with tf.io.gfile.GFile(path, "r") as f:
+        try:
+            return json.load(f)
+        except json.JSONDecodeError as e:
+            raise ValueError(f"{path} is not valid JSON: {e}") from e
 
 
 def export_hf(checkpoint_path: str, output: str) -> str:

@@ -161,10 +161,12 @@ def load_model(path: str) -> LoadedModel:
                                item_names=(PARAMS, META)) as manager:
         meta = manager.restore(step, args=ocp.args.Composite(**{
             META: ocp.args.JsonRestore()}))[META]
+        if "tokenizer" not in meta:  # before the params: they are useless without it
+            raise ValueError(f"checkpoint {root}/{step} has no tokenizer in its metadata: "
+                             "write checkpoints with bert_jax (pretrain, finetune, convert), "
+                             "which store the tokenizer with the weights")
         params = manager.restore(step, args=ocp.args.Composite(**{
             PARAMS: ocp.args.StandardRestore()}))[PARAMS]
-    if "tokenizer" not in meta:
-        raise ValueError(f"checkpoint {root}/{step} has no tokenizer in its metadata")
     return LoadedModel(
         model_config=ModelConfig.from_dict(meta["model_config"]),
         params=params,
