@@ -17,7 +17,7 @@ from bert_jax.model.config import ModelConfig
 from bert_jax.model.encoder import BertEncoder
 from bert_jax.model.heads import BertForSequenceClassification
 from bert_jax.tasks import finetune, glue
-from bert_jax.train import checkpoint, loop
+from bert_jax.train import checkpoint, loop, metrics
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 HIDDEN = 32
@@ -136,6 +136,35 @@ def test_results_json_per_epoch_best_and_median(finetuned):
     assert on_disk["best"]["f1"] == max(best_f1)
     assert on_disk["median"]["f1"] == pytest.approx(np.median(best_f1))
     assert (pathlib.Path(workdir) / "seed_0" / "tensorboard").is_dir()
+
+
+def test_training_logs_rates_of_real_tokens(finetuned):
+    """Logged windows carry sequences/s, tokens/s of real tokens, MFU and the padding share;
+    the first step at each bucket length (compilation) is left out of them."""
+    _, workdir, _ = finetuned
+    logged = [json.loads(line) for line in
+              (pathlib.Path(workdir) / "seed_0" / "metrics.jsonl").read_text().splitlines()]
+    windows = [e for e in logged if e["split"] == "train" and "tokens_per_sec" in e]
+    assert windows, "no logged window with rates"
+    for entry in windows:
+        assert entry["sequences_per_sec"] > 0 and entry["mfu"] > 0
+        assert entry["tokens_per_sec"] <= 32 * entry["sequences_per_sec"]  # max_seq_length 32
+        assert 0 <= entry["padding_fraction"] < 1 and 0 <= entry["input_wait_fraction"] < 1
+        assert entry["eta_minutes"] >= 0
+
+
+def test_step_work_counts_real_rows_and_tokens(pretrained, mrpc_dir, tmp_path):
+    run = finetune.build(_finetune_config(pretrained, mrpc_dir), str(tmp_path))
+    features = run.features["train"]
+    batches = list(run.task.batches(features, 32))  # 48 examples: 32, then 16 and filler
+    assert [len(indices) for indices, _ in batches] == [32, 16]
+    indices, batch = batches[1]
+    work = finetune._step_work(run, batch)
+    assert work.sequences == 16
+    assert work.tokens == sum(len(features.input_ids[i]) for i in indices)
+    assert work.padded_tokens == 32 * batch["input_ids"].shape[1]
+    assert work.flops == work.tokens * metrics.flops_per_token(
+        run.model_config, batch["input_ids"].shape[1], 0)
 
 
 def test_best_checkpoint_reproduces_its_dev_metrics(finetuned, mrpc_dir, tmp_path):

@@ -38,9 +38,9 @@ from bert_jax.model.config import ModelConfig
 from bert_jax.parallel import mesh as mesh_lib
 from bert_jax.parallel import rules as rules_lib
 from bert_jax.tasks import base, batching
-from bert_jax.train import checkpoint, optim, steps
+from bert_jax.train import checkpoint, metrics, optim, steps
 from bert_jax.train import setup as setup_lib
-from bert_jax.train.loop import MetricWriter, NonFiniteLossError
+from bert_jax.train.loop import MetricWriter, NonFiniteLossError, StepWork, Throughput
 from bert_jax.train.state import TrainState
 
 _ENCODER_KEYS = ("embeddings", "encoder", "pooler")
@@ -107,6 +107,8 @@ class Run:
     train_step: object
     outputs_step: object
     total_steps: int
+    # Bucket lengths train_step has compiled for (its first step at a new one is not timed).
+    compiled_lengths: set = dataclasses.field(default_factory=set)
 
 
 def forward(model, params, batch: dict, rng, deterministic: bool):
@@ -241,11 +243,12 @@ def predict_outputs(run: Run, params, features) -> list[dict]:
 
 def evaluate(run: Run, params) -> dict:
     """Metrics of every dev split, named by the task."""
-    metrics = {}
+    dev_metrics = {}
     for split in run.task.dev_splits:
         features = run.features[split]
-        metrics.update(run.task.evaluate(split, features, predict_outputs(run, params, features)))
-    return metrics
+        dev_metrics.update(run.task.evaluate(split, features,
+                                             predict_outputs(run, params, features)))
+    return dev_metrics
 
 
 def _host_metrics(step: int, pending, skip_nonfinite: bool) -> dict:
@@ -258,20 +261,54 @@ def _host_metrics(step: int, pending, skip_nonfinite: bool) -> dict:
     return values
 
 
+def _step_work(run: Run, batch: dict) -> StepWork:
+    """A fine-tuning step's work: its real rows and tokens (filler rows and padding left out),
+    model FLOPs at the batch's bucket length, and every position it computed."""
+    rows = batch["example_weight"] > 0
+    length = batch["input_ids"].shape[1]
+    tokens = int(batch["attention_mask"][rows].sum())
+    return StepWork(sequences=int(rows.sum()), tokens=tokens,
+                    flops=tokens * metrics.flops_per_token(run.model_config, length, 0),
+                    padded_tokens=batch["input_ids"].size)
+
+
 def train_epoch(run: Run, state: TrainState, epoch: int, seed: int, rng, writer,
-                first_step: int) -> tuple:
-    """One pass over the train split; returns (state, mean train metrics)."""
+                first_step: int, throughput: Throughput) -> tuple:
+    """One pass over the train split; returns (state, mean train metrics).
+
+    Logged lines carry the window's rates (loop.Throughput). The first step at each bucket
+    length compiles: it is awaited and left out of them, as are evaluations between epochs.
+    """
     cfg = run.config.train
     order_rng = np.random.default_rng([seed, epoch])
     history, pending, step = [], None, first_step
-    for _, batch in run.task.batches(run.features["train"], cfg.batch_size, rng=order_rng):
-        state, step_metrics = run.train_step(state, _global(batch, run.mesh), rng)
+    batches = run.task.batches(run.features["train"], cfg.batch_size, rng=order_rng)
+    throughput.reset()
+    while True:
+        wait_start = time.perf_counter()
+        item = next(batches, None)
+        if item is None:
+            break
+        _, batch = item
+        placed = _global(batch, run.mesh)
+        throughput.add_input_wait(time.perf_counter() - wait_start)
+        length = batch["input_ids"].shape[1]
+        if length in run.compiled_lengths:
+            state, step_metrics = run.train_step(state, placed, rng)
+            throughput.step_done(_step_work(run, batch))
+        else:
+            jax.block_until_ready(state)  # steps queued so far are training time
+            with throughput.excluded():
+                state, step_metrics = run.train_step(state, placed, rng)
+                jax.block_until_ready(step_metrics)
+            run.compiled_lengths.add(length)
         step += 1
         # Step N-1's metrics are read only once step N is queued: no host sync per step.
         if pending is not None:
             history.append(_host_metrics(*pending, cfg.skip_nonfinite_updates))
             if pending[0] % cfg.log_every_steps == 0:
-                writer.write(pending[0], history[-1])
+                writer.write(pending[0], {**history[-1], **throughput.report(pending[0])})
+                throughput.reset()
         pending = (step, step_metrics)
     history.append(_host_metrics(*pending, cfg.skip_nonfinite_updates))
     means = {k: float(np.mean([h[k] for h in history])) for k in history[0]}
@@ -286,9 +323,10 @@ def run_seed(run: Run, seed: int) -> dict:
     rng = steps.root_rng(seed, run.config.train.prng_impl)
     main = run.task.main_metric
     epochs, best, best_params, step = [], None, None, 0
+    throughput = Throughput(run.total_steps, run.model_config.dtype)
     for epoch in range(1, run.config.train.num_epochs + 1):
         start = time.perf_counter()
-        state, train_means = train_epoch(run, state, epoch, seed, rng, writer, step)
+        state, train_means = train_epoch(run, state, epoch, seed, rng, writer, step, throughput)
         step = int(jax.device_get(state.step))
         writer.write(step, train_means, prefix="train")
         dev = evaluate(run, state.params)

@@ -1,6 +1,7 @@
 """The pre-training loop: resume, step, log, evaluate, checkpoint, stop cleanly on SIGTERM."""
 
 import contextlib
+import dataclasses
 import functools
 import json
 import os
@@ -78,25 +79,38 @@ def _format(value: float) -> str:
     return f"{value:.4g}" if isinstance(value, float) else str(value)
 
 
+@dataclasses.dataclass(frozen=True)
+class StepWork:
+    """What one train step computed: sequences, tokens, model FLOPs (metrics.flops_per_token)
+    and, where it differs from `tokens`, the positions computed including padding."""
+
+    sequences: int
+    tokens: int
+    flops: float
+    padded_tokens: int | None = None
+
+
 class Throughput:
     """Sequences/s, tokens/s, model TFLOP/s per device, MFU, ETA and input-wait fraction of
     the training steps of one logging window; time spent `excluded()` (compiling, evaluating,
-    checkpointing) is not training time and counts in none of them."""
+    checkpointing) is not training time and counts in none of them.
 
-    def __init__(self, setup: setup_lib.RunSetup, batch_size: int, num_steps: int):
-        cfg = setup.pipeline_config
-        self._tokens_per_step = batch_size * cfg.max_seq_length
-        self._batch_size = batch_size
+    Each step reports its own work (`step_done`): pre-training's is the same at every step,
+    fine-tuning's follows its length buckets. With `padded_tokens` given, the window also
+    reports the fraction of the computed positions that were padding.
+    """
+
+    def __init__(self, num_steps: int, dtype: str):
         self._num_steps = num_steps
-        self._flops_per_token = metrics.flops_per_token(
-            setup.model_config, cfg.max_seq_length, cfg.num_predictions)
         self._num_devices = jax.device_count()
-        self._peak = _peak_flops(setup.model_config.dtype)
+        self._peak = _peak_flops(dtype)
         self.reset()
 
     def reset(self):
         self._start = time.perf_counter()
         self._steps = 0
+        self._sequences = self._tokens = self._padded_tokens = 0
+        self._flops = 0.0
         self._input_wait = 0.0
         self._excluded = 0.0
 
@@ -111,25 +125,31 @@ class Throughput:
     def add_input_wait(self, seconds: float):
         self._input_wait += seconds
 
-    def step_done(self):
+    def step_done(self, work: StepWork):
         self._steps += 1
+        self._sequences += work.sequences
+        self._tokens += work.tokens
+        self._flops += work.flops
+        self._padded_tokens += work.padded_tokens or 0
 
     def report(self, step: int) -> dict:
         """The window's rates; none when no timed step ran in it (e.g. only the first one)."""
         if self._steps == 0:
             return {}
         elapsed = max(time.perf_counter() - self._start - self._excluded, 1e-9)
-        tokens_per_sec = self._tokens_per_step * self._steps / elapsed
-        flops_per_device = tokens_per_sec * self._flops_per_token / self._num_devices
+        flops_per_device = self._flops / elapsed / self._num_devices
         seconds_per_step = elapsed / self._steps
-        return {
-            "sequences_per_sec": self._batch_size * self._steps / elapsed,
-            "tokens_per_sec": tokens_per_sec,
+        report = {
+            "sequences_per_sec": self._sequences / elapsed,
+            "tokens_per_sec": self._tokens / elapsed,
             "tflops_per_device": flops_per_device / 1e12,
             "mfu": flops_per_device / self._peak,
             "input_wait_fraction": self._input_wait / elapsed,
             "eta_minutes": (self._num_steps - step) * seconds_per_step / 60,
         }
+        if self._padded_tokens:
+            report["padding_fraction"] = 1 - self._tokens / self._padded_tokens
+        return report
 
 
 @functools.cache
@@ -154,6 +174,12 @@ class Trainer:
         self.setup = setup_lib.build(config, self.tokenizer)
         setup_lib.write_run_description(workdir, config, self.setup)
         self.local_batch = config.train.batch_size // jax.process_count()
+        data = self.setup.pipeline_config
+        tokens = config.train.batch_size * data.max_seq_length  # global, as the batch
+        self._step_work = StepWork(
+            sequences=config.train.batch_size, tokens=tokens,
+            flops=tokens * metrics.flops_per_token(self.setup.model_config, data.max_seq_length,
+                                                   data.num_predictions))
         # Batches reach the devices in the prefetch thread, off the step's critical path.
         self._place_on_mesh = functools.partial(mesh_lib.global_batch, mesh=self.setup.mesh)
         self.train_data = pipeline.make_pretraining_iterator(
@@ -249,7 +275,7 @@ class Trainer:
         cfg = self.config.train
         state = self.initial_state()
         start_step = int(jax.device_get(state.step))
-        throughput = Throughput(self.setup, cfg.batch_size, cfg.num_steps)
+        throughput = Throughput(cfg.num_steps, self.setup.model_config.dtype)
         history, pending, last_logged = [], None, {}
         with _PreemptionFlag() as preemption:
             # The prefetch thread starts now and fills its queue while the first step compiles.
@@ -296,7 +322,7 @@ class Trainer:
         batch = next(self.train_data)
         if throughput is not None:
             throughput.add_input_wait(time.perf_counter() - wait_start)
-            throughput.step_done()
+            throughput.step_done(self._step_work)
         return self.train_step(state, batch, self.rng)
 
     def _first_step(self, state: TrainState, throughput: Throughput):
