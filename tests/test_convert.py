@@ -11,7 +11,9 @@ import jax
 import numpy as np
 import pytest
 
+from bert_jax.data import tokenization
 from bert_jax.interop import convert, hf, tf1
+from bert_jax.model.config import ModelConfig
 from bert_jax.model import BertEncoder, BertForPreTraining
 from bert_jax.train import checkpoint
 from tests.conftest import require
@@ -126,6 +128,84 @@ def test_folder_without_tokenizer_fails_before_its_weights_are_read(tmp_path):
     with pytest.raises(FileNotFoundError, match="has no tokenizer "
                                                 r"\(neither vocab.txt nor tokenizer.json\)"):
         convert.import_hf(str(tmp_path), str(tmp_path / "out"))
+
+
+# ----------------------------------------------------------------------------------------------
+# Exported tokenizers, as transformers' AutoTokenizer reads them.
+
+ODD_TEXTS = ["naïve café — “quoted” ‘x’ 東京 😀 x\u00a0y  double  space", "Is [MASK] here?",
+             "[CLS] a [SEP] b", "  leading and trailing  ", "tab\there", "ﬁne ligature Ⅻ ½",
+             "It's a film that doesn't 'work'.", ""]
+
+
+@pytest.fixture(scope="module")
+def real_texts(data_dir) -> list[str]:
+    """Lines of three books (typographic quotes) and of SST-2 (ASCII ones), and odd ones."""
+    texts = []
+    for name in ("1342-0.txt", "1661-0.txt", "2701-0.txt"):
+        lines = (data_dir / "gutenberg" / name).read_text(encoding="utf-8").splitlines()
+        texts += [line.strip() for line in lines if line.strip()][:1000]
+    sst2 = (data_dir / "glue" / "SST-2" / "train.tsv").read_text(encoding="utf-8").splitlines()
+    return texts + [row.split("\t")[0] for row in sst2[1:2001]] + ODD_TEXTS
+
+
+def _checkpoint_with(tokenizer, folder) -> str:
+    """A small random BertForPreTraining checkpoint that carries `tokenizer`."""
+    config = ModelConfig.from_size("tiny", vocab_size=tokenizer.vocab_size, hidden_size=32,
+                                   num_layers=1, num_heads=2, intermediate_size=64,
+                                   max_position_embeddings=64)
+    ids = np.zeros((1, 8), np.int32)
+    params = nn.unbox(BertForPreTraining(config).init(
+        jax.random.key(0), ids, ids, ids + 1, masked_positions=np.zeros((1, 2), np.int32)))
+    meta = checkpoint.make_meta(0, config, tokenizer, has_pretraining_heads=True)
+    return checkpoint.save_model(str(folder), 0, jax.tree_util.tree_map(
+        np.asarray, params["params"]), meta)
+
+
+def _assert_transformers_reads_it(tokenizer, exported, texts):
+    """AutoTokenizer on the exported folder: our ids, between [CLS] and [SEP], for every text
+    and for a pair; transformers loads the model too."""
+    transformers = require("transformers")
+    theirs = transformers.AutoTokenizer.from_pretrained(exported)
+    ours = tokenizer.encode_batch(texts)
+    got = theirs(texts)["input_ids"]
+    cls, sep = tokenizer.cls_id, tokenizer.sep_id
+    differ = [t for t, a, b in zip(texts, ours, got) if [cls, *a, sep] != b]
+    assert not differ, f"{len(differ)} of {len(texts)} texts differ, e.g. {differ[:3]}"
+    pair = theirs(texts[0], texts[1])
+    assert pair["input_ids"] == [cls, *ours[0], sep, *ours[1], sep]
+    assert pair["token_type_ids"] == [0] * (len(ours[0]) + 2) + [1] * (len(ours[1]) + 1)
+    transformers.BertForPreTraining.from_pretrained(exported)
+
+
+@pytest.mark.parametrize("options", [{}, {"lowercase": True}, {"fold_quotes": False}],
+                         ids=["cased", "lowercased", "typographic-quotes-kept"])
+def test_exported_sentencepiece_tokenizer_gives_our_ids_in_transformers(
+        options, real_texts, data_dir, tmp_path):
+    books = (data_dir / "gutenberg" / "11-0.txt").read_text(encoding="utf-8").splitlines()
+    tokenizer = tokenization.train_sentencepiece(
+        [line for line in books if line.strip()], 400, str(tmp_path / "sp"), **options)
+    exported = convert.export_hf(_checkpoint_with(tokenizer, tmp_path / "ckpt"),
+                                 str(tmp_path / "hf"))
+    assert (tmp_path / "hf" / "tokenizer.json").is_file()
+    _assert_transformers_reads_it(tokenizer, exported, real_texts)
+    # And back: import_hf takes the exported folder's own tokenizer, not a WordPiece one.
+    convert.import_hf(exported, str(tmp_path / "again"))
+    again = checkpoint.load_model(str(tmp_path / "again")).tokenizer
+    assert isinstance(again, tokenization.SentencePieceTokenizer)
+    assert again.encode_batch(real_texts) == tokenizer.encode_batch(real_texts)
+
+
+@pytest.mark.parametrize("lowercase", [True, False], ids=["uncased", "cased"])
+def test_exported_wordpiece_tokenizer_keeps_its_casing_in_transformers(lowercase, real_texts,
+                                                                       data_dir, tmp_path):
+    tokenizer = tokenization.WordPieceTokenizer(str(data_dir / "bert_vocab" / "vocab.txt"),
+                                                lowercase=lowercase)
+    exported = convert.export_hf(_checkpoint_with(tokenizer, tmp_path / "ckpt"),
+                                 str(tmp_path / "hf"))
+    config = json.loads((tmp_path / "hf" / "tokenizer_config.json").read_text())
+    assert config["do_lower_case"] is lowercase
+    _assert_transformers_reads_it(tokenizer, exported, real_texts)
 
 
 # ----------------------------------------------------------------------------------------------

@@ -436,6 +436,11 @@ class SentencePieceTokenizer(Tokenizer):
         return self._sp.get_piece_size()
 
     @property
+    def model_proto(self) -> bytes:
+        """The serialised SentencePiece model (pieces, scores, normalisation rules)."""
+        return self._proto
+
+    @property
     def special_ids(self) -> frozenset[int]:
         return self._all_special
 

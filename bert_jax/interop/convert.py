@@ -9,7 +9,7 @@ import tensorflow as tf
 from absl import logging
 
 from bert_jax.data import tokenization
-from bert_jax.interop import hf, tf1
+from bert_jax.interop import hf, hf_tokenizer, tf1
 from bert_jax.model.config import ModelConfig
 from bert_jax.train import checkpoint
 
@@ -22,7 +22,8 @@ def import_hf(folder: str, output: str, lowercase: bool | None = None) -> str:
     checkpoint holds the encoder and pooler only. lowercase=None takes tokenizer_config.json's
     do_lower_case (else tokenizer.json's normaliser; default true). The vocabulary is
     vocab.txt, else the WordPiece vocabulary inside tokenizer.json (folders saved by a fast
-    tokenizer only).
+    tokenizer only); a folder that export_hf wrote gives back the exported tokenizer itself
+    (SentencePiece ones included).
     """
     # The tokenizer first: a folder without one fails before its weights are read.
     tokenizer = _hf_tokenizer(folder, lowercase)
@@ -68,6 +69,9 @@ def _save_imported(output: str, config: ModelConfig, tensors: dict,
 
 def _hf_tokenizer(folder: str, lowercase: bool | None) -> tokenization.Tokenizer:
     """vocab.txt, else tokenizer.json's WordPiece vocabulary; casing as import_hf says."""
+    if lowercase is None and tf.io.gfile.exists(
+            os.path.join(folder, tokenization.METADATA_FILE)):
+        return tokenization.load_tokenizer_dir(folder)  # exported by export_hf: exactly ours
     vocab_path = os.path.join(folder, "vocab.txt")
     json_path = os.path.join(folder, "tokenizer.json")
     config_lowercase = _read_json(os.path.join(folder, "tokenizer_config.json"), {}).get(
@@ -118,7 +122,8 @@ def _read_json(path: str, missing):
 def export_hf(checkpoint_path: str, output: str) -> str:
     """A checkpoint of this package -> a Hugging Face folder that transformers loads.
 
-    Writes config.json, model.safetensors and the tokenizer's files (vocab.txt for WordPiece):
+    Writes config.json, model.safetensors and the tokenizer's files in both forms: ours, and
+    those transformers' AutoTokenizer reads (interop.hf_tokenizer). The model is
     a BertForPreTraining with its MLM and NSP heads, else a BertModel (encoder and pooler). A
     fine-tuned checkpoint exports its encoder as a BertModel; its task head is left out (logged).
     """
@@ -143,7 +148,9 @@ def export_hf(checkpoint_path: str, output: str) -> str:
         json.dump(hf_config, f, indent=2)
     save_file({k: np.ascontiguousarray(v, np.float32) for k, v in tensors.items()},
               os.path.join(output, "model.safetensors"))
+    # Ours (exact re-import by import_hf), then the files transformers reads.
     loaded.tokenizer.save(output)
+    hf_tokenizer.write_hf_tokenizer(loaded.tokenizer, output, config.max_position_embeddings)
     return output
 
 
