@@ -338,7 +338,8 @@ class PretrainingIterator:
         if self._thread is None:
             self._start()
 
-    def __next__(self) -> dict[str, np.ndarray]:
+    def __next__(self) -> dict:
+        """The next batch: numpy arrays, or what `place` made of them (e.g. jax.Arrays)."""
         self.start()
         item = self._queue.get()
         if isinstance(item, _Failure):
