@@ -5,11 +5,11 @@
     python -m bert_jax.convert --to=hf --input=CHECKPOINT --output=HF_FOLDER
 
 A Hugging Face folder holds config.json, model.safetensors (or pytorch_model.bin, read without
-running pickled code) and vocab.txt, or tokenizer.json where a fast tokenizer saved only
-that. An original Google BERT folder holds bert_model.ckpt.*,
-bert_config.json and vocab.txt; `--from=tf` is the same as `--from=tf1`. An export holds
-config.json, model.safetensors and the tokenizer twice: as this package saves it, and as
-transformers' AutoTokenizer reads it (see bert_jax.interop.hf_tokenizer).
+running pickled code) and vocab.txt, or tokenizer.json where a fast tokenizer saved only that.
+An original Google BERT folder holds bert_model.ckpt.*, bert_config.json and vocab.txt;
+`--from=tf` is the same as `--from=tf1`. An export holds config.json, model.safetensors and the
+tokenizer twice: as this package saves it, and as transformers' AutoTokenizer reads it (see
+bert_jax.interop.hf_tokenizer).
 """
 
 from absl import app, flags

@@ -68,7 +68,8 @@ def _save_imported(output: str, config: ModelConfig, tensors: dict,
 
 
 def _hf_tokenizer(folder: str, lowercase: bool | None) -> tokenization.Tokenizer:
-    """vocab.txt, else tokenizer.json's WordPiece vocabulary; casing as import_hf says."""
+    """The tokenizer export_hf saved there, else vocab.txt, else tokenizer.json's WordPiece
+    vocabulary; casing as import_hf says."""
     if lowercase is None and tf.io.gfile.exists(
             os.path.join(folder, tokenization.METADATA_FILE)):
         return tokenization.load_tokenizer_dir(folder)  # exported by export_hf: exactly ours
