@@ -704,6 +704,14 @@ def test_throughput_counts_training_time_only(monkeypatch):
     assert throughput.report(step=4) == {}  # no timed step in the window: no rates
 
 
+@pytest.mark.parametrize("done, num_steps, every, expected", [
+    (0, 2000, 500, 4), (500, 2000, 500, 3), (1999, 2000, 500, 1), (2000, 2000, 500, 0),
+    (0, 30, 10, 3), (0, 25, 10, 3), (20, 25, 10, 1), (25, 25, 10, 0), (0, 20, 1000, 1)])
+def test_evaluations_and_saves_still_to_come(done, num_steps, every, expected):
+    """What the ETA adds: evaluations (or saves) at multiples of `every` and at the end."""
+    assert loop.events_after(done, num_steps, every) == expected
+
+
 def test_throughput_of_steps_of_different_sizes(monkeypatch):
     """Fine-tuning's steps differ (length buckets, a last short batch): the window adds up
     each step's own work, and reports the share of padded positions."""

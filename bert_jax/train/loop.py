@@ -152,6 +152,13 @@ class Throughput:
         return report
 
 
+def events_after(done: int, num_steps: int, every: int) -> int:
+    """How many steps after `done` (up to num_steps) evaluate, or save: the multiples of
+    `every`, and the last step."""
+    multiples = num_steps // every - done // every
+    return multiples + int(num_steps % every != 0 and done < num_steps)
+
+
 @functools.cache
 def _peak_flops(dtype: str) -> float:
     """Datasheet peak, else a measured one: once per process, on a matmul small enough that a
@@ -277,6 +284,7 @@ class Trainer:
         start_step = int(jax.device_get(state.step))
         throughput = Throughput(cfg.num_steps, self.setup.model_config.dtype)
         history, pending, last_logged = [], None, {}
+        pauses = {}  # "evaluate"/"save" -> seconds the latest one took, for the ETA
         with _PreemptionFlag() as preemption:
             # The prefetch thread starts now and fills its queue while the first step compiles.
             self.train_data.start()
@@ -295,6 +303,8 @@ class Trainer:
                     history.append(self._checked(*pending))
                     pending = None
                     last_logged = {**_mean_metrics(history), **throughput.report(done)}
+                    if "eta_minutes" in last_logged:
+                        last_logged["eta_minutes"] += self._pauses_ahead(done, pauses) / 60
                     self.writer.write(done, last_logged)
                     history = []
                     throughput.reset()
@@ -305,16 +315,28 @@ class Trainer:
                     jax.block_until_ready(state)
                     with throughput.excluded():
                         if evaluate:
+                            start = time.perf_counter()
                             self._write_evaluation(done, state.params)
+                            pauses["evaluate"] = time.perf_counter() - start
                         if save:
                             if pending is not None:  # never checkpoint unchecked parameters
                                 history.append(self._checked(*pending))
                                 pending = None
+                            start = time.perf_counter()
                             self.save(state, done)
+                            pauses["save"] = time.perf_counter() - start
                 if stop:
                     break
         self.checkpointer.wait()
         return last_logged
+
+    def _pauses_ahead(self, done: int, pauses: dict) -> float:
+        """Seconds the evaluations and saves after step `done` will take, each as long as the
+        latest of its kind (the first evaluation also compiles; later ones are alike)."""
+        every = {"evaluate": self.config.eval.every_steps,
+                 "save": self.config.checkpoint.every_steps}
+        return sum(seconds * events_after(done, self.config.train.num_steps, every[kind])
+                   for kind, seconds in pauses.items())
 
     def _step(self, state: TrainState, throughput: Throughput | None):
         """One train step, dispatched (not awaited); its input wait is added to `throughput`."""
