@@ -24,9 +24,10 @@ flags.DEFINE_string("input", None, "Folder to read.", required=True)
 flags.DEFINE_string("output", None, "Folder to write.", required=True)
 flags.DEFINE_boolean(
     "lowercase", None,
-    "Imports: whether the WordPiece vocab lowercases text. Unset: hf takes "
-    "tokenizer_config.json's do_lower_case (default true); tf1 infers it from the folder name "
-    "(cased_*/multi_cased_* keep case, anything else lowercases).")
+    "Imports: whether the WordPiece vocab lowercases text. Unset: hf takes the casing our "
+    "export stored, else tokenizer_config.json's do_lower_case, else tokenizer.json's "
+    "normaliser (default true); tf1 infers it from the folder name (cased_*/multi_cased_* keep "
+    "case, anything else lowercases).")
 
 IMPORTERS = {"hf": convert.import_hf, "tf1": convert.import_tf1, "tf": convert.import_tf1}
 

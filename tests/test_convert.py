@@ -194,6 +194,8 @@ def test_exported_sentencepiece_tokenizer_gives_our_ids_in_transformers(
     again = checkpoint.load_model(str(tmp_path / "again")).tokenizer
     assert isinstance(again, tokenization.SentencePieceTokenizer)
     assert again.encode_batch(real_texts) == tokenizer.encode_batch(real_texts)
+    with pytest.raises(ValueError, match="casing is part of the model"):
+        convert.import_hf(exported, str(tmp_path / "recased"), lowercase=True)
 
 
 @pytest.mark.parametrize("lowercase", [True, False], ids=["uncased", "cased"])
@@ -206,6 +208,10 @@ def test_exported_wordpiece_tokenizer_keeps_its_casing_in_transformers(lowercase
     config = json.loads((tmp_path / "hf" / "tokenizer_config.json").read_text())
     assert config["do_lower_case"] is lowercase
     _assert_transformers_reads_it(tokenizer, exported, real_texts)
+    for choice, expected in ((None, lowercase), (not lowercase, not lowercase)):
+        convert.import_hf(exported, str(tmp_path / f"again_{choice}"), lowercase=choice)
+        assert checkpoint.load_model(str(tmp_path / f"again_{choice}")).tokenizer.lowercase is (
+            expected)
 
 
 # ----------------------------------------------------------------------------------------------

@@ -70,9 +70,13 @@ def _save_imported(output: str, config: ModelConfig, tensors: dict,
 def _hf_tokenizer(folder: str, lowercase: bool | None) -> tokenization.Tokenizer:
     """The tokenizer export_hf saved there, else vocab.txt, else tokenizer.json's WordPiece
     vocabulary; casing as import_hf says."""
-    if lowercase is None and tf.io.gfile.exists(
-            os.path.join(folder, tokenization.METADATA_FILE)):
-        return tokenization.load_tokenizer_dir(folder)  # exported by export_hf: exactly ours
+    if tf.io.gfile.exists(os.path.join(folder, tokenization.METADATA_FILE)):
+        exported = tokenization.load_tokenizer_dir(folder)  # export_hf's: exactly ours
+        if lowercase is None:
+            return exported
+        if isinstance(exported, tokenization.SentencePieceTokenizer):
+            raise ValueError(f"{folder}: a SentencePiece model's casing is part of the model; "
+                             "import it without a lowercase choice")
     vocab_path = os.path.join(folder, "vocab.txt")
     json_path = os.path.join(folder, "tokenizer.json")
     config_lowercase = _read_json(os.path.join(folder, "tokenizer_config.json"), {}).get(
