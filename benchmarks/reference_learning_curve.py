@@ -1,14 +1,16 @@
 """Our pre-training learning curve beside transformers' BERT trained the same way.
 
-    python benchmarks/reference_learning_curve.py             (issue 4's learning-test setting)
+    python benchmarks/reference_learning_curve.py        (sequences of 64: the unigram plateau)
     python benchmarks/reference_learning_curve.py --steps=1000 --learning_rate=1e-3
+    python benchmarks/reference_learning_curve.py --batch=512 --seq_len=16 --predictions=2 \
+        --vocab_size=1000                             (issue 4's 300-step learning test)
 
 Both models start from the same weights (transformers' initialisation, converted) and take the
 same masked batches from this package's pipeline, one update each per step: ours through the
 jitted train_step and optax, the reference through torch.optim.AdamW with the same recipe
-(bert_jax.interop.torch_reference). The defaults are the learning test's setting: the tiny model,
-a 200-piece SentencePiece vocabulary trained on the books, full sentences of 64 tokens, batch 32,
-peak rate 3e-3 after 30 warmup steps, no dropout. Prints the mean MLM loss and accuracy of each
+(bert_jax.interop.torch_reference). The defaults are the learning test's former setting: the
+tiny model, a 200-piece SentencePiece vocabulary trained on the books, full sentences of 64
+tokens, batch 32, peak rate 3e-3 after 30 warmup steps, no dropout. Prints the mean MLM loss and accuracy of each
 window for both runs, then the unigram entropy of the masked tokens' vocabulary (the loss of a
 model that ignores context) so a plateau can be told from learning. A few minutes on 2 CPU cores.
 """

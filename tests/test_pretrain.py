@@ -120,9 +120,10 @@ STEPS_PAST_PLATEAU = 2000
 
 
 def _learning_run(data_dir, tmp_path, num_steps: int, learning_rate: float, warmup_steps: int,
-                  vocab_size: int = 200, batch_size: int = 32) -> tuple[dict, dict, dict]:
-    """The tiny model on the books (full sentences of 64 tokens, no dropout): the first and
-    last logged train windows (10 steps each) and the final held-out evaluation."""
+                  vocab_size: int, batch_size: int, seq_len: int = 64,
+                  eval_batches: int = 4) -> tuple[dict, dict, dict]:
+    """The tiny model on the books (full sentences, no dropout): the first and last logged
+    train windows (10 steps each) and the final held-out evaluation."""
     # A SentencePiece vocabulary trained here, in seconds (a small one: a cheap output layer,
     # and words split into pieces that context predicts).
     texts = [line.strip() for name in ("11-0.txt", "84-0.txt")
@@ -131,14 +132,15 @@ def _learning_run(data_dir, tmp_path, num_steps: int, learning_rate: float, warm
         str(tmp_path / "tok"))
     config = _config({
         "data.source": f"prose:{data_dir}/gutenberg/*.txt", "data.tokenizer": str(tmp_path / "tok"),
-        "data.mode": "full_sentences", "data.max_seq_length": 64,
-        "data.max_predictions_per_seq": 10, "model.max_position_embeddings": 64,
+        "data.mode": "full_sentences", "data.max_seq_length": seq_len,
+        "data.max_predictions_per_seq": max(2, round(0.15 * seq_len)),
+        "model.max_position_embeddings": seq_len,
         "model.hidden_dropout": 0.0, "model.attention_dropout": 0.0,
         "train.batch_size": batch_size, "train.num_steps": num_steps,
         "train.log_every_steps": 10,
         "optimizer.learning_rate": learning_rate, "optimizer.warmup_steps": warmup_steps,
         "checkpoint.every_steps": num_steps, "eval.every_steps": num_steps,
-        "eval.num_batches": 4,
+        "eval.num_batches": eval_batches,
     })
     workdir = tmp_path / "run"
     loop.train_and_evaluate(config, str(workdir))
@@ -154,16 +156,18 @@ def _learning_run(data_dir, tmp_path, num_steps: int, learning_rate: float, warm
 
 @pytest.mark.slow
 def test_tiny_model_learns_on_gutenberg(data_dir, tmp_path):
-    """300 steps of the tiny model: MLM accuracy from ~0 to >= 0.15, MLM loss down >= 20%."""
-    first, last, final_eval = _learning_run(data_dir, tmp_path, 300, 3e-3, 30)
+    """The issue's 300 steps: MLM accuracy from ~0 to >= 0.15 and MLM loss down >= 30%, in the
+    last train window and on held-out documents."""
+    # Sequences of 16 tokens, 512 a step (8,192 tokens, as 128 of 64): with few positions to
+    # attend to, the tiny model learns to use its neighbours within 300 steps. With 64 it
+    # stays near the unigram plateau (-20 to -28%) until step ~1,000 whatever the batch, as
+    # transformers' BERT does (benchmarks/reference_learning_curve.py; README rows).
+    first, last, final_eval = _learning_run(data_dir, tmp_path, 300, 3e-3, 30, vocab_size=1000,
+                                            batch_size=512, seq_len=16, eval_batches=1)
     assert last["mlm_accuracy"] >= 0.15
     assert final_eval["mlm_accuracy"] >= 0.15  # held-out documents, not memorised ones
-    # The issue asks for -30%; with a vocabulary the corpus fills, chance (ln 200) is close to
-    # the unigram entropy, and 300 steps of this size reach about -22%. transformers' BERT,
-    # trained the same way from the same weights on the same batches, follows the same curve
-    # (benchmarks/reference_learning_curve.py): the -30% is not reached by BERT here. The
-    # next test shows it with more steps.
-    assert last["mlm_loss"] <= 0.8 * first["mlm_loss"]
+    assert last["mlm_loss"] <= 0.7 * first["mlm_loss"]
+    assert final_eval["mlm_loss"] <= 0.7 * first["mlm_loss"]
 
 
 @pytest.mark.slow
