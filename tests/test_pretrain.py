@@ -172,10 +172,10 @@ def test_tiny_model_learns_on_gutenberg(data_dir, tmp_path):
 
 @pytest.mark.slow
 def test_tiny_model_leaves_the_unigram_plateau(data_dir, tmp_path):
-    """The issue's thresholds in full, MLM loss down >= 30% and accuracy >= 0.15 on held-out
-    text, once the model has learnt to attend to its neighbours: STEPS_PAST_PLATEAU steps of
-    the demo's recipe (SentencePiece 4k, batch 64, lr 2e-3, warmup 200) on the books. Then
-    fill_mask on text from other books completes it from context."""
+    """The same thresholds at sequences of 64, once the model has left the unigram plateau:
+    STEPS_PAST_PLATEAU steps of the demo's recipe (SentencePiece 4k, batch 64, lr 2e-3,
+    warmup 200) on the books. Then fill_mask on text from other books completes it from
+    context (the issue's "plausible tokens" from the demo checkpoint)."""
     first, last, final_eval = _learning_run(data_dir, tmp_path, STEPS_PAST_PLATEAU, 2e-3, 200,
                                             vocab_size=4000, batch_size=64)
     assert last["mlm_loss"] <= 0.7 * first["mlm_loss"]
@@ -199,12 +199,12 @@ def _assert_fill_mask_completes_from_context(predictor, data_dir):
         return np.mean([answer in [p["token_id"] for p in masks[0]]
                         for masks, answer in zip(predictions, answers)])
 
-    in_context, without_context = top(texts, 1), top(shuffled, 1)
+    in_context, without_context, top_5 = top(texts, 1), top(shuffled, 1), top(texts, 5)
     most_frequent = max(answers.count(a) for a in set(answers)) / len(answers)
     print(f"fill_mask top-1 {in_context:.3f} (shuffled {without_context:.3f}, most frequent "
-          f"answer {most_frequent:.3f}), top-5 {top(texts, 5):.3f} over {len(texts)} masks")
+          f"answer {most_frequent:.3f}), top-5 {top_5:.3f} over {len(texts)} masks")
     assert in_context > max(most_frequent, 2.5 * without_context)
-    assert top(texts, 5) >= 0.25
+    assert top_5 >= 0.25
 
 
 def _masked_words(tokenizer, text: str, keep: int):
