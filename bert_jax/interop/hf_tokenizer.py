@@ -26,22 +26,20 @@ _SPECIAL_TOKEN_KEYS = {"unk_token": tokenization.UNK, "sep_token": tokenization.
 
 
 def write_hf_tokenizer(tokenizer: tokenization.Tokenizer, folder: str,
-                       model_max_length: int) -> list[str]:
-    """Writes the files transformers needs to load `tokenizer` from `folder`; returns them."""
+                       model_max_length: int) -> None:
+    """Adds to `folder`, where `tokenizer.save` has written the tokenizer's own files (a
+    WordPiece vocab.txt among them), what transformers needs to load it."""
     config = {**_SPECIAL_TOKEN_KEYS, "model_max_length": model_max_length,
               "model_input_names": ["input_ids", "token_type_ids", "attention_mask"]}
-    written = []
     if isinstance(tokenizer, tokenization.WordPieceTokenizer):
-        tokenizer.save(folder)  # vocab.txt
         config.update(tokenizer_class="BertTokenizer", do_lower_case=tokenizer.lowercase)
     elif isinstance(tokenizer, tokenization.SentencePieceTokenizer):
         fast = sentencepiece_to_tokenizers(tokenizer)
         if fast is None:
             logging.warning("the checkpoint's SentencePiece model is not a unigram model: "
                             "%s written without a tokenizer transformers can load", folder)
-            return written
+            return
         fast.save(os.path.join(folder, TOKENIZER_JSON_FILE))
-        written.append(TOKENIZER_JSON_FILE)
         config.update(tokenizer_class="PreTrainedTokenizerFast")
     else:
         raise TypeError(f"no Hugging Face form for a {type(tokenizer).__name__}")
@@ -49,8 +47,6 @@ def write_hf_tokenizer(tokenizer: tokenization.Tokenizer, folder: str,
                           (SPECIAL_TOKENS_MAP_FILE, _SPECIAL_TOKEN_KEYS)):
         with open(os.path.join(folder, name), "w", encoding="utf-8") as f:
             json.dump(content, f, indent=2)
-        written.append(name)
-    return written
 
 
 def sentencepiece_to_tokenizers(tokenizer: tokenization.SentencePieceTokenizer):

@@ -40,7 +40,7 @@ from bert_jax.parallel import rules as rules_lib
 from bert_jax.tasks import base, batching
 from bert_jax.train import checkpoint, metrics, optim, steps
 from bert_jax.train import setup as setup_lib
-from bert_jax.train.loop import MetricWriter, NonFiniteLossError, StepWork, Throughput
+from bert_jax.train.loop import MetricWriter, StepWork, Throughput, host_step_metrics
 from bert_jax.train.state import TrainState
 
 _ENCODER_KEYS = ("embeddings", "encoder", "pooler")
@@ -251,16 +251,6 @@ def evaluate(run: Run, params) -> dict:
     return dev_metrics
 
 
-def _host_metrics(step: int, pending, skip_nonfinite: bool) -> dict:
-    values = {k: float(v) for k, v in jax.device_get(pending).items()}
-    if values.pop("nonfinite") > 0:
-        if not skip_nonfinite:
-            raise NonFiniteLossError(f"non-finite loss or gradient at step {step} "
-                                     f"(loss={values['loss']}); the update was not applied")
-        logging.warning("step %d: non-finite loss or gradient, update skipped", step)
-    return values
-
-
 def _step_work(run: Run, batch: dict) -> StepWork:
     """A fine-tuning step's work: its real rows and tokens (filler rows and padding left out),
     model FLOPs at the batch's bucket length, and every position it computed."""
@@ -305,12 +295,12 @@ def train_epoch(run: Run, state: TrainState, epoch: int, seed: int, rng, writer,
         step += 1
         # Step N-1's metrics are read only once step N is queued: no host sync per step.
         if pending is not None:
-            history.append(_host_metrics(*pending, cfg.skip_nonfinite_updates))
+            history.append(host_step_metrics(*pending, cfg.skip_nonfinite_updates))
             if pending[0] % cfg.log_every_steps == 0:
                 writer.write(pending[0], {**history[-1], **throughput.report(pending[0])})
                 throughput.reset()
         pending = (step, step_metrics)
-    history.append(_host_metrics(*pending, cfg.skip_nonfinite_updates))
+    history.append(host_step_metrics(*pending, cfg.skip_nonfinite_updates))
     means = {k: float(np.mean([h[k] for h in history])) for k in history[0]}
     return state, means
 

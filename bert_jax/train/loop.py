@@ -359,19 +359,25 @@ class Trainer:
         return state, step_metrics
 
     def _checked(self, step: int, step_metrics) -> dict:
-        values = {k: float(v) for k, v in jax.device_get(step_metrics).items()}
-        if values.pop("nonfinite") > 0:
-            if not self.config.train.skip_nonfinite_updates:
-                raise NonFiniteLossError(
-                    f"non-finite loss or gradient at step {step} (loss={values['loss']}); the "
-                    f"update was not applied. Set train.skip_nonfinite_updates to skip such steps")
-            logging.warning("step %d: non-finite loss or gradient, update skipped", step)
-        return values
+        return host_step_metrics(step, step_metrics, self.config.train.skip_nonfinite_updates)
 
     def close(self):
         self.writer.close()
         self.train_data.close()
         self.checkpointer.close()
+
+
+def host_step_metrics(step: int, step_metrics, skip_nonfinite: bool) -> dict:
+    """A step's metrics as floats on the host; a non-finite step (whose update the train step
+    did not apply) raises unless `skip_nonfinite`, and is then logged."""
+    values = {k: float(v) for k, v in jax.device_get(step_metrics).items()}
+    if values.pop("nonfinite") > 0:
+        if not skip_nonfinite:
+            raise NonFiniteLossError(
+                f"non-finite loss or gradient at step {step} (loss={values['loss']}); the "
+                f"update was not applied. Set train.skip_nonfinite_updates to skip such steps")
+        logging.warning("step %d: non-finite loss or gradient, update skipped", step)
+    return values
 
 
 def train_and_evaluate(config, workdir: str) -> dict:
