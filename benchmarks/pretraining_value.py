@@ -14,7 +14,7 @@ Prints both dev accuracies (the best epoch's; with `--seeds=0,1,2`, the median o
 each seed's best epoch), the wall times, and `gain=<points> target=3 pass=<bool>` last. Run
 again with another `--train_examples` on the same workdir to compare at fewer labels: the
 finished pre-training is reused (fine-tuning writes pretrained_N/ and random_init_N/, with
-_lrX added for another --finetune_lr).
+_lrX and _epochsE added for another --finetune_lr or --finetune_epochs).
 `--with_sst2_text` adds the SST-2 training sentences, without labels, to the pre-training text
 (task-adaptive pre-training; the vocabulary is then trained on both): a diagnostic of whether the
 books' domain is what limits the gain, not the issue's setting.
@@ -56,6 +56,8 @@ _WITH_SST2_TEXT = flags.DEFINE_bool(
     "gain. Not the issue's setting, which is the books alone")
 _FINETUNE_LR = flags.DEFINE_float("finetune_lr", 1e-4, "fine-tuning learning rate (both runs)")
 _TRAIN_EXAMPLES = flags.DEFINE_integer("train_examples", 20000, "SST-2 training subset")
+_FINETUNE_EPOCHS = flags.DEFINE_integer("finetune_epochs", 3, "fine-tuning epochs (both runs); "
+                                        "more than the recipe's 3 for small subsets")
 _SEEDS = flags.DEFINE_list("seeds", ["0"], "fine-tuning seeds (both runs); with several, the "
                            "medians over seeds are compared")
 
@@ -105,6 +107,7 @@ def finetune_config(checkpoint: str, random_init: bool):
     config.data.max_train_examples = _TRAIN_EXAMPLES.value
     config.data.max_seq_length = 64
     config.optimizer.learning_rate = _FINETUNE_LR.value
+    config.train.num_epochs = _FINETUNE_EPOCHS.value
     config.seeds = tuple(int(seed) for seed in _SEEDS.value)
     return config
 
@@ -126,11 +129,13 @@ def main(argv):
     scores, seconds = {}, {}
     for name, random_init in (("pretrained", False), ("random_init", True)):
         start = time.perf_counter()
-        # One folder per label count (and fine-tuning rate, where not the default), so
-        # comparisons sit side by side.
+        # One folder per label count (and fine-tuning rate and epochs, where not the
+        # defaults), so comparisons sit side by side.
         folder = f"{name}_{_TRAIN_EXAMPLES.value}"
         if _FINETUNE_LR.value != _FINETUNE_LR.default:
             folder += f"_lr{_FINETUNE_LR.value:g}"
+        if _FINETUNE_EPOCHS.value != _FINETUNE_EPOCHS.default:
+            folder += f"_epochs{_FINETUNE_EPOCHS.value}"
         results = finetune.finetune_and_evaluate(
             finetune_config(pretrain_dir, random_init), os.path.join(_WORKDIR.value, folder))
         seconds[name] = round(time.perf_counter() - start, 1)
@@ -145,6 +150,7 @@ def main(argv):
                       "pretrain_mode": _MODE.value, "lowercase": _LOWERCASE.value,
                       "with_sst2_text": _WITH_SST2_TEXT.value,
                       "train_examples": _TRAIN_EXAMPLES.value, "seeds": _SEEDS.value,
+                      "finetune_epochs": _FINETUNE_EPOCHS.value,
                       "load_average": os.getloadavg()}, indent=2))
     print(f"gain={gain:.2f} target={TARGET_POINTS} pass={gain >= TARGET_POINTS}")
 
