@@ -189,10 +189,6 @@ def test_submission_file_for_the_test_split(finetuned):
     assert {line.split("\t")[1] for line in lines[1:]} <= {"0", "1"}
 
 
-# ----------------------------------------------------------------------------------------------
-# Bad input: each fails before any training, naming the problem.
-
-
 def test_nonfinite_loss_stops_fine_tuning_naming_the_step(pretrained, mrpc_dir, tmp_path):
     """The first update at this rate sends the weights to ~1e30; the next forward overflows and
     the run stops there (the shared check of pre-training), not after an epoch of NaNs."""
@@ -200,6 +196,10 @@ def test_nonfinite_loss_stops_fine_tuning_naming_the_step(pretrained, mrpc_dir, 
     with pytest.raises(loop.NonFiniteLossError,
                        match=r"at step \d+ .*train.skip_nonfinite_updates"):
         finetune.finetune_and_evaluate(config, str(tmp_path))
+
+
+# ----------------------------------------------------------------------------------------------
+# Bad input: each fails before any training, naming the problem.
 
 
 def test_hidden_size_other_than_the_config_expects(pretrained, mrpc_dir, tmp_path):
