@@ -10,9 +10,10 @@ same masked batches from this package's pipeline, one update each per step: ours
 jitted train_step and optax, the reference through torch.optim.AdamW with the same recipe
 (bert_jax.interop.torch_reference). The defaults are the learning test's former setting: the
 tiny model, a 200-piece SentencePiece vocabulary trained on the books, full sentences of 64
-tokens, batch 32, peak rate 3e-3 after 30 warmup steps, no dropout. Prints the mean MLM loss and accuracy of each
-window for both runs, then the unigram entropy of the masked tokens' vocabulary (the loss of a
-model that ignores context) so a plateau can be told from learning. A few minutes on 2 CPU cores.
+tokens, batch 32, peak rate 3e-3 after 30 warmup steps, no dropout. Prints the mean MLM loss
+and accuracy of each window for both runs, then the unigram entropy of the masked tokens'
+vocabulary (the loss of a model that ignores context) so a plateau can be told from learning.
+A few minutes on 2 CPU cores.
 """
 
 import functools
