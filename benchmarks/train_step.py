@@ -43,6 +43,9 @@ _PRNG_IMPL = flags.DEFINE_enum(
     "prng_impl", "threefry2x32", list(steps.PRNG_IMPLS), "Dropout's random bits (train.prng_impl).")
 _HLO_FILE = flags.DEFINE_string(
     "hlo_file", None, "Write the compiled step's optimized HLO here (names the profile's fusions).")
+_GRAD_ACCUM = flags.DEFINE_integer(
+    "grad_accum_steps", 1, "Split --batch into this many micro-batches, their gradients summed "
+    "before one update (train.grad_accum_steps): the update's cost spread over more tokens.")
 _ATTENTION_DROPOUT = flags.DEFINE_float(
     "attention_dropout", None, "Dropout on the attention probabilities (default: --dropout). "
     "Above 0 attention runs unfused: jax.nn.dot_product_attention has no dropout.")
@@ -63,7 +66,7 @@ def synthetic_batch(rng: np.random.Generator, config: ModelConfig, batch: int, l
     }
 
 
-def make_step(model_config: ModelConfig, num_steps: int):
+def make_step(model_config: ModelConfig, num_steps: int, grad_accum_steps: int = 1):
     model = BertForPreTraining(model_config)
     optimizer_config = config_dict.ConfigDict(dict(
         name="adamw", learning_rate=1e-4, warmup_steps=10, weight_decay=0.01, b1=0.9, b2=0.999,
@@ -71,7 +74,8 @@ def make_step(model_config: ModelConfig, num_steps: int):
     optimizer, schedule = optim.make_optimizer(optimizer_config, num_steps)
     step = jax.jit(functools.partial(
         steps.train_step, sums_fn=steps.pretraining_sums_fn(model, use_nsp=True),
-        optimizer=optimizer, schedule=schedule), donate_argnums=0)
+        optimizer=optimizer, schedule=schedule, grad_accum_steps=grad_accum_steps),
+        donate_argnums=0)
     return model, optimizer, step
 
 
@@ -115,7 +119,7 @@ def main(argv):
     print(f"device={device.device_kind} measured_matmul_peak_tflops={peak / 1e12:.3f}"
           + (f" datasheet_peak_tflops={datasheet / 1e12:.1f}" if datasheet else ""))
 
-    model, optimizer, step = make_step(model_config, _STEPS.value + 2)
+    model, optimizer, step = make_step(model_config, _STEPS.value + 2, _GRAD_ACCUM.value)
     data = synthetic_batch(np.random.default_rng(0), model_config, batch, length, predictions)
     data = jax.device_put(data)
     params = jax.jit(model.init)(jax.random.key(0), data["input_ids"],
@@ -140,6 +144,15 @@ def main(argv):
         state, out = step(state, data, rng)
     jax.block_until_ready(out)
     elapsed = time.perf_counter() - start
+    tokens_per_sec = batch * length * _STEPS.value / elapsed
+    flops = metrics.flops_per_token(model_config, length, predictions) * tokens_per_sec
+    mfu = flops / peak
+    print(f"size={_SIZE.value} seq_len={length} batch={batch} dtype={_DTYPE.value} "
+          f"grad_accum_steps={_GRAD_ACCUM.value} "
+          f"step_ms={1000 * elapsed / _STEPS.value:.1f} model_tflops={flops / 1e12:.3f} "
+          f"mfu_vs_measured={mfu:.3f}"
+          + (f" mfu_vs_datasheet={flops / datasheet:.3f}" if datasheet else ""))
+    # The step's figures are printed before the extras, which compile more and may be cut short.
     if _BREAKDOWN.value:
         print_breakdown(model, state.params, data, rng, elapsed / _STEPS.value)
     if _PROFILE_DIR.value:
@@ -147,14 +160,6 @@ def main(argv):
             for _ in range(3):
                 state, out = step(state, data, rng)
             jax.block_until_ready(out)
-
-    tokens_per_sec = batch * length * _STEPS.value / elapsed
-    flops = metrics.flops_per_token(model_config, length, predictions) * tokens_per_sec
-    mfu = flops / peak
-    print(f"size={_SIZE.value} seq_len={length} batch={batch} dtype={_DTYPE.value} "
-          f"step_ms={1000 * elapsed / _STEPS.value:.1f} model_tflops={flops / 1e12:.3f} "
-          f"mfu_vs_measured={mfu:.3f}"
-          + (f" mfu_vs_datasheet={flops / datasheet:.3f}" if datasheet else ""))
     print(f"tokens_per_sec={tokens_per_sec:.1f} mfu={mfu:.3f}")
 
 

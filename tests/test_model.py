@@ -8,7 +8,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from bert_jax.model import NAMED_SIZES, BertEncoder, BertForPreTraining, ModelConfig
+from bert_jax.model import NAMED_SIZES, BertEncoder, BertForPreTraining, ModelConfig, layers
 
 
 def _count(tree) -> int:
@@ -191,6 +191,27 @@ def test_fused_qkv_keeps_the_parameters_outputs_and_gradients(tiny_params):
             # constant), so errors are relative to at least 1.
             relative = np.linalg.norm(grad - expected) / max(np.linalg.norm(expected), 1.0)
             assert relative < 1e-5, (jax.tree_util.keystr(path), relative)  # float32 rounding
+
+
+def test_gelu_is_the_exact_erf_gelu_and_saves_one_tensor_for_backward():
+    from scipy import special
+
+    x = np.linspace(-8.0, 8.0, 4001)
+    exact = 0.5 * x * special.erfc(-x / np.sqrt(2.0))
+    slope = 0.5 * special.erfc(-x / np.sqrt(2.0)) + x * np.exp(-0.5 * x * x) / np.sqrt(2 * np.pi)
+    x32 = jnp.asarray(x, jnp.float32)
+    np.testing.assert_allclose(layers.gelu(x32), exact, atol=2e-6, rtol=1e-5)
+    np.testing.assert_allclose(jax.vmap(jax.grad(layers.gelu))(x32), slope, atol=1e-6, rtol=1e-5)
+    # The check above tells the exact GELU from tanh's approximation (~1e-4 off near |x| = 2).
+    assert np.max(np.abs(nn.gelu(x32, approximate=True) - exact)) > 5e-5
+
+    # Reverse mode keeps one bf16 tensor the size of x (the slope), not nn.gelu's three.
+    activations = jax.random.normal(jax.random.key(0), (16, 64), jnp.bfloat16)
+    output, backward = jax.vjp(layers.gelu, activations)
+    assert output.dtype == jnp.bfloat16
+    saved = [leaf for leaf in jax.tree_util.tree_leaves(backward)
+             if getattr(leaf, "shape", ()) == activations.shape]
+    assert len(saved) == 1 and saved[0].dtype == jnp.bfloat16
 
 
 def test_dropout_is_active_only_when_not_deterministic(tiny_params):
