@@ -93,7 +93,8 @@ def print_breakdown(model, params, data, rng, step_seconds: float) -> None:
     """Step time split into forward, backward and the update (optimizer, clipping, checks)."""
     sums_fn = steps.pretraining_sums_fn(model, use_nsp=True)
     forward = jax.jit(lambda p, b, r: sums_fn(p, b, r, False))
-    forward_backward = jax.jit(lambda p, b, r: steps.accumulate_gradients(p, b, r, sums_fn, 1))
+    forward_backward = jax.jit(lambda p, b, r: steps.accumulate_gradients(
+        p, b, r, sums_fn, _GRAD_ACCUM.value))
     forward_s = time_call(forward, params, data, rng, repeats=_STEPS.value)
     gradient_s = time_call(forward_backward, params, data, rng, repeats=_STEPS.value)
     print(f"breakdown_ms forward={1000 * forward_s:.1f} "
