@@ -57,17 +57,20 @@ def bag_of_embeddings(predictor: inference.Predictor, texts: list[str]) -> np.nd
     return np.stack(rows)
 
 
-def nearest_pieces(predictor: inference.Predictor, word: str, count: int = 6) -> str:
-    """The pieces whose table rows are closest (cosine) to the word's first piece."""
+def nearest_pieces(predictor: inference.Predictor, words: list[str], count: int = 6) -> dict:
+    """word -> the pieces whose table rows are closest (cosine) to the word's first piece."""
     table = token_table(predictor)
     unit = table / (np.linalg.norm(table, axis=1, keepdims=True) + 1e-12)
     tokenizer = predictor.tokenizer
-    ids = [i for i in tokenizer.encode(word) if i not in tokenizer.special_ids]
-    if not ids:
-        raise ValueError(f"--neighbours: {word!r} has no piece in the vocabulary but specials")
-    similarity = unit @ unit[ids[0]]
-    order = [int(i) for i in np.argsort(-similarity) if int(i) != ids[0]][:count]
-    return ", ".join(f"{tokenizer.id_to_token(i)} {similarity[i]:.2f}" for i in order)
+    found = {}
+    for word in words:
+        ids = [i for i in tokenizer.encode(word) if i not in tokenizer.special_ids]
+        if not ids:
+            raise ValueError(f"--neighbours: {word!r} has no piece in the vocabulary but specials")
+        similarity = unit @ unit[ids[0]]
+        order = [int(i) for i in np.argsort(-similarity) if int(i) != ids[0]][:count]
+        found[word] = ", ".join(f"{tokenizer.id_to_token(i)} {similarity[i]:.2f}" for i in order)
+    return found
 
 
 def random_init_params(model_config) -> dict:
@@ -108,9 +111,9 @@ def main(argv):
                 train_x = predictor.embed([e.text_a for e in train], pooling=pooling)
                 dev_x = predictor.embed([e.text_a for e in dev], pooling=pooling)
             results[f"{name}/{pooling}"] = round(probe_accuracy(train_x, train_y, dev_x, dev_y), 4)
-    neighbours = {f"{name}/{word}": nearest_pieces(predictor, word)
+    neighbours = {f"{name}/{word}": pieces
                   for name, predictor in (("checkpoint", loaded), ("random_init", random_init))
-                  for word in _NEIGHBOURS.value}
+                  for word, pieces in nearest_pieces(predictor, _NEIGHBOURS.value).items()}
     print(json.dumps({"sst2_dev_probe_accuracy": results, "nearest_pieces": neighbours,
                       "train_examples": _TRAIN_EXAMPLES.value}, indent=2, ensure_ascii=False))
 

@@ -112,7 +112,11 @@ def gelu(x):
     kernel. erf is one rational approximation; the derivative rule below saves one tensor.
     """
     x32 = x.astype(jnp.float32)
-    return (0.5 * x32 * (1.0 + jax.lax.erf(x32 * _SQRT_HALF))).astype(x.dtype)
+    return (x32 * _normal_cdf(x32)).astype(x.dtype)
+
+
+def _normal_cdf(x32):
+    return 0.5 * (1.0 + jax.lax.erf(x32 * _SQRT_HALF))
 
 
 @gelu.defjvp
@@ -121,7 +125,7 @@ def _gelu_jvp(primals, tangents):
     # (in the compute dtype) as the one residual and the backward pass is a single multiply.
     (x,), (tangent,) = primals, tangents
     x32 = x.astype(jnp.float32)
-    cdf = 0.5 * (1.0 + jax.lax.erf(x32 * _SQRT_HALF))
+    cdf = _normal_cdf(x32)
     slope = cdf + x32 * _INV_SQRT_2PI * jnp.exp(-0.5 * x32 * x32)
     return (x32 * cdf).astype(x.dtype), tangent * slope.astype(tangent.dtype)
 
