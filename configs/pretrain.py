@@ -37,6 +37,10 @@ def get_config(arg: str = "base") -> config_dict.ConfigDict:
     if arg not in NAMED_SIZES and arg != "demo":
         raise ValueError(f"unknown variant {arg!r}; expected one of {sorted(NAMED_SIZES)} or demo")
     config = config_dict.ConfigDict()
+    # Weights to start from (a workdir, checkpoint root or step folder of ours, e.g. converted
+    # from Hugging Face): its architecture and tokenizer, fresh optimizer state and step. The
+    # paper's second phase: a run at sequence length 512 from the first phase's checkpoint.
+    config.init_checkpoint = ""
     config.model = model_section("tiny" if arg == "demo" else arg)
 
     config.data = config_dict.ConfigDict(dict(

@@ -43,9 +43,6 @@ from bert_jax.train import setup as setup_lib
 from bert_jax.train.loop import MetricWriter, StepWork, Throughput, host_step_metrics
 from bert_jax.train.state import TrainState
 
-_ENCODER_KEYS = ("embeddings", "encoder", "pooler")
-
-
 # ----------------------------------------------------------------------------------------------
 # Initialisation from a checkpoint.
 
@@ -57,7 +54,7 @@ def encoder_params(params: dict, where: str) -> dict:
     if "bert" in params:
         return params["bert"]
     if "embeddings" in params:
-        return {k: params[k] for k in _ENCODER_KEYS if k in params}
+        return {k: params[k] for k in checkpoint.ENCODER_KEYS if k in params}
     raise ValueError(f"checkpoint {where} holds no BERT encoder (top-level keys {sorted(params)})")
 
 
@@ -70,21 +67,6 @@ def finetune_model_config(base: ModelConfig, model_section, where: str) -> Model
     return dataclasses.replace(base, hidden_dropout=model_section.hidden_dropout,
                                attention_dropout=model_section.attention_dropout,
                                dtype=model_section.dtype)
-
-
-def check_tokenizer(tokenizer: tokenization.Tokenizer, model_config: ModelConfig,
-                    token_rows: int, where: str) -> None:
-    """The tokenizer's ids must index the checkpoint's token embedding table."""
-    if token_rows != model_config.vocab_size:
-        raise ValueError(f"checkpoint {where}: the token embedding has {token_rows} rows but its "
-                         f"model config says vocab_size={model_config.vocab_size}")
-    if tokenizer.vocab_size > token_rows:
-        raise ValueError(
-            f"checkpoint {where}: its tokenizer has {tokenizer.vocab_size} tokens but the token "
-            f"embedding has {token_rows} rows: the tokenizer does not belong to these weights")
-    if tokenizer.vocab_size < token_rows:
-        logging.info("tokenizer has %d tokens, embedding %d rows (padded vocabulary)",
-                     tokenizer.vocab_size, token_rows)
 
 
 @dataclasses.dataclass
@@ -151,7 +133,7 @@ def build(config, workdir: str) -> Run:
     # Host copies: every seed device_puts fresh buffers, which its train steps then donate.
     encoder = jax.device_get(encoder_params(loaded.params, where))
     token_rows = encoder["embeddings"]["token_embed"]["embedding"].shape[0]
-    check_tokenizer(loaded.tokenizer, model_config, token_rows, where)
+    checkpoint.check_tokenizer_fits(loaded.tokenizer, model_config, token_rows, where)
     if config.data.max_seq_length > model_config.max_position_embeddings:
         raise ValueError(f"data.max_seq_length={config.data.max_seq_length} exceeds the "
                          f"checkpoint's max_position_embeddings "

@@ -21,11 +21,14 @@ import tempfile
 import jax
 import orbax.checkpoint as ocp
 import tensorflow as tf
+from absl import logging
 
 from bert_jax.data import tokenization
 from bert_jax.model.config import ModelConfig
 
 PARAMS, OPT_STATE, DATA, META = "params", "opt_state", "data", "meta"
+# What a BERT encoder holds; a converted encoder-only checkpoint has these at the top level.
+ENCODER_KEYS = ("embeddings", "encoder", "pooler")
 
 
 class PerProcessJsonHandler(ocp.handlers.JsonCheckpointHandler):
@@ -154,17 +157,25 @@ def save_model(root: str, step: int, params, meta: dict) -> str:
     return os.path.join(root, str(step))
 
 
-def load_model(path: str) -> LoadedModel:
-    """Params (as host arrays), model config and tokenizer of the checkpoint at `path`."""
+def load_meta(path: str) -> tuple[str, int, dict]:
+    """(checkpoint root, step, metadata) of the checkpoint at `path`, without its arrays."""
     root, step = resolve(path)
     with ocp.CheckpointManager(root, options=ocp.CheckpointManagerOptions(read_only=True),
-                               item_names=(PARAMS, META)) as manager:
+                               item_names=(META,)) as manager:
         meta = manager.restore(step, args=ocp.args.Composite(**{
             META: ocp.args.JsonRestore()}))[META]
-        if "tokenizer" not in meta:  # before the params: they are useless without it
-            raise ValueError(f"checkpoint {root}/{step} has no tokenizer in its metadata: "
-                             "write checkpoints with bert_jax (pretrain, finetune, convert), "
-                             "which store the tokenizer with the weights")
+    if "tokenizer" not in meta:  # checked before the params: they are useless without it
+        raise ValueError(f"checkpoint {root}/{step} has no tokenizer in its metadata: "
+                         "write checkpoints with bert_jax (pretrain, finetune, convert), "
+                         "which store the tokenizer with the weights")
+    return root, step, meta
+
+
+def load_model(path: str) -> LoadedModel:
+    """Params (as host arrays), model config and tokenizer of the checkpoint at `path`."""
+    root, step, meta = load_meta(path)
+    with ocp.CheckpointManager(root, options=ocp.CheckpointManagerOptions(read_only=True),
+                               item_names=(PARAMS,)) as manager:
         params = manager.restore(step, args=ocp.args.Composite(**{
             PARAMS: ocp.args.StandardRestore()}))[PARAMS]
     return LoadedModel(
@@ -251,3 +262,18 @@ def check_same_shapes(stored, expected, where: str) -> None:
                 f"{have.get(name, 'missing')} in the checkpoint but {want.get(name, 'absent')} "
                 f"in the model config"
             )
+
+
+def check_tokenizer_fits(tokenizer: tokenization.Tokenizer, model_config: ModelConfig,
+                         token_rows: int, where: str) -> None:
+    """The tokenizer's ids must index the checkpoint's token embedding table."""
+    if token_rows != model_config.vocab_size:
+        raise ValueError(f"checkpoint {where}: the token embedding has {token_rows} rows but its "
+                         f"model config says vocab_size={model_config.vocab_size}")
+    if tokenizer.vocab_size > token_rows:
+        raise ValueError(
+            f"checkpoint {where}: its tokenizer has {tokenizer.vocab_size} tokens but the token "
+            f"embedding has {token_rows} rows: the tokenizer does not belong to these weights")
+    if tokenizer.vocab_size < token_rows:
+        logging.info("tokenizer has %d tokens, embedding %d rows (padded vocabulary)",
+                     tokenizer.vocab_size, token_rows)

@@ -15,7 +15,7 @@ from absl import logging
 
 from bert_jax.data import pipeline
 from bert_jax.parallel import mesh as mesh_lib
-from bert_jax.train import checkpoint, losses, metrics, setup as setup_lib, steps
+from bert_jax.train import checkpoint, losses, metrics, setup as setup_lib, steps, warm_start
 from bert_jax.train.state import TrainState
 
 
@@ -177,8 +177,17 @@ class Trainer:
         setup_lib.check_workdir_writable(workdir)
         self.config = config
         self.workdir = workdir
-        self.tokenizer = setup_lib.load_or_train_tokenizer(config.data, workdir)
-        self.setup = setup_lib.build(config, self.tokenizer)
+        self.checkpointer = checkpoint.TrainCheckpointer(workdir, config.checkpoint.keep)
+        self.warm_start = None
+        if config.init_checkpoint:
+            resuming = self.checkpointer.latest_step() is not None
+            self.warm_start = warm_start.load(
+                config, resume_root=self.checkpointer.root if resuming else None)
+            self.tokenizer = self.warm_start.tokenizer
+        else:
+            self.tokenizer = setup_lib.load_or_train_tokenizer(config.data, workdir)
+        self.setup = setup_lib.build(
+            config, self.tokenizer, self.warm_start and self.warm_start.model_config)
         setup_lib.write_run_description(workdir, config, self.setup)
         self.local_batch = config.train.batch_size // jax.process_count()
         data = self.setup.pipeline_config
@@ -193,7 +202,6 @@ class Trainer:
             self.setup.pipeline_config, self.tokenizer, batch_size=self.local_batch,
             seed=config.train.seed, split="train", place=self._place_on_mesh)
         self._held_out_batches: list[dict] | None = None  # on the mesh
-        self.checkpointer = checkpoint.TrainCheckpointer(workdir, config.checkpoint.keep)
         self.writer = MetricWriter(workdir)
         self.rng = steps.root_rng(config.train.seed, config.train.prng_impl)
         self._compile_steps()
@@ -214,12 +222,21 @@ class Trainer:
             in_shardings=(s.state_shardings.params, batch_sharding), out_shardings=replicated))
 
     def initial_state(self) -> TrainState:
-        """The latest checkpoint of the workdir, else a fresh sharded initialisation."""
+        """The latest checkpoint of the workdir, else a fresh sharded initialisation (with
+        init_checkpoint's weights in it, and an optimizer state for those)."""
         step = self.checkpointer.latest_step()
         if step is None:
             # Outside the rules context: placement comes from out_shardings, and flax's
             # DenseGeneral cannot constrain its flat kernel with the 3-D logical names.
-            return self.setup.init_state(jax.random.fold_in(self.rng, 1 << 30))
+            state = self.setup.init_state(jax.random.fold_in(self.rng, 1 << 30))
+            if self.warm_start is None:
+                return state
+            shardings = self.setup.state_shardings
+            params = warm_start.initial_params(self.warm_start, state.params, shardings.params)
+            self.warm_start.params = None  # the host copy is no longer needed
+            opt_state = jax.jit(self.setup.optimizer.init,
+                                out_shardings=shardings.opt_state)(params)
+            return TrainState(step=state.step, params=params, opt_state=opt_state)
         params, opt_state, data_state, meta = self.checkpointer.restore(
             step, self.setup.abstract_state)
         if data_state is None:

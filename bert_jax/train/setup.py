@@ -117,9 +117,12 @@ def boxed_init_fn(model, optimizer, pipeline_config: pipeline.PipelineConfig):
     return init_boxed
 
 
-def build(config, tokenizer) -> RunSetup:
-    """Model, optimizer, mesh and the sharded initialiser (abstract init, then sharded init)."""
-    model_config = model_config_for(config.model, tokenizer)
+def build(config, tokenizer, model_config: ModelConfig | None = None) -> RunSetup:
+    """Model, optimizer, mesh and the sharded initialiser (abstract init, then sharded init).
+
+    `model_config` when another checkpoint fixes it (warm_start), else from config.model.
+    """
+    model_config = model_config or model_config_for(config.model, tokenizer)
     pipeline_config = pipeline.PipelineConfig.from_config(config.data)
     if pipeline_config.max_seq_length > model_config.max_position_embeddings:
         raise ValueError(f"data.max_seq_length={pipeline_config.max_seq_length} exceeds "
