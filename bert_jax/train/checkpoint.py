@@ -125,6 +125,17 @@ def _step_dirs(root: str) -> list[int]:
                   if name.rstrip("/").isdigit())
 
 
+def has_steps(root: str) -> bool:
+    """Whether the checkpoint root holds a committed step (Orbax's unfinished saves have
+    temporary, non-numeric names)."""
+    return bool(_step_dirs(absolute(root)))
+
+
+def train_checkpoints_root(workdir: str) -> str:
+    """Where a training run in `workdir` keeps its checkpoints."""
+    return os.path.join(absolute(workdir), "checkpoints")
+
+
 def absolute(path: str) -> str:
     """Local paths made absolute (Orbax's tensorstore refuses relative ones); URLs as given."""
     return path if "://" in path else os.path.abspath(path)
@@ -191,7 +202,7 @@ class TrainCheckpointer:
     """Periodic async saves of a training run and automatic resume from the latest step."""
 
     def __init__(self, workdir: str, keep: int, *, async_save: bool = True):
-        self.root = os.path.join(absolute(workdir), "checkpoints")
+        self.root = train_checkpoints_root(workdir)
         self._manager = ocp.CheckpointManager(
             self.root,
             options=ocp.CheckpointManagerOptions(

@@ -177,12 +177,11 @@ class Trainer:
         setup_lib.check_workdir_writable(workdir)
         self.config = config
         self.workdir = workdir
-        self.checkpointer = checkpoint.TrainCheckpointer(workdir, config.checkpoint.keep)
         self.warm_start = None
         if config.init_checkpoint:
-            resuming = self.checkpointer.latest_step() is not None
+            own = checkpoint.train_checkpoints_root(workdir)
             self.warm_start = warm_start.load(
-                config, resume_root=self.checkpointer.root if resuming else None)
+                config, resume_root=own if checkpoint.has_steps(own) else None)
             self.tokenizer = self.warm_start.tokenizer
         else:
             self.tokenizer = setup_lib.load_or_train_tokenizer(config.data, workdir)
@@ -202,6 +201,7 @@ class Trainer:
             self.setup.pipeline_config, self.tokenizer, batch_size=self.local_batch,
             seed=config.train.seed, split="train", place=self._place_on_mesh)
         self._held_out_batches: list[dict] | None = None  # on the mesh
+        self.checkpointer = checkpoint.TrainCheckpointer(workdir, config.checkpoint.keep)
         self.writer = MetricWriter(workdir)
         self.rng = steps.root_rng(config.train.seed, config.train.prng_impl)
         self._compile_steps()
