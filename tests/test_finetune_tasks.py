@@ -147,6 +147,42 @@ def test_span_loss_excludes_padding_and_averages_start_and_end():
     assert float(sums["correct"]) == 1
 
 
+FINE_RUNGS = [0, 8, 16, 24, 32, 48, 64]
+
+
+@pytest.mark.parametrize("name", ["glue", "squad", "ner"])
+def test_every_task_pads_to_the_configured_length_buckets(name, data_dir, tmp_path):
+    """data.length_buckets=fine reaches each task's batches: every batch is padded to the
+    smallest of 8, 16, 24, 32, 48, 64 that holds its longest row."""
+    config = _config(name, "mrpc" if name == "glue" else None)
+    config.data.length_buckets = "fine"
+    config.data.max_seq_length = 64
+    if name == "squad":
+        config.data.dev_file = str(_small_squad(data_dir, tmp_path / "small.json"))
+        config.data.doc_stride, config.data.max_query_length = 32, 16
+    if name == "ner":
+        config.data.dir = str(_conll_slice(data_dir, tmp_path / "conll"))
+    task = base.make_task(config)
+    tokenizer = tokenization.load_tokenizer(f"wordpiece:{data_dir}/bert_vocab/vocab.txt")
+    train = task.load(tokenizer)["train"]
+    widths = set()
+    for _, batch in task.batches(train, 8, rng=np.random.default_rng(0)):
+        width = batch["input_ids"].shape[1]
+        longest = int(batch["attention_mask"].sum(axis=1).max())
+        assert FINE_RUNGS[FINE_RUNGS.index(width) - 1] < longest <= width
+        widths.add(width)
+    # GLUE and NER batches land on rungs that powers of two lack; SQuAD windows fill the length.
+    assert widths & {24, 48} if name != "squad" else widths == {64}, widths
+
+
+def test_an_unknown_length_ladder_fails_before_loading(tmp_path):
+    config = _config("glue", "sst2")
+    config.init_checkpoint = str(tmp_path / "absent")
+    config.data.length_buckets = "pow2"
+    with pytest.raises(ValueError, match=r"data.length_buckets='pow2'; expected one of"):
+        finetune.build(config, str(tmp_path / "run"))
+
+
 def test_unknown_task_and_config_versions():
     config = _config("ner")
     config.unlock()

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from bert_jax.data import tokenization
-from bert_jax.tasks import glue
+from bert_jax.tasks import batching, glue
 
 # (task, split, rows, label counts) from the staged data's MANIFEST.md.
 REAL_FILES = [
@@ -216,6 +216,35 @@ def test_batches_cover_every_example_once_with_length_buckets(glue_dir, tokenize
     first = [i for i, _ in glue.batches(features, 32, 128, filler)]
     assert first == [i for i, _ in glue.batches(features, 32, 128, filler)]
     assert features.lengths[first[0]].max() <= features.lengths[first[-1]].min()
+
+
+def test_fine_length_buckets_pad_less_on_real_sentences(glue_dir, tokenizer):
+    """The fine ladder: every batch padded to the smallest of 8, 16, 24, 32, 48, 64 that holds
+    its longest row, and fewer computed positions per real token than powers of two."""
+    fine = [batching.length_bucket(n, 512, "fine") for n in (1, 8, 9, 17, 25, 33, 49, 65, 97,
+                                                              129, 193, 257, 385, 600)]
+    assert fine == [8, 8, 16, 24, 32, 48, 64, 96, 128, 192, 256, 384, 512, 512]
+    task = glue.get_task("sst2")
+    examples = glue.load_examples(task, "train", directory=glue_dir)[:4000]
+    features = glue.encode(examples, tokenizer, 64)
+    filler = [tokenizer.cls_id, tokenizer.sep_id]
+    positions = {}
+    for ladder in batching.LENGTH_BUCKETS:
+        positions[ladder] = 0
+        for indices, batch in glue.batches(features, 32, 64, filler, ladder=ladder,
+                                           rng=np.random.default_rng(0)):
+            width = batch["input_ids"].shape[1]
+            longest = int(features.lengths[indices].max())
+            assert width == batching.length_bucket(longest, 64, ladder)
+            if ladder == "fine":
+                rungs = [0, 8, 16, 24, 32, 48, 64]
+                assert rungs[rungs.index(width) - 1] < longest <= width
+            positions[ladder] += batch["input_ids"].size
+    real = int(features.lengths.sum())
+    assert positions["fine"] / real < 0.85 * positions["coarse"] / real, positions
+    with pytest.raises(ValueError, match=r"data.length_buckets='pow2'; expected one of "
+                                         r"\('coarse', 'fine'\)"):
+        batching.length_bucket(10, 64, "pow2")
 
 
 def test_subsample_is_fixed_and_ordered():

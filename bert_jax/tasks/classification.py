@@ -119,7 +119,7 @@ class GlueFinetuneTask(base.FinetuneTask):
 
     def batches(self, features: glue.Features, batch_size: int, *, rng=None):
         return glue.batches(features, batch_size, self.data.max_seq_length, self._filler,
-                            rng=rng)
+                            rng=rng, ladder=self.data.length_buckets)
 
     def sums(self, outputs, batch: dict) -> dict:
         return classification_sums(outputs, batch)

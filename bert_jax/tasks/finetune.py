@@ -126,6 +126,9 @@ def build(config, workdir: str) -> Run:
     if not config.init_checkpoint:
         raise ValueError("config.init_checkpoint is required: the checkpoint to fine-tune "
                          "(its architecture and tokenizer are used even with random_init)")
+    if config.data.length_buckets not in batching.LENGTH_BUCKETS:  # before any loading
+        raise ValueError(f"data.length_buckets={config.data.length_buckets!r}; expected one of "
+                         f"{batching.LENGTH_BUCKETS}")
     task = base.make_task(config)
     loaded = checkpoint.load_model(config.init_checkpoint)
     where = config.init_checkpoint

@@ -337,10 +337,11 @@ def encode(examples: Sequence[Example], tokenizer: tokenization.Tokenizer, max_s
 
 
 def pad_batch(features: Features, indices: Sequence[int], batch_size: int,
-              max_seq_length: int, filler: Sequence[int]) -> dict:
-    """Rows `indices` padded to [batch_size, bucket]; filler rows ([CLS] [SEP]) weigh 0."""
+              max_seq_length: int, filler: Sequence[int], ladder: str = "coarse") -> dict:
+    """Rows `indices` padded to [batch_size, bucket] (of `ladder`, batching.LENGTH_BUCKETS);
+    filler rows ([CLS] [SEP]) weigh 0."""
     rows = [features.input_ids[i] for i in indices]
-    length = batching.length_bucket(max(len(r) for r in rows), max_seq_length)
+    length = batching.length_bucket(max(len(r) for r in rows), max_seq_length, ladder)
     batch = {
         "input_ids": np.zeros((batch_size, length), np.int32),
         "token_type_ids": np.zeros((batch_size, length), np.int32),
@@ -364,8 +365,8 @@ def pad_batch(features: Features, indices: Sequence[int], batch_size: int,
 
 
 def batches(features: Features, batch_size: int, max_seq_length: int, filler: Sequence[int], *,
-            rng: np.random.Generator | None = None, sort_chunk: int = 50
-            ) -> Iterator[tuple[list[int], dict]]:
+            rng: np.random.Generator | None = None, sort_chunk: int = 50,
+            ladder: str = "coarse") -> Iterator[tuple[list[int], dict]]:
     """(example indices, padded batch) over all examples, every batch of batch_size rows.
 
     With `rng` (training): shuffle, sort chunks of sort_chunk batches by length, cut, and shuffle
@@ -373,7 +374,7 @@ def batches(features: Features, batch_size: int, max_seq_length: int, filler: Se
     """
     for indices in batching.index_groups(features.lengths, batch_size, rng=rng,
                                          sort_chunk=sort_chunk):
-        yield indices, pad_batch(features, indices, batch_size, max_seq_length, filler)
+        yield indices, pad_batch(features, indices, batch_size, max_seq_length, filler, ladder)
 
 
 # ----------------------------------------------------------------------------------------------

@@ -120,7 +120,7 @@ class SquadFinetuneTask(base.FinetuneTask):
         features = split.features
         for rows in batching.index_groups(features.lengths, batch_size, rng=rng):
             length = batching.length_bucket(int(features.lengths[rows].max()),
-                                            self.data.max_seq_length)
+                                            self.data.max_seq_length, self.data.length_buckets)
             yield rows, batching.pad_rows(features.batch(rows), batch_size, length)
 
     def sums(self, outputs, batch: dict) -> dict:

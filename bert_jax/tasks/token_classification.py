@@ -102,7 +102,7 @@ class NerFinetuneTask(base.FinetuneTask):
         features = split.features
         for rows in batching.index_groups(features.lengths, batch_size, rng=rng):
             length = batching.length_bucket(int(features.lengths[rows].max()),
-                                            self.data.max_seq_length)
+                                            self.data.max_seq_length, self.data.length_buckets)
             ids = features.input_ids[rows]
             batch = batching.pad_rows({
                 "input_ids": ids,

@@ -48,3 +48,14 @@ def base_config(task: str) -> config_dict.ConfigDict:
     config.mesh = config_dict.ConfigDict(dict(data=-1, fsdp=1, tensor=1, dcn_data=1,
                                               rules="data"))
     return config
+
+
+def data_section(**task_keys) -> config_dict.ConfigDict:
+    """A task's `data` keys plus those every task shares."""
+    return config_dict.ConfigDict(dict(
+        **task_keys,
+        # Padded lengths of batches: coarse (16, 32, 64, ...) or fine (8, 16, 24, 32, 48, 64,
+        # ...: less padding, about twice the compiled shapes; for large tasks). See
+        # bert_jax/tasks/batching.py for the measured difference.
+        length_buckets="coarse",
+    ))

@@ -18,7 +18,7 @@ from configs.finetune import common
 def get_config(task: str = "sst2") -> config_dict.ConfigDict:
     glue.get_task(task)  # fails early on an unknown task
     config = common.base_config(task)
-    config.data = config_dict.ConfigDict(dict(
+    config.data = common.data_section(
         source="tsv",  # tsv (GLUE distribution folders) | tfds (glue/<task>)
         dir="",  # the folder holding CoLA/, SST-2/, ...; "" = the staged shared data
         tfds_data_dir="",
@@ -27,6 +27,6 @@ def get_config(task: str = "sst2") -> config_dict.ConfigDict:
         subset_seed=0,
         predict_test=True,  # write GLUE submission files when the test split is present
         skip_empty=False,  # skip (with a warning) instead of failing on empty sentences
-    ))
+    )
     config.lock()
     return config

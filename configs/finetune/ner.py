@@ -16,14 +16,14 @@ from configs.finetune import common
 
 def get_config() -> config_dict.ConfigDict:
     config = common.base_config("conll2003")
-    config.data = config_dict.ConfigDict(dict(
+    config.data = common.data_section(
         dir="",  # local or gs:// folder with train.txt, valid.txt, test.txt
         scheme="auto",  # auto | iob1 | iob2: the tagging of the files (read as IOB2)
         max_seq_length=128,  # longer sentences are split at word boundaries, never truncated
         max_train_examples=0,  # > 0: a fixed random subset of the train sentences
         subset_seed=0,
         score_test=True,  # score test.txt after every epoch (selection stays on valid)
-    ))
+    )
     config.train.num_epochs = 4
     config.optimizer.learning_rate = 5e-5
     config.lock()

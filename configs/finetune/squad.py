@@ -22,7 +22,7 @@ def get_config(version: str = "v1") -> config_dict.ConfigDict:
     if version not in VERSIONS:
         raise ValueError(f"unknown SQuAD version {version!r}; expected one of {sorted(VERSIONS)}")
     config = common.base_config(VERSIONS[version])
-    config.data = config_dict.ConfigDict(dict(
+    config.data = common.data_section(
         source="json",  # json (official files) | tfds (squad/v1.1, squad/v2.0)
         train_file="",  # "" = split the articles of dev_file
         dev_file="",  # "" = the staged SQuAD v1.1 dev set
@@ -37,7 +37,7 @@ def get_config(version: str = "v1") -> config_dict.ConfigDict:
         n_best_size=20,
         max_answer_length=30,
         null_score_diff_threshold=0.0,  # v2: predict "" when null beats the best span by more
-    ))
+    )
     config.train.num_epochs = 2
     config.optimizer.learning_rate = 5e-5
     config.lock()
