@@ -2,6 +2,8 @@
 phase at a longer sequence length, continued pre-training of a converted BERT, and bad input."""
 
 import logging
+import os
+import pathlib
 import shutil
 import subprocess
 import sys
@@ -14,6 +16,8 @@ from bert_jax.model.config import ModelConfig
 from bert_jax.train import checkpoint, loop, warm_start
 from tests.conftest import require
 from tests.test_pretrain import _checkpoint_steps, _config, _metrics, _small_overrides
+
+REPO = pathlib.Path(__file__).resolve().parents[1]
 
 # Phase 1 at sequences of 16 in a table of 32 positions, then phase 2 at 32: the paper's
 # 128 -> 512 in miniature. Two layers, so a change of layer layout (scan) is not trivial.
@@ -194,3 +198,43 @@ def test_model_config_fields_are_split_into_architecture_and_numerics():
                 "fused_qkv"}
     fields = set(ModelConfig.__dataclass_fields__)
     assert fields == set(warm_start.ARCHITECTURE_FIELDS) | numerics
+
+
+def sharded_worker(data_dir, init_checkpoint, workdir):
+    """One of 2 processes x 4 devices: parameters sharded over all 8 (fsdp), so each process
+    places only its own slices of the checkpoint's host arrays; then the run trains and saves."""
+    config = _phase_2(pathlib.Path(data_dir), init_checkpoint)
+    config.mesh.fsdp, config.mesh.data, config.mesh.rules = 8, 1, "fsdp"
+    assert jax.process_count() == 2 and jax.device_count() == 8
+    first = checkpoint.load_model(init_checkpoint)
+    _, state = _initial_state(config, workdir)
+    stored = _flat(first.params)
+    leaves = jax.tree_util.tree_flatten_with_path(state.params)[0]
+    spread = 0
+    for path, leaf in leaves:
+        spread += len(leaf.sharding.device_set) == 8 and not leaf.is_fully_replicated
+        for shard in leaf.addressable_shards:
+            np.testing.assert_array_equal(np.asarray(shard.data),
+                                          stored[jax.tree_util.keystr(path)][shard.index])
+    assert spread > 10, spread  # most weights really are split across both processes
+    loop.train_and_evaluate(config, workdir)
+
+
+@pytest.mark.slow
+def test_second_phase_on_two_processes_with_sharded_parameters(data_dir, phase_1, tmp_path):
+    env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
+    proc = subprocess.run(
+        [sys.executable, "launch/local.py", "--num_processes=2", "--devices_per_process=4",
+         "--init_timeout=300", "--", sys.executable, "-m", "tests.test_warm_start",
+         str(data_dir), phase_1, str(tmp_path / "run")],
+        cwd=REPO, env=dict(env, PYTHONPATH=str(REPO)), capture_output=True, text=True,
+        timeout=900)
+    assert proc.returncode == 0, proc.stdout[-6000:]
+    assert _checkpoint_steps(tmp_path / "run") == [4]
+
+
+if __name__ == "__main__":
+    from bert_jax.parallel import multihost
+
+    multihost.initialize()  # from launch/local.py's environment
+    sharded_worker(*sys.argv[1:4])

@@ -19,6 +19,7 @@ import re
 import tempfile
 
 import jax
+import numpy as np
 import orbax.checkpoint as ocp
 import tensorflow as tf
 from absl import logging
@@ -183,12 +184,21 @@ def load_meta(path: str) -> tuple[str, int, dict]:
 
 
 def load_model(path: str) -> LoadedModel:
-    """Params (as host arrays), model config and tokenizer of the checkpoint at `path`."""
+    """Params (as host numpy arrays), model config and tokenizer of the checkpoint at `path`.
+
+    Every process reads the whole of every array into host memory. Restored without a target,
+    Orbax would place each array by the sharding it was saved with, which names devices of the
+    writing run: on another host (multi-process fine-tuning, a second phase) those are not
+    addressable and the restore fails.
+    """
     root, step, meta = load_meta(path)
     with ocp.CheckpointManager(root, options=ocp.CheckpointManagerOptions(read_only=True),
-                               item_names=(PARAMS,)) as manager:
+                               item_handlers={PARAMS: ocp.PyTreeCheckpointHandler()}) as manager:
+        stored = manager.item_metadata(step)[PARAMS].tree
+        as_numpy = jax.tree_util.tree_map(
+            lambda _: ocp.RestoreArgs(restore_type=np.ndarray), stored)
         params = manager.restore(step, args=ocp.args.Composite(**{
-            PARAMS: ocp.args.StandardRestore()}))[PARAMS]
+            PARAMS: ocp.args.PyTreeRestore(restore_args=as_numpy)}))[PARAMS]
     return LoadedModel(
         model_config=ModelConfig.from_dict(meta["model_config"]),
         params=params,
