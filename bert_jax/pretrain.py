@@ -15,20 +15,14 @@ from bert_jax.train import loop
 _CONFIG = config_flags.DEFINE_config_file("config", None, "e.g. configs/pretrain.py:base",
                                           lock_config=True)
 _WORKDIR = flags.DEFINE_string("workdir", None, "Run folder (local or gs://).", required=True)
-_COORDINATOR = flags.DEFINE_string("coordinator_address", None,
-                                   "HOST:PORT of process 0, for an explicit multi-process start.")
-_NUM_PROCESSES = flags.DEFINE_integer("num_processes", None, "Processes in the run.")
-_PROCESS_ID = flags.DEFINE_integer("process_id", None, "This process's index, 0-based.")
-_INIT_TIMEOUT = flags.DEFINE_integer("init_timeout", None,
-                                     "Seconds to wait for every process to join (default 300).")
+_START_PROCESSES = multihost.define_flags()
 
 
 def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
     loop.quiet_library_logs()
-    multihost.initialize(_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value,
-                         _INIT_TIMEOUT.value)
+    _START_PROCESSES()
     loop.train_and_evaluate(_CONFIG.value, _WORKDIR.value)
 
 

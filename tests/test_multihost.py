@@ -286,6 +286,55 @@ def test_two_processes_equal_one_process_then_restore_on_one_device(data_dir, tm
     assert continued["step"] == STEPS + 1 and np.isfinite(continued["loss"])
 
 
+def _encoder_checkpoint(data_dir, root) -> str:
+    """A tiny encoder-only checkpoint (uncased WordPiece), as a single-process converter writes."""
+    import flax.linen as nn
+    import jax
+
+    from bert_jax.data import tokenization
+    from bert_jax.model.config import ModelConfig
+    from bert_jax.model.encoder import BertEncoder
+    from bert_jax.train import checkpoint
+
+    tokenizer = tokenization.load_tokenizer(f"wordpiece:{data_dir}/bert_vocab/vocab.txt")
+    config = ModelConfig.from_size("tiny", hidden_size=32, num_layers=1, num_heads=2,
+                                   intermediate_size=64, max_position_embeddings=64)
+    params = BertEncoder(config).init(jax.random.key(0), np.zeros((1, 8), np.int32))
+    params = jax.tree_util.tree_map(np.asarray, nn.unbox(params["params"]))
+    return checkpoint.save_model(str(root), 0, params, checkpoint.make_meta(0, config, tokenizer))
+
+
+FINETUNE_FLAGS = ["--config.data.max_train_examples=64", "--config.train.batch_size=8",
+                  "--config.train.eval_batch_size=8", "--config.train.num_epochs=2",
+                  "--config.data.max_seq_length=32", "--config.optimizer.learning_rate=1e-3"]
+
+
+@pytest.mark.slow
+def test_fine_tuning_on_two_processes_equals_one_process(data_dir, tmp_path):
+    """Both processes join one run (a process that started alone would fine-tune by itself and
+    race the other for the same files): the same dev scores as one process with the same global
+    batches, one results.json, one committed best checkpoint."""
+    init = _encoder_checkpoint(data_dir, tmp_path / "encoder")
+    command = [sys.executable, "-m", "bert_jax.finetune", "--config=configs/finetune/glue.py:mrpc",
+               f"--config.init_checkpoint={init}", *FINETUNE_FLAGS]
+    env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
+    two = tmp_path / "two_processes"
+    proc = subprocess.run(
+        [sys.executable, "launch/local.py", "--num_processes=2", "--devices_per_process=2",
+         "--init_timeout=300", "--", *command, f"--workdir={two}"],
+        cwd=REPO, env=dict(env, PYTHONPATH=REPO), capture_output=True, text=True, timeout=900)
+    assert proc.returncode == 0, proc.stdout[-6000:]
+    assert "process 1 of 2: 2 local of 4 devices" in proc.stdout
+    one = tmp_path / "one_process"
+    _run([*command, f"--workdir={one}"], devices=4)
+    results = [json.loads((folder / "results.json").read_text()) for folder in (two, one)]
+    for epoch_two, epoch_one in zip(results[0]["epochs"], results[1]["epochs"]):
+        for name in ("f1", "accuracy", "train_loss"):
+            assert epoch_two[name] == pytest.approx(epoch_one[name], abs=1e-4), name
+    committed = sorted(os.listdir(two / "seed_0" / "checkpoints"))
+    assert committed == [str(results[0]["best"]["step"])]
+
+
 if __name__ == "__main__":
     mode, data, workdir_arg, out_arg = sys.argv[1:5]
     {"reference": reference_worker, "continue": continue_worker}[mode](data, workdir_arg, out_arg)

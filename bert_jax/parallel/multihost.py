@@ -263,3 +263,26 @@ def initialize(coordinator_address: str | None = None, num_processes: int | None
                  jax.process_count(), jax.local_device_count(), jax.device_count())
     return dataclasses.replace(spec, num_processes=jax.process_count(),
                                process_id=jax.process_index())
+
+
+def define_flags():
+    """The flags of an explicit multi-process start, for an entrypoint to define at import.
+
+    Returns a function that starts the runtime from them (and from the environment, SLURM or
+    the TPU VM when they are unset): what every entrypoint that trains calls first in main.
+    """
+    from absl import flags
+
+    coordinator = flags.DEFINE_string(
+        "coordinator_address", None, "HOST:PORT of process 0, for an explicit multi-process "
+        "start.")
+    num_processes = flags.DEFINE_integer("num_processes", None, "Processes in the run.")
+    process_id = flags.DEFINE_integer("process_id", None, "This process's index, 0-based.")
+    init_timeout = flags.DEFINE_integer(
+        "init_timeout", None, "Seconds to wait for every process to join (default 300).")
+
+    def initialize_from_flags() -> ClusterSpec:
+        return initialize(coordinator.value, num_processes.value, process_id.value,
+                          init_timeout.value)
+
+    return initialize_from_flags
