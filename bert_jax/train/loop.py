@@ -233,7 +233,6 @@ class Trainer:
                 return state
             shardings = self.setup.state_shardings
             params = warm_start.initial_params(self.warm_start, state.params, shardings.params)
-            self.warm_start.params = None  # the host copy is no longer needed
             opt_state = jax.jit(self.setup.optimizer.init,
                                 out_shardings=shardings.opt_state)(params)
             return TrainState(step=state.step, params=params, opt_state=opt_state)
