@@ -267,13 +267,17 @@ class TrainCheckpointer:
         self._manager.close()
 
 
+def flat_names(tree) -> dict:
+    """{"bert/encoder/layer_0/...": leaf}: a parameter tree's leaves by slash-joined path."""
+    leaves = jax.tree_util.tree_flatten_with_path(tree)[0]
+    return {"/".join(str(getattr(k, "key", k)) for k in path): leaf for path, leaf in leaves}
+
+
 def check_same_shapes(stored, expected, where: str) -> None:
     """Raises naming the first parameter whose stored shape differs, or that is missing/extra."""
 
     def flat(tree):
-        leaves = jax.tree_util.tree_flatten_with_path(tree)[0]
-        return {"/".join(str(getattr(k, "key", k)) for k in path): tuple(leaf.shape)
-                for path, leaf in leaves}
+        return {name: tuple(leaf.shape) for name, leaf in flat_names(tree).items()}
 
     have, want = flat(stored), flat(expected)
     for name in sorted(set(have) | set(want)):

@@ -138,13 +138,13 @@ def pretraining_layout(params: dict, stored: ModelConfig, run: ModelConfig,
         relayout = hf.stack_layers if run.scan_layers else hf.unstack_layers
         bert["encoder"] = relayout(bert["encoder"], stored.num_layers)
         params["bert"] = bert
-    return {name: np.asarray(value) for name, value in _flatten(params).items()}
+    return {name: np.asarray(value) for name, value in checkpoint.flat_names(params).items()}
 
 
 def initial_params(warm: WarmStart, fresh_params, shardings):
     """`fresh_params` (a sharded initialisation) with every weight the checkpoint holds put in
     its place, on the same sharding; bit-exact copies, cast only where param_dtype differs."""
-    fresh, placement = _flatten(fresh_params), _flatten(shardings)
+    fresh, placement = checkpoint.flat_names(fresh_params), checkpoint.flat_names(shardings)
     missing = [name for name in fresh if name not in warm.params]
     required = [name for name in missing if not name.startswith(_OPTIONAL_PREFIXES)]
     if required:
@@ -175,11 +175,6 @@ def _group(name: str) -> str:
     """'mlm_head/transform/kernel' -> 'mlm_head'; 'bert/pooler/dense/bias' -> 'bert/pooler'."""
     parts = name.split("/")
     return "/".join(parts[:2]) if parts[0] == "bert" else parts[0]
-
-
-def _flatten(tree) -> dict:
-    leaves = jax.tree_util.tree_flatten_with_path(tree)[0]
-    return {"/".join(str(getattr(k, "key", k)) for k in path): leaf for path, leaf in leaves}
 
 
 def _unflatten(flat: dict) -> dict:
