@@ -10,6 +10,11 @@ An original Google BERT folder holds bert_model.ckpt.*, bert_config.json and voc
 `--from=tf` is the same as `--from=tf1`. An export holds config.json, model.safetensors and the
 tokenizer twice: as this package saves it, and as transformers' AutoTokenizer reads it (see
 bert_jax.interop.hf_tokenizer).
+
+Fine-tuned checkpoints travel with their heads (bert_jax.interop.hf_tasks): a GLUE classifier
+exports as a BertForSequenceClassification with its label names, a SQuAD model as a
+BertForQuestionAnswering, a CoNLL tagger as a BertForTokenClassification; importing one of
+those (ours or any other) gives a checkpoint that `predict classify|qa|ner` runs.
 """
 
 from absl import app, flags

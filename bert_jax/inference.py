@@ -389,6 +389,10 @@ class Predictor:
         texts = _check_texts(texts)
         out = np.zeros((len(texts), self.hidden_size), np.float32)
         params = self._encoder_params()
+        if pooling == "pooled" and not np.any(np.asarray(params["pooler"]["dense"]["kernel"])):
+            raise ValueError("the checkpoint's pooler is all zeros: it was imported from a "
+                             "transformers model without one (BertForQuestionAnswering, "
+                             "BertForTokenClassification); pool with 'cls' or 'mean'")
         rows = self._rows(texts, self.tokenizer.encode_batch(texts))
         for batch in self._make_batches(rows, batch_size):
             vectors = _embed_step(params, batch.input_ids, batch.attention_mask,

@@ -1,5 +1,5 @@
 """Inference: fill_mask and embed against transformers, answer and tag against the fine-tuning
-loop's own predictions, the predict CLI, exporting a fine-tuned encoder, and bad input."""
+loop's own predictions, the predict CLI, and bad input (exports: test_convert_tasks.py)."""
 
 import json
 import logging
@@ -300,27 +300,6 @@ def test_tags_are_the_finetuning_runs_predictions(ner_checkpoint, data_dir, tmp_
     # Texts are split on whitespace: the same words, the same tags.
     texts = ["  ".join(s.words) for s in test.sentences[:6]]
     assert predictor.tag(texts, batch_size=2) == got[:6]
-
-
-def test_export_of_a_finetuned_checkpoint_is_its_encoder(squad_checkpoints, tmp_path, caplog):
-    torch = require("torch")
-    transformers = require("transformers")
-    with caplog.at_level(logging.WARNING):
-        convert.export_hf(squad_checkpoints["v1"], str(tmp_path))
-    assert "['qa_outputs']" in caplog.text and "encoder only" in caplog.text
-    assert json.loads((tmp_path / "config.json").read_text())["architectures"] == ["BertModel"]
-    exported = transformers.BertModel.from_pretrained(str(tmp_path)).eval()
-    predictor = inference.load(squad_checkpoints["v1"])
-    texts = ["Who wrote the first draft?", "The committee met in Geneva in 1951."]
-    for text in texts:
-        ids = [predictor.tokenizer.cls_id, *predictor.tokenizer.encode(text),
-               predictor.tokenizer.sep_id]
-        with torch.no_grad():
-            out = exported(input_ids=torch.tensor([ids]))
-        np.testing.assert_allclose(predictor.embed([text], pooling="cls")[0],
-                                   out.last_hidden_state[0, 0].numpy(), atol=1e-4, rtol=0)
-        np.testing.assert_allclose(predictor.embed([text], pooling="pooled")[0],
-                                   out.pooler_output[0].numpy(), atol=1e-4, rtol=0)
 
 
 # ----------------------------------------------------------------------------------------------

@@ -9,7 +9,7 @@ import tensorflow as tf
 from absl import logging
 
 from bert_jax.data import tokenization
-from bert_jax.interop import hf, hf_tokenizer, tf1
+from bert_jax.interop import hf, hf_tasks, hf_tokenizer, tf1
 from bert_jax.model.config import ModelConfig
 from bert_jax.train import checkpoint
 
@@ -18,8 +18,11 @@ def import_hf(folder: str, output: str, lowercase: bool | None = None) -> str:
     """A Hugging Face BERT folder (config.json, model.safetensors or pytorch_model.bin,
     vocab.txt) -> a checkpoint.
 
-    Pre-training heads are kept when the folder has them (BertForPreTraining), else the
-    checkpoint holds the encoder and pooler only. lowercase=None takes tokenizer_config.json's
+    Pre-training heads are kept when the folder has them (BertForPreTraining). A task model
+    (BertForSequenceClassification, BertForQuestionAnswering, BertForTokenClassification, as
+    config.json's `architectures` says) becomes a fine-tuned checkpoint, head, labels and task
+    included, that inference classifies, answers or tags with (interop.hf_tasks). Otherwise
+    the checkpoint holds the encoder and pooler only. lowercase=None takes tokenizer_config.json's
     do_lower_case (else tokenizer.json's normaliser; default true). The vocabulary is
     vocab.txt, else the WordPiece vocabulary inside tokenizer.json (folders saved by a fast
     tokenizer only); a folder that export_hf wrote gives back the exported tokenizer itself
@@ -27,8 +30,16 @@ def import_hf(folder: str, output: str, lowercase: bool | None = None) -> str:
     """
     # The tokenizer first: a folder without one fails before its weights are read.
     tokenizer = _hf_tokenizer(folder, lowercase)
-    config, tensors = hf.read_hf_folder(folder)
-    return _save_imported(output, config, tensors, tokenizer, f"hf:{folder}")
+    hf_config = hf.read_hf_config(folder)
+    tensors = hf.read_hf_weights(folder)
+    config = hf.config_from_hf(hf_config)
+    if hf_tasks.task_architecture(hf_config) is None:
+        return _save_imported(output, config, tensors, tokenizer, f"hf:{folder}")
+    name = os.path.basename(os.path.normpath(folder))
+    params, task = hf_tasks.from_hf(tensors, config, hf_config, name)
+    _check_vocab_size(tokenizer, config, f"hf:{folder}")
+    meta = checkpoint.make_meta(0, config, tokenizer, source=f"hf:{folder}", task=task)
+    return checkpoint.save_model(output, 0, params, meta)
 
 
 def import_tf1(folder: str, output: str, lowercase: bool | None = None) -> str:
@@ -59,12 +70,16 @@ def _save_imported(output: str, config: ModelConfig, tensors: dict,
     """HF-named tensors + config + tokenizer -> step 0 of a checkpoint at `output`."""
     with_heads = any(name.startswith("cls.") for name in tensors)
     params = hf.params_from_hf(tensors, config, with_heads=with_heads)
-    if tokenizer.vocab_size != config.vocab_size:
-        raise ValueError(f"{source}: vocab.txt has {tokenizer.vocab_size} tokens but the model "
-                         f"config says vocab_size={config.vocab_size}")
+    _check_vocab_size(tokenizer, config, source)
     meta = checkpoint.make_meta(0, config, tokenizer, source=source,
                                 has_pretraining_heads=with_heads)
     return checkpoint.save_model(output, 0, jax.tree_util.tree_map(np.asarray, params), meta)
+
+
+def _check_vocab_size(tokenizer: tokenization.Tokenizer, config: ModelConfig, source: str):
+    if tokenizer.vocab_size != config.vocab_size:
+        raise ValueError(f"{source}: vocab.txt has {tokenizer.vocab_size} tokens but the model "
+                         f"config says vocab_size={config.vocab_size}")
 
 
 def _hf_tokenizer(folder: str, lowercase: bool | None) -> tokenization.Tokenizer:
@@ -128,9 +143,10 @@ def export_hf(checkpoint_path: str, output: str) -> str:
     """A checkpoint of this package -> a Hugging Face folder that transformers loads.
 
     Writes config.json, model.safetensors and the tokenizer's files in both forms: ours, and
-    those transformers' AutoTokenizer reads (interop.hf_tokenizer). The model is
-    a BertForPreTraining with its MLM and NSP heads, else a BertModel (encoder and pooler). A
-    fine-tuned checkpoint exports its encoder as a BertModel; its task head is left out (logged).
+    those transformers' AutoTokenizer reads (interop.hf_tokenizer). The model is a
+    BertForPreTraining with its MLM and NSP heads, else a BertModel (encoder and pooler); a
+    fine-tuned checkpoint becomes its task's transformers class, head and labels included
+    (interop.hf_tasks).
     """
     import flax.linen as nn
     from safetensors.numpy import save_file
@@ -138,17 +154,17 @@ def export_hf(checkpoint_path: str, output: str) -> str:
     loaded = checkpoint.load_model(checkpoint_path)
     config = loaded.model_config
     params = _unrolled(nn.unbox(loaded.params), config)
-    with_heads = "mlm_head" in params
-    if "bert" in params and not with_heads:
-        logging.warning("%s holds task heads %s (fine-tuned) but no MLM head: exporting its "
-                        "encoder only, as a BertModel", checkpoint_path,
-                        sorted(set(params) - {"bert"}))
-        params = params["bert"]
-    tensors = hf.params_to_hf(params, config, with_heads=with_heads)
-    os.makedirs(output, exist_ok=True)
     hf_config = hf.config_to_hf(config)
-    if not with_heads:
-        hf_config["architectures"] = ["BertModel"]
+    task = loaded.meta.get("task")
+    if task:
+        tensors, task_fields = hf_tasks.to_hf(params, config, task, checkpoint_path)
+        hf_config.update(task_fields)
+    else:
+        with_heads = "mlm_head" in params
+        tensors = hf.params_to_hf(params, config, with_heads=with_heads)
+        if not with_heads:
+            hf_config["architectures"] = ["BertModel"]
+    os.makedirs(output, exist_ok=True)
     with open(os.path.join(output, "config.json"), "w", encoding="utf-8") as f:
         json.dump(hf_config, f, indent=2)
     save_file({k: np.ascontiguousarray(v, np.float32) for k, v in tensors.items()},

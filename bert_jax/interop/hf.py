@@ -11,6 +11,7 @@ from typing import Callable
 
 import numpy as np
 import tensorflow as tf
+from absl import logging
 
 from bert_jax.model.config import ModelConfig
 
@@ -67,7 +68,7 @@ def _layer_norm_rules(hf_prefix, path):
     return [_rule(f"{hf_prefix}.weight", f"{path}/scale"), _rule(f"{hf_prefix}.bias", f"{path}/bias")]
 
 
-def _dense_rules(hf_prefix, path, kernel_pair=None, bias_pair=(_same, _same)):
+def dense_rules(hf_prefix, path, kernel_pair=None, bias_pair=(_same, _same)):
     kernel_pair = kernel_pair or _linear(())
     if kernel_pair == "plain":
         kernel_pair = (lambda w: w.T, lambda k: k.T)
@@ -75,8 +76,9 @@ def _dense_rules(hf_prefix, path, kernel_pair=None, bias_pair=(_same, _same)):
             _rule(f"{hf_prefix}.bias", f"{path}/bias", bias_pair)]
 
 
-def encoder_rules(config: ModelConfig, hf_prefix: str = "", ours_prefix: str = "") -> list:
-    """Rules for the embeddings, the unrolled layers and the pooler."""
+def encoder_rules(config: ModelConfig, hf_prefix: str = "", ours_prefix: str = "", *,
+                  with_pooler: bool = True) -> list:
+    """Rules for the embeddings, the unrolled layers and (with_pooler) the pooler."""
     n, k = config.num_heads, config.head_dim
     rules = [
         _rule(f"{hf_prefix}embeddings.word_embeddings.weight",
@@ -86,19 +88,20 @@ def encoder_rules(config: ModelConfig, hf_prefix: str = "", ours_prefix: str = "
         _rule(f"{hf_prefix}embeddings.token_type_embeddings.weight",
               f"{ours_prefix}embeddings/type_embed/embedding"),
         *_layer_norm_rules(f"{hf_prefix}embeddings.LayerNorm", f"{ours_prefix}embeddings/layer_norm"),
-        *_dense_rules(f"{hf_prefix}pooler.dense", f"{ours_prefix}pooler/dense", "plain"),
     ]
+    if with_pooler:
+        rules += dense_rules(f"{hf_prefix}pooler.dense", f"{ours_prefix}pooler/dense", "plain")
     for i in range(config.num_layers):
         hf = f"{hf_prefix}encoder.layer.{i}"
         ours = f"{ours_prefix}encoder/layer_{i}"
         for name in ("query", "key", "value"):
-            rules += _dense_rules(f"{hf}.attention.self.{name}", f"{ours}/attention/{name}",
+            rules += dense_rules(f"{hf}.attention.self.{name}", f"{ours}/attention/{name}",
                                   _linear((n, k)), _reshape((n, k)))
-        rules += _dense_rules(f"{hf}.attention.output.dense", f"{ours}/attention/out",
+        rules += dense_rules(f"{hf}.attention.output.dense", f"{ours}/attention/out",
                               _linear_from_heads((n, k)))
         rules += _layer_norm_rules(f"{hf}.attention.output.LayerNorm", f"{ours}/attention_layer_norm")
-        rules += _dense_rules(f"{hf}.intermediate.dense", f"{ours}/intermediate", "plain")
-        rules += _dense_rules(f"{hf}.output.dense", f"{ours}/output", "plain")
+        rules += dense_rules(f"{hf}.intermediate.dense", f"{ours}/intermediate", "plain")
+        rules += dense_rules(f"{hf}.output.dense", f"{ours}/output", "plain")
         rules += _layer_norm_rules(f"{hf}.output.LayerNorm", f"{ours}/output_layer_norm")
     return rules
 
@@ -106,10 +109,10 @@ def encoder_rules(config: ModelConfig, hf_prefix: str = "", ours_prefix: str = "
 def pretraining_rules(config: ModelConfig) -> list:
     """Rules for BertForPreTraining: encoder under `bert/`, plus the MLM and NSP heads."""
     return encoder_rules(config, "bert.", "bert/") + [
-        *_dense_rules("cls.predictions.transform.dense", "mlm_head/transform", "plain"),
+        *dense_rules("cls.predictions.transform.dense", "mlm_head/transform", "plain"),
         *_layer_norm_rules("cls.predictions.transform.LayerNorm", "mlm_head/layer_norm"),
         _rule("cls.predictions.bias", "mlm_head/output_bias"),
-        *_dense_rules("cls.seq_relationship", "nsp_head/dense", "plain"),
+        *dense_rules("cls.seq_relationship", "nsp_head/dense", "plain"),
     ]
 
 
@@ -145,15 +148,33 @@ def params_from_hf(tensors: dict, config: ModelConfig, *, with_heads: bool) -> P
     else:
         # An encoder can come from either a BertModel or a BertForPreTraining checkpoint.
         rules = encoder_rules(config, "bert." if _has_prefix(tensors, "bert.") else "")
+    return params_by_rules(tensors, rules, expected_param_shapes(config, with_heads=with_heads),
+                           config)
+
+
+# Tensors transformers saves that are no parameters of their own: the position ids buffer,
+# and the MLM decoder, tied to the word embeddings and the output bias.
+_NOT_PARAMETERS = ("embeddings.position_ids", "cls.predictions.decoder.weight",
+                   "cls.predictions.decoder.bias")
+
+
+def params_by_rules(tensors: dict, rules: list, expected_shapes: dict,
+                    config: ModelConfig) -> Params:
+    """HF tensors -> nested params, one rule each; every rule's tensor must be there, in the
+    shape whose inverse image is the expected parameter shape (not merely the same size)."""
+    tensors = _canonical_names(tensors)
     missing = [r.hf_name for r in rules if r.hf_name not in tensors]
     if missing:
         raise KeyError(f"checkpoint lacks {len(missing)} tensor(s): {missing[:10]}")
-    expected_shapes = expected_param_shapes(config, with_heads=with_heads)
+    left_out = sorted(name for name in set(tensors) - {r.hf_name for r in rules}
+                      if not name.endswith(_NOT_PARAMETERS))
+    if left_out:
+        logging.warning("%d tensor(s) of the checkpoint have no place in this model and are "
+                        "not imported: %s", len(left_out), left_out[:10])
     params: Params = {}
     for rule in rules:
         tensor = np.asarray(tensors[rule.hf_name], dtype=np.float32)
         expected = expected_shapes[rule.path]
-        # The HF shape must be exactly the inverse image of ours, not merely the same size.
         if tensor.shape != rule.to_hf(np.zeros(expected, np.float32)).shape:
             raise ValueError(
                 f"tensor {rule.hf_name} has shape {tuple(tensor.shape)}, which does not fit "
@@ -165,9 +186,8 @@ def params_from_hf(tensors: dict, config: ModelConfig, *, with_heads: bool) -> P
 
 def params_to_hf(params: Params, config: ModelConfig, *, with_heads: bool) -> dict:
     """Nested params -> HF tensors (names as transformers writes them), float32 numpy arrays."""
-    rules = pretraining_rules(config) if with_heads else encoder_rules(config)
-    out = {r.hf_name: np.ascontiguousarray(r.to_hf(np.asarray(_get_path(params, r.path))))
-           for r in rules}
+    out = tensors_by_rules(params, pretraining_rules(config) if with_heads else
+                           encoder_rules(config))
     if with_heads:
         # transformers ties the decoder to the word embeddings but still reads these names.
         out["cls.predictions.decoder.weight"] = out["bert.embeddings.word_embeddings.weight"]
@@ -175,22 +195,33 @@ def params_to_hf(params: Params, config: ModelConfig, *, with_heads: bool) -> di
     return out
 
 
+def tensors_by_rules(params: Params, rules: list) -> dict:
+    """Nested params -> the rules' HF tensors, float32 numpy arrays in transformers' layout."""
+    return {r.hf_name: np.ascontiguousarray(r.to_hf(np.asarray(_get_path(params, r.path))))
+            for r in rules}
+
+
 def expected_param_shapes(config: ModelConfig, *, with_heads: bool) -> dict:
-    """Path -> shape of every parameter of the unrolled model, by abstract initialisation."""
+    """Path -> shape of every parameter of the unrolled model (BertForPreTraining with_heads,
+    else BertEncoder), by abstract initialisation."""
+    from bert_jax.model import BertEncoder, BertForPreTraining
+
+    unrolled = dataclasses.replace(config, scan_layers=False)
+    if with_heads:
+        return module_param_shapes(BertForPreTraining(unrolled), masked_positions=True)
+    return module_param_shapes(BertEncoder(unrolled))
+
+
+def module_param_shapes(module, *, masked_positions: bool = False) -> dict:
+    """Path -> shape of every parameter of a model module, by abstract initialisation on a
+    one-token batch (`masked_positions`: the module takes them, as BertForPreTraining)."""
     import flax.linen as nn
     import jax
     import jax.numpy as jnp
 
-    from bert_jax.model import BertEncoder, BertForPreTraining
-
-    unrolled = dataclasses.replace(config, scan_layers=False)
     ids = jnp.zeros((1, 1), jnp.int32)
-    if with_heads:
-        init = lambda: BertForPreTraining(unrolled).init(  # noqa: E731
-            jax.random.key(0), ids, masked_positions=ids)
-    else:
-        init = lambda: BertEncoder(unrolled).init(jax.random.key(0), ids)  # noqa: E731
-    shapes = jax.eval_shape(init)["params"]
+    extra = {"masked_positions": ids} if masked_positions else {}
+    shapes = jax.eval_shape(lambda: module.init(jax.random.key(0), ids, **extra))["params"]
     flat = jax.tree_util.tree_flatten_with_path(nn.unbox(shapes))[0]
     return {tuple(p.key for p in path): tuple(leaf.shape) for path, leaf in flat}
 
@@ -217,6 +248,11 @@ def config_from_hf(hf_config: dict, **overrides) -> ModelConfig:
     position_type = hf_config.get("position_embedding_type", "absolute")
     if position_type != "absolute":
         raise ValueError(f"position_embedding_type {position_type!r} is not supported")
+    required = ("vocab_size", "hidden_size", "num_hidden_layers", "num_attention_heads",
+                "intermediate_size")
+    missing = [key for key in required if key not in hf_config]
+    if missing:
+        raise ValueError(f"the BERT config lacks {missing} (transformers' BertConfig names)")
     fields = dict(
         vocab_size=hf_config["vocab_size"],
         hidden_size=hf_config["hidden_size"],
@@ -256,25 +292,36 @@ def config_to_hf(config: ModelConfig) -> dict:
 
 
 def read_hf_folder(folder: str) -> tuple[ModelConfig, dict]:
-    """config.json + weights of a HF folder -> (ModelConfig, tensors).
+    """config.json + weights of a HF folder -> (ModelConfig, tensors)."""
+    hf_config = read_hf_config(folder)
+    tensors = read_hf_weights(folder)  # a folder without weights says so before the config
+    return config_from_hf(hf_config), tensors
 
-    The weights are model.safetensors, else pytorch_model.bin read by torch's restricted
-    unpickler (torch_bin), which refuses a file that would run code.
-    """
+
+def read_hf_config(folder: str) -> dict:
+    """A HF folder's config.json as written (architectures, labels and all)."""
+    config_path = os.path.join(folder, "config.json")
+    if not tf.io.gfile.exists(config_path):
+        raise FileNotFoundError(f"{config_path} not found (a Hugging Face BERT folder needs it)")
+    with tf.io.gfile.GFile(config_path, "r") as f:
+        try:
+            return json.load(f)
+        except json.JSONDecodeError as e:
+            raise ValueError(f"{config_path} is not valid JSON: {e}") from e
+
+
+def read_hf_weights(folder: str) -> dict:
+    """A HF folder's tensors by name: model.safetensors, else pytorch_model.bin read by torch's
+    restricted unpickler (torch_bin), which refuses a file that would run code."""
     from safetensors.numpy import load as load_safetensors
 
     from bert_jax.interop import torch_bin
 
-    config_path = os.path.join(folder, "config.json")
     weights_path = _hf_weights_path(folder)
-    if not tf.io.gfile.exists(config_path):
-        raise FileNotFoundError(f"{config_path} not found (a Hugging Face BERT folder needs it)")
-    with tf.io.gfile.GFile(config_path, "r") as f:
-        config = config_from_hf(json.load(f))
     if weights_path.endswith(".bin"):
-        return config, torch_bin.load_state_dict(weights_path)
+        return torch_bin.load_state_dict(weights_path)
     with tf.io.gfile.GFile(weights_path, "rb") as f:
-        return config, load_safetensors(f.read())
+        return load_safetensors(f.read())
 
 
 def _hf_weights_path(folder: str) -> str:
