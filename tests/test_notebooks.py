@@ -41,5 +41,7 @@ def test_finetune_sst2_executes(tmp_path, monkeypatch):
     assert 0.0 <= results["best"]["accuracy"] <= 1.0
     config = json.loads((tmp_path / "sst2" / "config.json").read_text())
     assert config["train_examples"] == 256 and config["model_config"]["num_layers"] == 6
-    printed = [line for line in outputs.splitlines() if line.endswith("too long.")]
+    printed = [line for line in outputs.splitlines()
+               if line.endswith("too long.") and not line.startswith("transformers")]
     assert len(printed) == 1 and printed[0].split()[0] in ("negative", "positive")
+    assert "transformers gives the same label for 3 of 3 sentences" in outputs
