@@ -12,6 +12,12 @@ WORKDIR/
   predictions/<file>     the task's prediction files (GLUE submissions, SQuAD predictions JSON,
                          CoNLL columns) from the best seed's best epoch
   seed_<s>/tensorboard, seed_<s>/metrics.jsonl, seed_<s>/checkpoints/<step>  (the best epoch)
+  seed_<s>/result.json   the seed's epochs and best, once it has finished
+  seed_<s>/progress/<step>  while it runs: its state, to resume from (tasks/progress.py)
+
+Running the same command again resumes a stopped run (SIGTERM, a crash, a lost host): finished
+seeds are read back, the others continue from their last save, and the results are those of a
+run that never stopped.
 
 The encoder and pooler come from `init_checkpoint` (a pre-training checkpoint keeps them under
 `bert`; a converted one at the top level), with the checkpoint's tokenizer; the head is new.
@@ -39,9 +45,11 @@ from bert_jax.model.config import ModelConfig
 from bert_jax.parallel import mesh as mesh_lib
 from bert_jax.parallel import rules as rules_lib
 from bert_jax.tasks import base, batching
+from bert_jax.tasks import progress as progress_lib
 from bert_jax.train import checkpoint, metrics, optim, steps
 from bert_jax.train import setup as setup_lib
-from bert_jax.train.loop import MetricWriter, StepWork, Throughput, host_step_metrics
+from bert_jax.train.loop import (MetricWriter, PreemptionFlag, StepWork, Throughput,
+                                 host_step_metrics)
 from bert_jax.train.state import TrainState
 
 # ----------------------------------------------------------------------------------------------
@@ -87,6 +95,7 @@ class Run:
     schedule: object
     boxed_init: object
     state_shardings: TrainState
+    abstract_state: TrainState  # what a saved seed restores onto
     train_step: object
     outputs_step: object
     total_steps: int
@@ -186,7 +195,8 @@ def build(config, workdir: str) -> Run:
         out_shardings=replicated))
     return Run(config, workdir, task, model_config, loaded.tokenizer,
                None if config.random_init else encoder, features, model, mesh, optimizer,
-               schedule, init_boxed, shardings, train_step, outputs_step, total_steps)
+               schedule, init_boxed, shardings, setup_lib.abstract_state(boxed, shardings),
+               train_step, outputs_step, total_steps)
 
 
 def initial_state(run: Run, seed: int) -> TrainState:
@@ -249,17 +259,36 @@ def _step_work(run: Run, batch: dict) -> StepWork:
 
 
 def train_epoch(run: Run, state: TrainState, epoch: int, seed: int, rng, writer,
-                first_step: int, throughput: Throughput) -> tuple:
-    """One pass over the train split; returns (state, mean train metrics).
+                throughput: Throughput, progress: progress_lib.SeedProgress, save,
+                preemption) -> tuple:
+    """The rest of one pass over the train split, from progress.batches_done on; returns
+    (state, the epoch's mean train metrics), or (state, None) when SIGTERM stopped it.
 
-    Logged lines carry the window's rates (loop.Throughput). The first step at each bucket
-    length compiles: it is awaited and left out of them, as are evaluations between epochs.
+    `save(state)` saves the seed (progress included) every train.checkpoint_every_steps steps
+    and before stopping. Logged lines carry the window's rates (loop.Throughput). The first
+    step at each bucket length compiles: it is awaited and left out of them, as are
+    evaluations between epochs.
     """
     cfg = run.config.train
     order_rng = np.random.default_rng([seed, epoch])
-    history, pending, step = [], None, first_step
     batches = run.task.batches(run.features["train"], cfg.batch_size, rng=order_rng)
+    for _ in range(progress.batches_done):  # resumed mid-epoch: the same order, these done
+        next(batches)
+    pending, step = None, int(jax.device_get(state.step))
     throughput.reset()
+
+    def settle():
+        """The pending step's metrics into the epoch's sums (and the log)."""
+        nonlocal pending
+        if pending is None:
+            return
+        values = host_step_metrics(*pending, cfg.skip_nonfinite_updates)
+        progress.add_step(values)
+        if pending[0] % cfg.log_every_steps == 0:
+            writer.write(pending[0], {**values, **throughput.report(pending[0])})
+            throughput.reset()
+        pending = None
+
     while True:
         wait_start = time.perf_counter()
         item = next(batches, None)
@@ -279,49 +308,76 @@ def train_epoch(run: Run, state: TrainState, epoch: int, seed: int, rng, writer,
                 jax.block_until_ready(step_metrics)
             run.compiled_lengths.add(length)
         step += 1
+        progress.batches_done += 1
         # Step N-1's metrics are read only once step N is queued: no host sync per step.
-        if pending is not None:
-            history.append(host_step_metrics(*pending, cfg.skip_nonfinite_updates))
-            if pending[0] % cfg.log_every_steps == 0:
-                writer.write(pending[0], {**history[-1], **throughput.report(pending[0])})
-                throughput.reset()
+        settle()
         pending = (step, step_metrics)
-    history.append(host_step_metrics(*pending, cfg.skip_nonfinite_updates))
-    means = {k: float(np.mean([h[k] for h in history])) for k in history[0]}
-    return state, means
+        every = cfg.checkpoint_every_steps
+        if preemption.requested or (every > 0 and step % every == 0):
+            settle()  # never save unchecked parameters
+            with throughput.excluded():
+                save(state)
+            if preemption.requested:
+                return state, None
+    settle()
+    return state, progress.train_means()
 
 
-def run_seed(run: Run, seed: int) -> dict:
-    """Trains one restart; returns {'seed', 'epochs': [...], 'best': {...}, ...}."""
+def run_seed(run: Run, seed: int, preemption) -> dict | None:
+    """Trains one restart, or what remains of it (see tasks/progress.py); returns {'seed',
+    'epochs': [...], 'best': {...}, ...}, or None when SIGTERM stopped it (saved to resume)."""
     seed_dir = os.path.join(run.workdir, f"seed_{seed}")
-    writer = MetricWriter(seed_dir)
-    state = initial_state(run, seed)
+    finished = progress_lib.finished_result(seed_dir)
+    if finished is not None:
+        logging.info("seed %d finished in an earlier run: its result comes from %s", seed,
+                     seed_dir)
+        return finished
+    saver = progress_lib.ProgressCheckpointer(seed_dir, run.config.to_dict())
+    restored = saver.restore(run.abstract_state)
+    state, progress = restored or (initial_state(run, seed), progress_lib.SeedProgress())
+    best_params = None if progress.best is None else _best_params(run, seed_dir, progress.best)
     rng = steps.root_rng(seed, run.config.train.prng_impl)
     main = run.task.main_metric
-    epochs, best, best_params, step = [], None, None, 0
+    num_epochs = run.config.train.num_epochs
+    writer = MetricWriter(seed_dir)
     throughput = Throughput(run.total_steps, run.model_config.dtype)
-    for epoch in range(1, run.config.train.num_epochs + 1):
-        start = time.perf_counter()
-        state, train_means = train_epoch(run, state, epoch, seed, rng, writer, step, throughput)
-        step = int(jax.device_get(state.step))
-        writer.write(step, train_means, prefix="train")
-        dev = evaluate(run, state.params)
-        writer.write(step, dev, prefix="dev")
-        record = {"epoch": epoch, "step": step, "train_loss": train_means["loss"], **dev,
-                  "seconds": time.perf_counter() - start}
-        epochs.append(record)
-        logging.info("%s seed %d epoch %d: %s", run.task.name, seed, epoch, record)
-        if best is None or dev[main] > best[main]:
-            best = record
-            # A copy: the next step donates (and so invalidates) state.params.
-            best_params = jax.tree_util.tree_map(jnp.copy, state.params)
-            if run.config.train.save_best_checkpoint:
+    try:
+        for epoch in range(progress.epoch, num_epochs + 1):
+            start = time.perf_counter()
+            state, train_means = train_epoch(run, state, epoch, seed, rng, writer, throughput,
+                                             progress, lambda s: saver.save(s, progress),
+                                             preemption)
+            if train_means is None:
+                return None
+            step = int(jax.device_get(state.step))
+            writer.write(step, train_means, prefix="train")
+            dev = evaluate(run, state.params)
+            writer.write(step, dev, prefix="dev")
+            record = {"epoch": epoch, "step": step, "train_loss": train_means["loss"], **dev,
+                      "seconds": time.perf_counter() - start}
+            logging.info("%s seed %d epoch %d: %s", run.task.name, seed, epoch, record)
+            best = progress.best
+            if best is None or dev[main] > best[main]:
+                best = record
+                # A copy: the next step donates (and so invalidates) state.params.
+                best_params = jax.tree_util.tree_map(jnp.copy, state.params)
+                # On disk even without save_best_checkpoint: a resumed seed reads it back.
                 _save_best(run, seed_dir, step, best_params, record)
-    writer.close()
-    result = {"seed": seed, "epochs": epochs, "best": best}
+            progress.end_epoch(record, best)
+            if epoch < num_epochs:
+                saver.save(state, progress)
+    finally:
+        writer.close()
+        saver.close()
+    result = {"seed": seed, "epochs": progress.epochs, "best": progress.best}
     result["predictions"] = _write_predictions(run, best_params, seed_dir)
+    best_root = os.path.join(seed_dir, "checkpoints")
     if run.config.train.save_best_checkpoint:
-        result["checkpoint"] = os.path.join(seed_dir, "checkpoints", str(best["step"]))
+        result["checkpoint"] = os.path.join(best_root, str(progress.best["step"]))
+    elif jax.process_index() == 0:
+        tf.io.gfile.rmtree(best_root)
+    progress_lib.write_result(seed_dir, result)
+    saver.remove()
     return result
 
 
@@ -336,6 +392,13 @@ def _save_best(run: Run, seed_dir: str, step: int, params, record: dict) -> None
                                 run_config=run.config.to_dict(), task=run.task.meta(),
                                 dev_metrics=record, init_checkpoint=run.config.init_checkpoint)
     checkpoint.save_model(root, step, params, meta)
+
+
+def _best_params(run: Run, seed_dir: str, best: dict):
+    """The best epoch's params of a resumed seed, read back onto the run's shardings."""
+    path = os.path.join(seed_dir, "checkpoints", str(best["step"]))
+    return jax.device_put(nn.unbox(checkpoint.load_model(path).params),
+                          run.state_shardings.params)
 
 
 def _write_predictions(run: Run, params, seed_dir: str) -> dict:
@@ -382,7 +445,15 @@ def finetune_and_evaluate(config, workdir: str) -> dict:
                        "train_examples": run.task.num_examples(run.features["train"]),
                        "total_steps_per_seed": run.total_steps}, f, indent=2, default=str)
     start = time.perf_counter()
-    runs = [run_seed(run, int(seed)) for seed in config.seeds]
+    runs = []
+    with PreemptionFlag() as preemption:
+        for seed in config.seeds:
+            result = run_seed(run, int(seed), preemption)
+            if result is None:
+                logging.warning("stopped by SIGTERM during seed %d, saved: the same command "
+                                "resumes it (finished seeds are kept)", seed)
+                return {"preempted": True, "seed": int(seed), "finished_seeds": len(runs)}
+            runs.append(result)
     results = summarize_seeds(run.task, runs)
     results["seconds"] = time.perf_counter() - start
     if jax.process_index() == 0:

@@ -211,8 +211,10 @@ def load_model(path: str) -> LoadedModel:
 class TrainCheckpointer:
     """Periodic async saves of a training run and automatic resume from the latest step."""
 
-    def __init__(self, workdir: str, keep: int, *, async_save: bool = True):
-        self.root = train_checkpoints_root(workdir)
+    def __init__(self, workdir: str, keep: int, *, async_save: bool = True,
+                 root: str | None = None):
+        """Checkpoints in `root`, by default WORKDIR/checkpoints."""
+        self.root = absolute(root) if root else train_checkpoints_root(workdir)
         self._manager = ocp.CheckpointManager(
             self.root,
             options=ocp.CheckpointManagerOptions(
@@ -262,6 +264,11 @@ class TrainCheckpointer:
 
     def wait(self) -> None:
         self._manager.wait_until_finished()
+
+    def delete(self, step: int) -> None:
+        """Removes a saved step (after any save in flight has finished)."""
+        self.wait()
+        self._manager.delete(step)
 
     def close(self) -> None:
         self._manager.close()

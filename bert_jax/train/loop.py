@@ -23,8 +23,9 @@ class NonFiniteLossError(FloatingPointError):
     pass
 
 
-class _PreemptionFlag:
-    """Set by SIGTERM; the loop saves at the next step boundary and exits cleanly."""
+class PreemptionFlag:
+    """Set by SIGTERM; the loop (pre-training's, fine-tuning's) saves at the next step boundary
+    and exits cleanly."""
 
     def __init__(self):
         self.requested = False
@@ -301,7 +302,7 @@ class Trainer:
         throughput = Throughput(cfg.num_steps, self.setup.model_config.dtype)
         history, pending, last_logged = [], None, {}
         pauses = {}  # "evaluate"/"save" -> seconds the latest one took, for the ETA
-        with _PreemptionFlag() as preemption:
+        with PreemptionFlag() as preemption:
             # The prefetch thread starts now and fills its queue while the first step compiles.
             self.train_data.start()
             for step in range(start_step, cfg.num_steps):

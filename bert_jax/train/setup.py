@@ -117,6 +117,14 @@ def boxed_init_fn(model, optimizer, pipeline_config: pipeline.PipelineConfig):
     return init_boxed
 
 
+def abstract_state(boxed, shardings):
+    """Unboxed ShapeDtypeStructs of an eval_shape'd state, each with its sharding: what Orbax
+    restores onto."""
+    return jax.tree_util.tree_map(
+        lambda s, sh: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sh),
+        nn.unbox(boxed), shardings)
+
+
 def build(config, tokenizer, model_config: ModelConfig | None = None) -> RunSetup:
     """Model, optimizer, mesh and the sharded initialiser (abstract init, then sharded init).
 
@@ -136,9 +144,7 @@ def build(config, tokenizer, model_config: ModelConfig | None = None) -> RunSetu
     init_boxed = boxed_init_fn(model, optimizer, pipeline_config)
     boxed = jax.eval_shape(init_boxed, jax.random.key(0))
     shardings = mesh_lib.logical_shardings(boxed, mesh, rules)
-    abstract = jax.tree_util.tree_map(
-        lambda s, sh: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sh),
-        nn.unbox(boxed), shardings)
+    abstract = abstract_state(boxed, shardings)
     init_state = jax.jit(lambda rng: nn.unbox(init_boxed(rng)), out_shardings=shardings)
     return RunSetup(model_config, pipeline_config, model, mesh, rules, optimizer, schedule,
                     abstract, shardings, init_state)

@@ -32,6 +32,9 @@ def base_config(task: str) -> config_dict.ConfigDict:
         log_every_steps=50,
         skip_nonfinite_updates=False,
         save_best_checkpoint=True,
+        # The seed's state is also saved after each epoch and on SIGTERM, so that the same
+        # command resumes a stopped run (tasks/progress.py); 0: no saves within an epoch.
+        checkpoint_every_steps=1000,
     ))
     config.optimizer = config_dict.ConfigDict(dict(
         name="adamw",

@@ -1,0 +1,132 @@
+"""Fine-tuning resumes where it stopped (tasks/progress.py): after SIGTERM mid-epoch, and after a
+crash between periodic saves, the same command finishes with the results and best checkpoints
+of the run that was never stopped (tests/test_finetune.py's `finetuned`, two seeds on an MRPC
+slice: 6 steps per epoch, 2 epochs); finished seeds are not trained again."""
+
+import json
+import os
+import pathlib
+import signal
+
+import jax
+import numpy as np
+import pytest
+
+from bert_jax.tasks import finetune, progress
+from bert_jax.train import checkpoint
+from tests.test_finetune import (_finetune_config, _flat, finetuned, mrpc_dir,  # noqa: F401
+                                 pretrained)
+
+STEPS_PER_SEED = 12
+
+
+def _interrupt_at_call(monkeypatch, call: int, action) -> list:
+    """Wraps the train step of every Run that finetune.build makes: after its `call`-th step
+    (counted across seeds) `action()` runs. Returns the list the steps are counted in."""
+    calls, real_build = [], finetune.build
+
+    def build(config, workdir):
+        run = real_build(config, workdir)
+        train_step = run.train_step
+
+        def counted(state, batch, rng):
+            out = train_step(state, batch, rng)
+            calls.append(1)
+            if len(calls) == call:
+                action()
+            return out
+
+        run.train_step = counted
+        return run
+
+    monkeypatch.setattr(finetune, "build", build)
+    return calls
+
+
+def _sigterm():
+    os.kill(os.getpid(), signal.SIGTERM)  # the real signal, caught by the run's own handler
+
+
+def _crash():
+    raise RuntimeError("simulated crash")
+
+
+def _assert_same_seed(workdir, reference_workdir, seed: int, with_checkpoint: bool = True):
+    """The seed's epochs and best as the uninterrupted run's (bar wall time), and its best
+    checkpoint's params bit for bit."""
+    got = json.loads((pathlib.Path(workdir) / f"seed_{seed}" / progress.RESULT_FILE).read_text())
+    want = json.loads((pathlib.Path(reference_workdir) / "results.json").read_text())["seeds"][
+        str(seed)]
+    for name in ("epochs", "best"):
+        drop = lambda records: [{k: v for k, v in r.items() if k != "seconds"}  # noqa: E731
+                                for r in (records if name == "epochs" else [records])]
+        assert drop(got[name]) == drop(want[name]), name
+    assert not (pathlib.Path(workdir) / f"seed_{seed}" / progress.PROGRESS_DIR).exists()
+    if not with_checkpoint:
+        return
+    ours = _flat(checkpoint.load_model(got["checkpoint"]).params)
+    theirs = _flat(checkpoint.load_model(want["checkpoint"]).params)
+    assert ours.keys() == theirs.keys()
+    for key in ours:
+        assert np.array_equal(ours[key], theirs[key]), key
+
+
+def test_sigterm_mid_epoch_then_rerun_finishes_as_if_never_stopped(finetuned, monkeypatch,
+                                                                   tmp_path):
+    config, reference, _ = finetuned  # seeds 0 and 1
+    # SIGTERM at seed 1's step 9: three batches into its second epoch.
+    calls = _interrupt_at_call(monkeypatch, STEPS_PER_SEED + 9, _sigterm)
+    stopped = finetune.finetune_and_evaluate(config, str(tmp_path))
+    assert stopped == {"preempted": True, "seed": 1, "finished_seeds": 1}
+    assert not (tmp_path / "results.json").exists()
+    assert (tmp_path / "seed_0" / progress.RESULT_FILE).exists()
+    saved = checkpoint.TrainCheckpointer(
+        "", keep=1, root=str(tmp_path / "seed_1" / progress.PROGRESS_DIR))
+    assert saved.latest_step() == 9
+    saved.close()
+
+    calls.clear()  # the rerun: seed 0 is read back, seed 1 trains its last 3 steps
+    results = finetune.finetune_and_evaluate(config, str(tmp_path))
+    assert len(calls) == 3
+    for seed in (0, 1):
+        _assert_same_seed(tmp_path, reference, seed)
+    want = json.loads((pathlib.Path(reference) / "results.json").read_text())
+    assert results["best"]["f1"] == want["best"]["f1"] and results["median"] == want["median"]
+
+
+def test_crash_between_periodic_saves_resumes_from_the_last(finetuned, pretrained,  # noqa: F811
+                                                            mrpc_dir, monkeypatch,  # noqa: F811
+                                                            tmp_path):
+    _, reference, _ = finetuned
+    # Saves at steps 3, 6 (also the end of epoch 1) and 9; the crash comes at step 11.
+    config = _finetune_config(pretrained, mrpc_dir, **{
+        "train.checkpoint_every_steps": 3, "train.save_best_checkpoint": False})
+    calls = _interrupt_at_call(monkeypatch, 11, _crash)
+    with pytest.raises(RuntimeError, match="simulated crash"):
+        finetune.finetune_and_evaluate(config, str(tmp_path))
+
+    changed = _finetune_config(pretrained, mrpc_dir, **{
+        "train.checkpoint_every_steps": 3, "train.save_best_checkpoint": False,
+        "optimizer.learning_rate": 2e-3})
+    with pytest.raises(ValueError, match=r"optimizer.learning_rate: 0.001 then, 0.002 now"):
+        finetune.finetune_and_evaluate(changed, str(tmp_path))
+
+    calls.clear()
+    results = finetune.finetune_and_evaluate(config, str(tmp_path))
+    assert len(calls) == STEPS_PER_SEED - 9
+    _assert_same_seed(tmp_path, reference, 0, with_checkpoint=False)
+    # save_best_checkpoint=False: the best epoch's params were on disk only while the seed ran.
+    assert "checkpoint" not in results["seeds"]["0"]
+    assert not (tmp_path / "seed_0" / "checkpoints").exists()
+
+
+def test_seed_progress_sums_and_epochs():
+    state = progress.SeedProgress()
+    for loss in (0.5, 0.25, 0.75):
+        state.add_step({"loss": loss})
+        state.batches_done += 1
+    assert state.train_means() == {"loss": 0.5}
+    state.end_epoch({"epoch": 1, "f1": 0.5}, {"epoch": 1, "f1": 0.5})
+    assert (state.epoch, state.batches_done, state.train_steps, state.train_sums) == (2, 0, 0, {})
+    assert progress.SeedProgress(**json.loads(json.dumps(jax.tree_util.tree_map(
+        lambda x: x, state.__dict__)))) == state
