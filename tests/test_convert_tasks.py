@@ -16,10 +16,10 @@ from bert_jax import inference
 from bert_jax.interop import convert, hf_tasks
 from bert_jax.model.heads import (BertForQuestionAnswering, BertForSequenceClassification,
                                   BertForTokenClassification)
-from bert_jax.tasks import base
+from bert_jax.tasks import base, finetune
 from bert_jax.train import checkpoint
 from tests.conftest import require
-from tests.test_finetune import vocab_tokenizer  # noqa: F401 (fixture)
+from tests.test_finetune import _finetune_config, mrpc_dir, vocab_tokenizer  # noqa: F401
 from tests.test_inference import (NER_LABELS, _random_params, _save_finetuned, _softmax,
                                   _tiny_config, minilm_folder, ner_checkpoint,  # noqa: F401
                                   squad_checkpoints)
@@ -321,3 +321,18 @@ def test_unknown_head_is_named_and_the_encoder_imported(minilm_folder, tmp_path,
     assert "['classifier.bias', 'classifier.weight']" in caplog.text
     loaded = checkpoint.load_model(path)
     assert "task" not in loaded.meta and set(loaded.params) == {"embeddings", "encoder", "pooler"}
+
+
+def test_fine_tuning_from_an_imported_qa_model_starts_a_fresh_pooler(minilm_folder,  # noqa: F811
+                                                                     mrpc_dir, tmp_path,  # noqa
+                                                                     caplog):
+    qa = _transformers_task_model("BertForQuestionAnswering", tmp_path / "qa", minilm_folder)
+    path = convert.import_hf(qa, str(tmp_path / "ours"))
+    with caplog.at_level(logging.WARNING):
+        run = finetune.build(_finetune_config(path, mrpc_dir), str(tmp_path / "run"))
+    assert "no pooler (or an all-zero one)" in caplog.text
+    params = finetune.initial_state(run, seed=0).params
+    assert np.any(np.asarray(params["bert"]["pooler"]["dense"]["kernel"]))
+    imported = checkpoint.load_model(path).params["bert"]
+    np.testing.assert_array_equal(params["bert"]["embeddings"]["token_embed"]["embedding"],
+                                  imported["embeddings"]["token_embed"]["embedding"])

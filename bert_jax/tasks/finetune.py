@@ -145,6 +145,9 @@ def build(config, workdir: str) -> Run:
     model_config = finetune_model_config(loaded.model_config, config.model, where)
     # Host copies: every seed device_puts fresh buffers, which its train steps then donate.
     encoder = jax.device_get(encoder_params(loaded.params, where))
+    if "pooler" in encoder and not np.any(encoder["pooler"]["dense"]["kernel"]):
+        # An import of transformers' QA or token model, which has no pooler (interop.hf_tasks).
+        encoder = {k: v for k, v in encoder.items() if k != "pooler"}
     token_rows = encoder["embeddings"]["token_embed"]["embedding"].shape[0]
     checkpoint.check_tokenizer_fits(loaded.tokenizer, model_config, token_rows, where)
     if config.data.max_seq_length > model_config.max_position_embeddings:
@@ -179,7 +182,8 @@ def build(config, workdir: str) -> Run:
     if not config.random_init:
         expected = nn.unbox(boxed).params["bert"]
         if "pooler" not in encoder:
-            logging.warning("checkpoint %s has no pooler: it starts freshly initialised", where)
+            logging.warning("checkpoint %s has no pooler (or an all-zero one): it starts "
+                            "freshly initialised", where)
             expected = {k: v for k, v in expected.items() if k != "pooler"}
         checkpoint.check_same_shapes(encoder, expected, where=where)
     run_setup = types.SimpleNamespace(mesh=mesh, rules=rules)
