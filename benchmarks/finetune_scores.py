@@ -95,6 +95,9 @@ def main(argv):
     start = time.perf_counter()
     results = finetune.finetune_and_evaluate(config, workdir)
     wall = time.perf_counter() - start
+    if results.get("preempted"):
+        print(json.dumps({"task": _TASK.value, "workdir": workdir, **results}))
+        return  # saved: the same command resumes
     score = results["best"][metric]
     print(json.dumps({"task": _TASK.value, "best": results["best"], "workdir": workdir,
                       "wall_seconds": round(wall, 1), "cpu_count": os.cpu_count(),

@@ -130,3 +130,29 @@ def test_seed_progress_sums_and_epochs():
     assert (state.epoch, state.batches_done, state.train_steps, state.train_sums) == (2, 0, 0, {})
     assert progress.SeedProgress(**json.loads(json.dumps(jax.tree_util.tree_map(
         lambda x: x, state.__dict__)))) == state
+
+
+def test_crash_after_a_best_checkpoint_before_the_progress_naming_it(finetuned,  # noqa: F811
+                                                                    pretrained, mrpc_dir,  # noqa
+                                                                    monkeypatch, tmp_path):
+    """Epoch 1's best is written, then the run dies before its progress is saved: the rerun
+    resumes from the periodic save at step 6 (all of epoch 1's batches done), scores epoch 1
+    again and rewrites its best checkpoint over the stale one."""
+    _, reference, _ = finetuned
+    config = _finetune_config(pretrained, mrpc_dir, **{"train.checkpoint_every_steps": 3})
+    real_save_best, saved = finetune._save_best, []
+
+    def save_best_then_crash(*args):
+        real_save_best(*args)
+        saved.append(args[2])
+        if len(saved) == 1:
+            raise RuntimeError("simulated crash")
+
+    monkeypatch.setattr(finetune, "_save_best", save_best_then_crash)
+    with pytest.raises(RuntimeError, match="simulated crash"):
+        finetune.finetune_and_evaluate(config, str(tmp_path))
+    assert saved == [6] and (tmp_path / "seed_0" / "checkpoints" / "6").is_dir()
+    results = finetune.finetune_and_evaluate(config, str(tmp_path))
+    assert saved[1] == 6  # epoch 1 scored again, its best rewritten
+    _assert_same_seed(tmp_path, reference, 0)
+    assert os.listdir(tmp_path / "seed_0" / "checkpoints") == [str(results["best"]["step"])]

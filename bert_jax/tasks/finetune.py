@@ -370,25 +370,31 @@ def run_seed(run: Run, seed: int, preemption) -> dict | None:
             progress.end_epoch(record, best)
             if epoch < num_epochs:
                 saver.save(state, progress)
+                saver.wait()  # committed: the progress names this best, not an earlier one
+                _drop_other_bests(seed_dir, best["step"])
     finally:
         writer.close()
         saver.close()
     result = {"seed": seed, "epochs": progress.epochs, "best": progress.best}
     result["predictions"] = _write_predictions(run, best_params, seed_dir)
-    best_root = os.path.join(seed_dir, "checkpoints")
-    if run.config.train.save_best_checkpoint:
-        result["checkpoint"] = os.path.join(best_root, str(progress.best["step"]))
-    elif jax.process_index() == 0:
-        tf.io.gfile.rmtree(best_root)
+    keep = run.config.train.save_best_checkpoint
+    if keep:
+        result["checkpoint"] = os.path.join(seed_dir, "checkpoints", str(progress.best["step"]))
     progress_lib.write_result(seed_dir, result)
+    # Only now: until the result is written, a rerun resumes from progress naming older bests.
+    _drop_other_bests(seed_dir, progress.best["step"] if keep else None)
     saver.remove()
     return result
 
 
 def _save_best(run: Run, seed_dir: str, step: int, params, record: dict) -> None:
+    """The best epoch's params to SEED_DIR/checkpoints/<step>. The previous best stays beside
+    it until the seed's progress names the new one (_drop_other_bests): a run stopped in
+    between resumes from progress that names the previous one."""
     root = os.path.join(seed_dir, "checkpoints")
-    if jax.process_index() == 0 and tf.io.gfile.isdir(root):
-        tf.io.gfile.rmtree(root)  # only the best epoch is kept
+    stale = os.path.join(root, str(step))
+    if jax.process_index() == 0 and tf.io.gfile.isdir(stale):
+        tf.io.gfile.rmtree(stale)  # written by a run stopped before its progress named it
     # Every process waits for that removal: on several hosts, one that started its save first
     # could otherwise see the folders it was writing deleted under it.
     multihost_utils.sync_global_devices(f"bert_jax_save_best_{seed_dir}_{step}")
@@ -396,6 +402,19 @@ def _save_best(run: Run, seed_dir: str, step: int, params, record: dict) -> None
                                 run_config=run.config.to_dict(), task=run.task.meta(),
                                 dev_metrics=record, init_checkpoint=run.config.init_checkpoint)
     checkpoint.save_model(root, step, params, meta)
+
+
+def _drop_other_bests(seed_dir: str, keep_step: int | None) -> None:
+    """Removes every best-epoch checkpoint of the seed but keep_step's (None: all of them)."""
+    root = os.path.join(seed_dir, "checkpoints")
+    if jax.process_index() != 0 or not tf.io.gfile.isdir(root):
+        return
+    if keep_step is None:
+        tf.io.gfile.rmtree(root)
+        return
+    for name in tf.io.gfile.listdir(root):
+        if name.rstrip("/") != str(keep_step):
+            tf.io.gfile.rmtree(os.path.join(root, name))
 
 
 def _best_params(run: Run, seed_dir: str, best: dict):

@@ -95,6 +95,10 @@ class ProgressCheckpointer:
         self._checkpointer.save(step, state, dataclasses.asdict(progress),
                                 {"step": step, "run_config": self.run_config})
 
+    def wait(self) -> None:
+        """Returns once the latest save is committed."""
+        self._checkpointer.wait()
+
     def close(self) -> None:
         """Waits for a save in flight (also when the run failed: its last save still lands)."""
         if self._checkpointer is not None:
