@@ -44,7 +44,7 @@ def get_config(arg: str = "base") -> config_dict.ConfigDict:
     config.model = model_section("tiny" if arg == "demo" else arg)
 
     config.data = config_dict.ConfigDict(dict(
-        source="builtin",  # builtin | text:GLOB | prose:GLOB | tfds:NAME[:SPLIT]
+        source="builtin",  # builtin | text:GLOB | prose:GLOB | tfds:NAME[:SPLIT] | A+B (both)
         mode="nsp",  # nsp | full_sentences
         max_seq_length=128,
         max_predictions_per_seq=20,

@@ -230,12 +230,14 @@ def test_packing_restarts_positions_and_never_overflows(data_dir, tokenizer):
     [
         ("gutenberg", "nsp", False, 7, 5),  # resumes in the middle of a chunk
         ("sample", "full_sentences", True, 5, 6),  # crosses epochs (3 short documents)
+        ("joined", "full_sentences", False, 6, 5),  # books + sample: host 1 reads both
     ],
 )
 def test_resume_continues_the_same_stream(data_dir, tokenizer, source, mode, pack, n, m):
     spec = {
         "gutenberg": f"prose:{data_dir}/gutenberg/*.txt",
         "sample": f"text:{data_dir}/bert_sample/sample_text.txt",
+        "joined": f"prose:{data_dir}/gutenberg/*.txt+text:{data_dir}/bert_sample/sample_text.txt",
     }[source]
     config = pipeline.PipelineConfig(spec, mode=mode, pack=pack, max_seq_length=128)
 

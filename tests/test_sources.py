@@ -146,3 +146,35 @@ def test_tfds_source_reads_a_locally_built_dataset(tmp_path, monkeypatch):
         sources.open_source("tfds:no_such_dataset_xyz")
     with pytest.raises(ValueError, match="no split"):
         sources.open_source("tfds:tiny_bert_corpus:test")
+
+
+def test_sources_joined_by_plus_read_as_one_corpus(data_dir, gutenberg_docs):
+    """Units of each source one after the other: every document of both, once, in order; hosts
+    split the joined units; reading resumes at a position inside the second source."""
+    books, book_docs = gutenberg_docs
+    sample = f"text:{data_dir}/bert_sample/sample_text.txt"
+    joined = sources.open_source(f"{sample} + {books}")
+    assert isinstance(joined, sources.ConcatSource) and joined.num_units == 1 + 5
+    docs = list(HostShard(joined).iter_documents())
+    assert [d for _, d in docs] == list(sources.iter_documents(sample)) + [d for _, d in book_docs]
+    assert [p.unit for p, _ in docs][:4] == [0, 0, 0, 1]
+
+    seen = [d for host in range(4) for _, d in HostShard(joined, host, 4).iter_documents()]
+    assert sorted(map(tuple, seen)) == sorted(tuple(d) for _, d in docs)
+
+    shard = HostShard(joined, 1, 2)
+    order = [2, 0, 1]
+    full = list(shard.iter_documents(order=order))
+    k = len(full) // 2
+    assert full[k][0].unit > 0 and list(shard.iter_documents(full[k][0], order=order)) == full[k:]
+
+
+def test_a_bad_part_of_joined_sources_is_named(data_dir, tmp_path):
+    sample = f"text:{data_dir}/bert_sample/sample_text.txt"
+    with pytest.raises(FileNotFoundError,
+                       match=f"'text:{tmp_path}/none-[*].txt': the glob matches no files"):
+        sources.open_source(f"{sample}+text:{tmp_path}/none-*.txt")
+    with pytest.raises(ValueError, match="an empty source between"):
+        sources.open_source(f"{sample}+")
+    with pytest.raises(ValueError, match="unknown data source 'csv:x'"):
+        sources.open_source(f"{sample}+csv:x")

@@ -378,6 +378,13 @@ def test_cli_trains_working_model(data_dir, tmp_path):
     assert tokenizer.encode("don't") == tokenizer.encode("don\u2019t")  # --fold_quotes default
 
 
+def test_plain_globs_read_as_text_sources_also_when_joined():
+    assert tokenization.source_spec("books/*.txt") == "text:books/*.txt"
+    assert tokenization.source_spec("books/*.txt+tfds:wikipedia/20230601.en") == (
+        "text:books/*.txt+tfds:wikipedia/20230601.en")
+    assert tokenization.source_spec("prose:a/*.txt+b.txt") == "prose:a/*.txt+text:b.txt"
+
+
 # ---- Bad input ----------------------------------------------------------------------------------
 
 

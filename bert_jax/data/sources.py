@@ -6,6 +6,8 @@ A source spec names where the text is:
                        paragraphs of at least PROSE_DOCUMENT_CHARS characters, split into sentences
     tfds:NAME[:SPLIT]  a TFDS dataset (default split "train"); a record's "text" is a document
     builtin            Python's own documentation: pydoc topics + standard-library docstrings
+    SPEC+SPEC+...      several sources as one corpus, their units together (the BERT paper's
+                       BooksCorpus + English Wikipedia: prose:gs://b/books/*.txt+tfds:wikipedia/..)
 GLOBs may be local or on gs:// (read through tf.io.gfile), comma-separated for several patterns.
 
 Every source is a list of *units* (a file, a slice of TFDS records, a stdlib module) holding
@@ -18,9 +20,11 @@ from __future__ import annotations
 
 import abc
 import ast
+import bisect
 import collections
 import dataclasses
 import glob as globlib
+import itertools
 import logging
 import os
 import sysconfig
@@ -261,8 +265,35 @@ def _stdlib_modules(root: str) -> Iterator[str]:
                 yield os.path.relpath(os.path.join(dirpath, name), root)
 
 
+class ConcatSource(Source):
+    """Several sources read as one: the units of the first, then those of the next, ... Each
+    epoch visits all units in a new order (pipeline.train_unit_order), so the sources' documents
+    mix unit by unit, in proportion to their sizes, as the original BERT's concatenated corpora.
+    """
+
+    def __init__(self, spec: str, parts: Sequence[Source], skips: SkipCounter | None = None):
+        super().__init__(spec, skips)
+        self.parts = list(parts)
+        self._first_units = list(itertools.accumulate(p.num_units for p in self.parts))
+        self._first_units.insert(0, 0)  # [0, n0, n0 + n1, ...]
+
+    @property
+    def num_units(self) -> int:
+        return self._first_units[-1]
+
+    def read_unit(self, unit: int, start_doc: int = 0) -> Iterator[Document]:
+        part = bisect.bisect_right(self._first_units, unit) - 1
+        return self.parts[part].read_unit(unit - self._first_units[part], start_doc)
+
+
 def open_source(spec: str, skips: SkipCounter | None = None) -> Source:
     """The Source a spec names (see the module docstring); raises ValueError for bad specs."""
+    if "+" in spec:
+        skips = skips or SkipCounter()
+        names = [name.strip() for name in spec.split("+")]
+        if not all(names):
+            raise ValueError(f"data source {spec!r}: an empty source between '+' signs")
+        return ConcatSource(spec, [open_source(name, skips) for name in names], skips)
     kind, _, rest = spec.partition(":")
     if kind == "text" and rest:
         return TextSource(spec, rest, skips)
@@ -275,7 +306,7 @@ def open_source(spec: str, skips: SkipCounter | None = None) -> Source:
         return BuiltinSource(spec, skips)
     raise ValueError(
         f"unknown data source {spec!r}; expected builtin, text:GLOB, prose:GLOB or "
-        "tfds:NAME[:SPLIT]"
+        "tfds:NAME[:SPLIT], or several joined by '+'"
     )
 
 

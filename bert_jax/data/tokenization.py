@@ -697,9 +697,11 @@ def train_sentencepiece_from_source(
 
 
 def source_spec(source: str) -> str:
-    """A data source spec; a plain GLOB (no known kind before a colon) means `text:GLOB`."""
-    kind = source.split(":", 1)[0]
-    return source if kind in _SOURCE_KINDS else f"text:{source}"
+    """A data source spec; a plain GLOB (no known kind before a colon) means `text:GLOB`, also
+    as one of several sources joined by '+'."""
+    parts = source.split("+")
+    return "+".join(part if part.split(":", 1)[0] in _SOURCE_KINDS else f"text:{part}"
+                    for part in parts)
 
 
 def _source_sentences(spec: str) -> Iterator[str]:
