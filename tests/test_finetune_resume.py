@@ -85,6 +85,12 @@ def test_sigterm_mid_epoch_then_rerun_finishes_as_if_never_stopped(finetuned, mo
     assert saved.latest_step() == 9
     saved.close()
 
+    changed = config.copy_and_resolve_references()
+    changed.optimizer.learning_rate = 2e-3
+    with pytest.raises(ValueError, match=r"seed_1/progress/9 holds a seed stopped under "
+                       r"another config \(optimizer.learning_rate: 0.001 then, 0.002 now\)"):
+        finetune.finetune_and_evaluate(changed, str(tmp_path))
+
     calls.clear()  # the rerun: seed 0 is read back, seed 1 trains its last 3 steps
     results = finetune.finetune_and_evaluate(config, str(tmp_path))
     assert len(calls) == 3
@@ -105,12 +111,6 @@ def test_crash_between_periodic_saves_resumes_from_the_last(finetuned, pretraine
     with pytest.raises(RuntimeError, match="simulated crash"):
         finetune.finetune_and_evaluate(config, str(tmp_path))
 
-    changed = _finetune_config(pretrained, mrpc_dir, **{
-        "train.checkpoint_every_steps": 3, "train.save_best_checkpoint": False,
-        "optimizer.learning_rate": 2e-3})
-    with pytest.raises(ValueError, match=r"optimizer.learning_rate: 0.001 then, 0.002 now"):
-        finetune.finetune_and_evaluate(changed, str(tmp_path))
-
     calls.clear()
     results = finetune.finetune_and_evaluate(config, str(tmp_path))
     assert len(calls) == STEPS_PER_SEED - 9
@@ -118,6 +118,19 @@ def test_crash_between_periodic_saves_resumes_from_the_last(finetuned, pretraine
     # save_best_checkpoint=False: the best epoch's params were on disk only while the seed ran.
     assert "checkpoint" not in results["seeds"]["0"]
     assert not (tmp_path / "seed_0" / "checkpoints").exists()
+
+
+def test_a_seed_resumes_only_under_the_config_it_began_with(pretrained, mrpc_dir):  # noqa
+    saved = _finetune_config(pretrained, mrpc_dir).to_dict()
+    same = _finetune_config(pretrained, mrpc_dir, **{
+        "seeds": (0, 1, 2), "train.log_every_steps": 5, "train.checkpoint_every_steps": 7})
+    progress.check_same_run(json.loads(json.dumps(saved)), same.to_dict(), "here")
+    changed = _finetune_config(pretrained, mrpc_dir, **{"optimizer.learning_rate": 2e-3,
+                                                        "data.max_seq_length": 64})
+    with pytest.raises(ValueError, match=r"here holds a seed stopped under another config "
+                       r"\(data.max_seq_length: 32 then, 64 now; optimizer.learning_rate: "
+                       r"0.001 then, 0.002 now\)"):
+        progress.check_same_run(saved, changed.to_dict(), "here")
 
 
 def test_seed_progress_sums_and_epochs():
