@@ -19,6 +19,10 @@ Running the same command again resumes a stopped run (SIGTERM, a crash, a lost h
 seeds are read back, the others continue from their last save, and the results are those of a
 run that never stopped.
 
+With train.num_epochs=0 nothing is trained: a checkpoint fine-tuned for the task (one of
+ours, or a transformers task model imported with `convert --from=hf`) is scored on the dev
+splits and writes the prediction files (tasks/checkpoint_head.py matches its labels).
+
 The encoder and pooler come from `init_checkpoint` (a pre-training checkpoint keeps them under
 `bert`; a converted one at the top level), with the checkpoint's tokenizer; the head is new.
 """
@@ -44,7 +48,7 @@ from bert_jax.data import tokenization
 from bert_jax.model.config import ModelConfig
 from bert_jax.parallel import mesh as mesh_lib
 from bert_jax.parallel import rules as rules_lib
-from bert_jax.tasks import base, batching
+from bert_jax.tasks import base, batching, checkpoint_head
 from bert_jax.tasks import progress as progress_lib
 from bert_jax.train import checkpoint, metrics, optim, steps
 from bert_jax.train import setup as setup_lib
@@ -88,6 +92,7 @@ class Run:
     model_config: ModelConfig
     tokenizer: tokenization.Tokenizer
     init_encoder: dict | None  # host arrays; None for random_init
+    init_head: dict | None  # train.num_epochs=0: the checkpoint's head (checkpoint_head.py)
     features: dict  # split -> the task's features
     model: nn.Module
     mesh: jax.sharding.Mesh
@@ -158,6 +163,17 @@ def build(config, workdir: str) -> Run:
     for split in ["train", *task.dev_splits]:
         if split not in features or task.num_examples(features[split]) == 0:
             raise ValueError(f"the {split} split of {task.name} has no examples")
+    init_head = None
+    if config.train.num_epochs == 0:  # scoring the checkpoint's own head (after task.load:
+        # NER's labels come from the train split)
+        if config.random_init:
+            raise ValueError("train.num_epochs=0 scores the checkpoint as it is; random_init "
+                             "would score an untrained model")
+        init_head = checkpoint_head.head_for_task(nn.unbox(loaded.params),
+                                                  loaded.meta.get("task"), task.meta(), where)
+    elif config.train.num_epochs < 0:
+        raise ValueError(f"train.num_epochs={config.train.num_epochs}; expected >= 1, or 0 to "
+                         "score a fine-tuned checkpoint without training")
 
     mesh = mesh_lib.make_mesh(config.mesh)
     cfg = config.train
@@ -186,6 +202,9 @@ def build(config, workdir: str) -> Run:
                             "freshly initialised", where)
             expected = {k: v for k, v in expected.items() if k != "pooler"}
         checkpoint.check_same_shapes(encoder, expected, where=where)
+    if init_head is not None:
+        checkpoint.check_same_shapes(init_head, {k: nn.unbox(boxed).params[k] for k in init_head},
+                                     where=where)
     run_setup = types.SimpleNamespace(mesh=mesh, rules=rules)
     batch_sharding, replicated = mesh_lib.batch_sharding(mesh), mesh_lib.replicated(mesh)
     train = functools.partial(
@@ -198,13 +217,15 @@ def build(config, workdir: str) -> Run:
         _outputs_fn(task, model), in_shardings=(shardings.params, batch_sharding),
         out_shardings=replicated))
     return Run(config, workdir, task, model_config, loaded.tokenizer,
-               None if config.random_init else encoder, features, model, mesh, optimizer,
+               None if config.random_init else encoder, init_head, features, model, mesh,
+               optimizer,
                schedule, init_boxed, shardings, setup_lib.abstract_state(boxed, shardings),
                train_step, outputs_step, total_steps)
 
 
 def initial_state(run: Run, seed: int) -> TrainState:
-    """A fresh head (and, with random_init, encoder) from `seed`; the checkpoint's encoder."""
+    """A fresh head (and, with random_init, encoder) from `seed`; the checkpoint's encoder (and,
+    scoring a fine-tuned checkpoint, its head)."""
     # Outside the rules context: placement comes from out_shardings (as in pre-training).
     state = jax.jit(lambda rng: nn.unbox(run.boxed_init(rng)),
                     out_shardings=run.state_shardings)(jax.random.key(seed))
@@ -215,6 +236,8 @@ def initial_state(run: Run, seed: int) -> TrainState:
     for key, value in run.init_encoder.items():
         bert[key] = jax.device_put(value, run.state_shardings.params["bert"][key])
     params["bert"] = bert
+    for key, value in (run.init_head or {}).items():
+        params[key] = jax.device_put(value, run.state_shardings.params[key])
     opt_state = jax.jit(run.optimizer.init, out_shardings=run.state_shardings.opt_state)(params)
     return TrainState(step=state.step, params=params, opt_state=opt_state)
 
@@ -468,6 +491,8 @@ def finetune_and_evaluate(config, workdir: str) -> dict:
                        "train_examples": run.task.num_examples(run.features["train"]),
                        "total_steps_per_seed": run.total_steps}, f, indent=2, default=str)
     start = time.perf_counter()
+    if config.train.num_epochs == 0:
+        return _score_checkpoint(run, start)
     runs = []
     with PreemptionFlag() as preemption:
         for seed in config.seeds:
@@ -486,7 +511,28 @@ def finetune_and_evaluate(config, workdir: str) -> dict:
             tf.io.gfile.makedirs(os.path.dirname(target))
             tf.io.gfile.copy(path, target, overwrite=True)
             results.setdefault("predictions", {})[split] = target
-        with tf.io.gfile.GFile(os.path.join(workdir, "results.json"), "w") as f:
-            json.dump(results, f, indent=2)
+    _write_results(workdir, results)
     logging.info("%s best: %s", run.task.name, results["best"])
     return results
+
+
+def _score_checkpoint(run: Run, start: float) -> dict:
+    """train.num_epochs=0: the fine-tuned checkpoint's dev metrics and prediction files, as a
+    results.json whose `best` is the checkpoint (epoch 0) and whose epochs are none."""
+    params = initial_state(run, seed=0).params
+    dev = evaluate(run, params)
+    step = checkpoint.resolve(run.config.init_checkpoint)[1]
+    results = {"task": run.task.name, "main_metric": run.task.main_metric, "epochs": [],
+               "best": {"epoch": 0, "step": step, **dev},
+               "checkpoint": run.config.init_checkpoint,
+               "predictions": _write_predictions(run, params, run.workdir),
+               "seconds": time.perf_counter() - start}
+    _write_results(run.workdir, results)
+    logging.info("%s scored %s: %s", run.task.name, run.config.init_checkpoint, dev)
+    return results
+
+
+def _write_results(workdir: str, results: dict) -> None:
+    if jax.process_index() == 0:
+        with tf.io.gfile.GFile(os.path.join(workdir, "results.json"), "w") as f:
+            json.dump(results, f, indent=2)

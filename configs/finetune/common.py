@@ -26,7 +26,7 @@ def base_config(task: str) -> config_dict.ConfigDict:
     config.train = config_dict.ConfigDict(dict(
         batch_size=32,  # global
         eval_batch_size=64,
-        num_epochs=3,
+        num_epochs=3,  # 0: score a checkpoint fine-tuned for the task, training nothing
         grad_accum_steps=1,
         prng_impl="threefry2x32",  # or rbg: see configs/pretrain.py
         log_every_steps=50,

@@ -1,0 +1,50 @@
+"""A fine-tuned checkpoint's task head, made ready to score a task (train.num_epochs=0).
+
+The checkpoint must be fine-tuned for the same kind of task: a sentence (pair) classifier for
+GLUE, a span model for SQuAD, a token tagger for NER (interop.hf_tasks.task_kind). Its labels
+are matched to the task's by name: the same names in another order (MNLI models list
+contradiction / entailment / neutral in several orders; NER models their tags) put the head's
+output columns in the task's order. Other names of the same number (LABEL_0, NEGATIVE, ...)
+are matched by position, with a warning.
+"""
+
+import numpy as np
+from absl import logging
+
+from bert_jax.interop.hf_tasks import HEADS, SPANS, TOKENS, task_kind
+
+_KINDS = {None: "sentence (pair) classification", SPANS: "question answering",
+          TOKENS: "token classification"}
+
+
+def head_for_task(params: dict, fine_tuned: dict | None, task_meta: dict, where: str) -> dict:
+    """{head key: head params} of checkpoint params fine-tuned on `fine_tuned` (its meta task
+    entry), with its output columns in the order of `task_meta`'s labels."""
+    if not fine_tuned:
+        raise ValueError(f"train.num_epochs=0 scores a fine-tuned checkpoint, but {where} is not "
+                         "fine-tuned (its metadata names no task): fine-tune it first")
+    kind = task_kind(task_meta)
+    if task_kind(fine_tuned) != kind:
+        raise ValueError(f"{where} is fine-tuned for {_KINDS[task_kind(fine_tuned)]} "
+                         f"({fine_tuned.get('name')}), not for {_KINDS[kind]} as "
+                         f"{task_meta['name']}")
+    key = HEADS[kind].params_key
+    if key not in params:
+        raise ValueError(f"{where} has no {key!r} head (its params hold {sorted(params)})")
+    head = {name: np.asarray(value) for name, value in params[key]["dense"].items()}
+    have, want = fine_tuned.get("labels"), task_meta.get("labels")
+    if kind == SPANS:
+        return {key: {"dense": head}}
+    if (have is None) != (want is None):
+        kinds = ["a regression" if labels is None else "a classifier" for labels in (have, want)]
+        raise ValueError(f"{where} is {kinds[0]} but {task_meta['name']} is {kinds[1]}")
+    if have is not None and len(have) != len(want):
+        raise ValueError(f"{where} has {len(have)} labels {have}; {task_meta['name']} has "
+                         f"{len(want)}: {want}")
+    if have is not None and set(have) == set(want):
+        order = [have.index(name) for name in want]  # the task's label i is column order[i]
+        head = {"kernel": head["kernel"][..., order], "bias": head["bias"][order]}
+    elif have is not None:
+        logging.warning("%s's labels %s are not %s's %s: matched by position", where, have,
+                        task_meta["name"], want)
+    return {key: {"dense": head}}
