@@ -21,6 +21,30 @@ def data_dir():
     return path
 
 
+# Fine-tuning fixtures shared by several modules (built once per session; read-only).
+
+
+@pytest.fixture(scope="session")
+def pretrained(data_dir, tmp_path_factory):
+    from tests.test_finetune import pretrain_tiny
+
+    return pretrain_tiny(data_dir, tmp_path_factory.mktemp("pretrain"))
+
+
+@pytest.fixture(scope="session")
+def mrpc_dir(data_dir, tmp_path_factory):
+    from tests.test_finetune import mrpc_slice
+
+    return mrpc_slice(data_dir, tmp_path_factory.mktemp("glue"))
+
+
+@pytest.fixture(scope="session")
+def finetuned(pretrained, mrpc_dir, tmp_path_factory):
+    from tests.test_finetune import finetune_two_seeds
+
+    return finetune_two_seeds(pretrained, mrpc_dir, tmp_path_factory.mktemp("finetune"))
+
+
 def require(module_name: str):
     """Imports an optional dependency; a skip normally, a failure when BERT_JAX_REQUIRE_TORCH=1.
 

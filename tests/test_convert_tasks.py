@@ -19,7 +19,7 @@ from bert_jax.model.heads import (BertForQuestionAnswering, BertForSequenceClass
 from bert_jax.tasks import base, finetune
 from bert_jax.train import checkpoint
 from tests.conftest import require
-from tests.test_finetune import _finetune_config, mrpc_dir, vocab_tokenizer  # noqa: F401
+from tests.test_finetune import _finetune_config, vocab_tokenizer  # noqa: F401 (fixture)
 from tests.test_inference import (NER_LABELS, _random_params, _save_finetuned, _softmax,
                                   _tiny_config, minilm_folder, ner_checkpoint,  # noqa: F401
                                   squad_checkpoints)

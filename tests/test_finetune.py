@@ -40,10 +40,9 @@ def _override(config, overrides: dict):
     return config
 
 
-@pytest.fixture(scope="module")
-def pretrained(data_dir, tmp_path_factory):
-    """A checkpoint written by pre-training (tiny config, a few steps on a Gutenberg book)."""
-    workdir = tmp_path_factory.mktemp("pretrain")
+def pretrain_tiny(data_dir, workdir) -> str:
+    """A checkpoint written by pre-training (tiny config, a few steps on a Gutenberg book); the
+    session fixture `pretrained` (conftest.py)."""
     config = _override(_load_config(REPO / "configs" / "pretrain.py", "tiny"), {
         "model.hidden_size": HIDDEN, "model.num_layers": 1, "model.num_heads": 2,
         "model.intermediate_size": 64, "model.max_position_embeddings": 64,
@@ -58,10 +57,9 @@ def pretrained(data_dir, tmp_path_factory):
     return str(workdir)
 
 
-@pytest.fixture(scope="module")
-def mrpc_dir(data_dir, tmp_path_factory):
-    """A GLUE folder with slices of the real MRPC files (BOM and all) and a test split."""
-    root = tmp_path_factory.mktemp("glue")
+def mrpc_slice(data_dir, root) -> str:
+    """A GLUE folder with slices of the real MRPC files (BOM and all) and a test split; the
+    session fixture `mrpc_dir` (conftest.py)."""
     (root / "MRPC").mkdir()
     for split, start, count in (("train", 0, 48), ("dev", 0, 32)):
         lines = (data_dir / "glue" / "MRPC" / f"{split}.tsv").read_text(
@@ -84,10 +82,10 @@ def _finetune_config(init_checkpoint: str, glue_dir: str, **overrides):
     })
 
 
-@pytest.fixture(scope="module")
-def finetuned(pretrained, mrpc_dir, tmp_path_factory):
-    workdir = tmp_path_factory.mktemp("finetune")
-    config = _finetune_config(pretrained, mrpc_dir, seeds=(0, 1))
+def finetune_two_seeds(pretrained_path: str, glue_dir: str, workdir) -> tuple:
+    """(config, workdir, results) of two seeds fine-tuned on the MRPC slice; the session
+    fixture `finetuned` (conftest.py), the reference of several modules' tests."""
+    config = _finetune_config(pretrained_path, glue_dir, seeds=(0, 1))
     return config, str(workdir), finetune.finetune_and_evaluate(config, str(workdir))
 
 

@@ -14,8 +14,7 @@ import pytest
 
 from bert_jax.tasks import finetune, progress
 from bert_jax.train import checkpoint
-from tests.test_finetune import (_finetune_config, _flat, finetuned, mrpc_dir,  # noqa: F401
-                                 pretrained)
+from tests.test_finetune import _finetune_config, _flat
 
 STEPS_PER_SEED = 12
 
@@ -100,9 +99,8 @@ def test_sigterm_mid_epoch_then_rerun_finishes_as_if_never_stopped(finetuned, mo
     assert results["best"]["f1"] == want["best"]["f1"] and results["median"] == want["median"]
 
 
-def test_crash_between_periodic_saves_resumes_from_the_last(finetuned, pretrained,  # noqa: F811
-                                                            mrpc_dir, monkeypatch,  # noqa: F811
-                                                            tmp_path):
+def test_crash_between_periodic_saves_resumes_from_the_last(finetuned, pretrained, mrpc_dir,
+                                                            monkeypatch, tmp_path):
     _, reference, _ = finetuned
     # Saves at steps 3, 6 (also the end of epoch 1) and 9; the crash comes at step 11.
     config = _finetune_config(pretrained, mrpc_dir, **{
@@ -120,7 +118,7 @@ def test_crash_between_periodic_saves_resumes_from_the_last(finetuned, pretraine
     assert not (tmp_path / "seed_0" / "checkpoints").exists()
 
 
-def test_a_seed_resumes_only_under_the_config_it_began_with(pretrained, mrpc_dir):  # noqa
+def test_a_seed_resumes_only_under_the_config_it_began_with(pretrained, mrpc_dir):
     saved = _finetune_config(pretrained, mrpc_dir).to_dict()
     same = _finetune_config(pretrained, mrpc_dir, **{
         "seeds": (0, 1, 2), "train.log_every_steps": 5, "train.checkpoint_every_steps": 7})
@@ -145,9 +143,9 @@ def test_seed_progress_sums_and_epochs():
         lambda x: x, state.__dict__)))) == state
 
 
-def test_crash_after_a_best_checkpoint_before_the_progress_naming_it(finetuned,  # noqa: F811
-                                                                    pretrained, mrpc_dir,  # noqa
-                                                                    monkeypatch, tmp_path):
+def test_crash_after_a_best_checkpoint_before_the_progress_naming_it(finetuned, pretrained,
+                                                                    mrpc_dir, monkeypatch,
+                                                                    tmp_path):
     """Epoch 1's best is written, then the run dies before its progress is saved: the rerun
     resumes from the periodic save at step 6 (all of epoch 1's batches done), scores epoch 1
     again and rewrites its best checkpoint over the stale one."""

@@ -11,13 +11,12 @@ from bert_jax import inference
 from bert_jax.interop import convert
 from bert_jax.tasks import conll, finetune, glue
 from tests.test_convert_tasks import _transformers_task_model
-from tests.test_finetune import (_finetune_config, finetuned, mrpc_dir,  # noqa: F401
-                                 pretrained)
+from tests.test_finetune import _finetune_config
 from tests.test_finetune_tasks import _config, _conll_slice
 from tests.test_inference import minilm_folder  # noqa: F401 (fixture)
 
 
-def test_own_checkpoint_scores_as_its_best_epoch(finetuned, tmp_path):  # noqa: F811
+def test_own_checkpoint_scores_as_its_best_epoch(finetuned, tmp_path):
     config, workdir, results = finetuned
     seed = results["seeds"]["0"]
     scoring = config.copy_and_resolve_references()
@@ -93,7 +92,7 @@ def test_ner_tagger_with_its_own_tag_order_scores_by_name(minilm_folder, data_di
     assert 0.0 <= scored["best"]["f1"] <= 1.0 and "f1_test" in scored["best"]
 
 
-def test_what_cannot_be_scored_is_named(finetuned, pretrained, mrpc_dir,  # noqa: F811
+def test_what_cannot_be_scored_is_named(finetuned, pretrained, mrpc_dir,
                                         minilm_folder, tmp_path):  # noqa: F811
     _, _, results = finetuned
     with pytest.raises(ValueError, match="is not fine-tuned .*fine-tune it first"):

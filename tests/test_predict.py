@@ -14,7 +14,7 @@ from bert_jax.data import shared_data
 from bert_jax.model.config import ModelConfig
 from bert_jax.tasks import conll, finetune, glue, squad
 from tests.test_finetune import (HIDDEN, _encoder_checkpoint, _finetune_config,  # noqa: F401
-                                 mrpc_dir, vocab_tokenizer)
+                                 vocab_tokenizer)
 from tests.test_inference import ner_checkpoint, squad_checkpoints  # noqa: F401 (fixtures)
 
 PAIR_TASK = {"name": "mrpc", "labels": ["0", "1"], "pair": True}
