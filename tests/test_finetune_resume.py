@@ -53,7 +53,8 @@ def _crash():
 def _assert_same_seed(workdir, reference_workdir, seed: int, with_checkpoint: bool = True):
     """The seed's epochs and best as the uninterrupted run's (bar wall time), and its best
     checkpoint's params bit for bit."""
-    got = json.loads((pathlib.Path(workdir) / f"seed_{seed}" / progress.RESULT_FILE).read_text())
+    got = json.loads((pathlib.Path(workdir) / f"seed_{seed}" / progress.RESULT_FILE).read_text())[
+        "result"]
     want = json.loads((pathlib.Path(reference_workdir) / "results.json").read_text())["seeds"][
         str(seed)]
     for name in ("epochs", "best"):
@@ -86,9 +87,9 @@ def test_sigterm_mid_epoch_then_rerun_finishes_as_if_never_stopped(finetuned, mo
 
     changed = config.copy_and_resolve_references()
     changed.optimizer.learning_rate = 2e-3
-    with pytest.raises(ValueError, match=r"seed_1/progress/9 holds a seed stopped under "
+    with pytest.raises(ValueError, match=r"seed_0/result.json holds a seed begun under "
                        r"another config \(optimizer.learning_rate: 0.001 then, 0.002 now\)"):
-        finetune.finetune_and_evaluate(changed, str(tmp_path))
+        finetune.finetune_and_evaluate(changed, str(tmp_path))  # finished seeds are checked too
 
     calls.clear()  # the rerun: seed 0 is read back, seed 1 trains its last 3 steps
     results = finetune.finetune_and_evaluate(config, str(tmp_path))
@@ -108,6 +109,11 @@ def test_crash_between_periodic_saves_resumes_from_the_last(finetuned, pretraine
     calls = _interrupt_at_call(monkeypatch, 11, _crash)
     with pytest.raises(RuntimeError, match="simulated crash"):
         finetune.finetune_and_evaluate(config, str(tmp_path))
+    changed = config.copy_and_resolve_references()
+    changed.train.batch_size = 16
+    with pytest.raises(ValueError, match=r"seed_0/progress/9 holds a seed begun under another "
+                       r"config \(train.batch_size: 8 then, 16 now\)"):
+        finetune.finetune_and_evaluate(changed, str(tmp_path))
 
     calls.clear()
     results = finetune.finetune_and_evaluate(config, str(tmp_path))
@@ -125,7 +131,7 @@ def test_a_seed_resumes_only_under_the_config_it_began_with(pretrained, mrpc_dir
     progress.check_same_run(json.loads(json.dumps(saved)), same.to_dict(), "here")
     changed = _finetune_config(pretrained, mrpc_dir, **{"optimizer.learning_rate": 2e-3,
                                                         "data.max_seq_length": 64})
-    with pytest.raises(ValueError, match=r"here holds a seed stopped under another config "
+    with pytest.raises(ValueError, match=r"here holds a seed begun under another config "
                        r"\(data.max_seq_length: 32 then, 64 now; optimizer.learning_rate: "
                        r"0.001 then, 0.002 now\)"):
         progress.check_same_run(saved, changed.to_dict(), "here")

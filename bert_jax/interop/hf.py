@@ -96,9 +96,9 @@ def encoder_rules(config: ModelConfig, hf_prefix: str = "", ours_prefix: str = "
         ours = f"{ours_prefix}encoder/layer_{i}"
         for name in ("query", "key", "value"):
             rules += dense_rules(f"{hf}.attention.self.{name}", f"{ours}/attention/{name}",
-                                  _linear((n, k)), _reshape((n, k)))
+                                 _linear((n, k)), _reshape((n, k)))
         rules += dense_rules(f"{hf}.attention.output.dense", f"{ours}/attention/out",
-                              _linear_from_heads((n, k)))
+                             _linear_from_heads((n, k)))
         rules += _layer_norm_rules(f"{hf}.attention.output.LayerNorm", f"{ours}/attention_layer_norm")
         rules += dense_rules(f"{hf}.intermediate.dense", f"{ours}/intermediate", "plain")
         rules += dense_rules(f"{hf}.output.dense", f"{ours}/output", "plain")

@@ -218,9 +218,9 @@ def build(config, workdir: str) -> Run:
         out_shardings=replicated))
     return Run(config, workdir, task, model_config, loaded.tokenizer,
                None if config.random_init else encoder, init_head, features, model, mesh,
-               optimizer,
-               schedule, init_boxed, shardings, setup_lib.abstract_state(boxed, shardings),
-               train_step, outputs_step, total_steps)
+               optimizer, schedule, init_boxed, shardings,
+               setup_lib.abstract_state(boxed, shardings), train_step, outputs_step,
+               total_steps)
 
 
 def initial_state(run: Run, seed: int) -> TrainState:
@@ -354,7 +354,7 @@ def run_seed(run: Run, seed: int, preemption) -> dict | None:
     """Trains one restart, or what remains of it (see tasks/progress.py); returns {'seed',
     'epochs': [...], 'best': {...}, ...}, or None when SIGTERM stopped it (saved to resume)."""
     seed_dir = os.path.join(run.workdir, f"seed_{seed}")
-    finished = progress_lib.finished_result(seed_dir)
+    finished = progress_lib.finished_result(seed_dir, run.config.to_dict())
     if finished is not None:
         logging.info("seed %d finished in an earlier run: its result comes from %s", seed,
                      seed_dir)
@@ -403,7 +403,7 @@ def run_seed(run: Run, seed: int, preemption) -> dict | None:
     keep = run.config.train.save_best_checkpoint
     if keep:
         result["checkpoint"] = os.path.join(seed_dir, "checkpoints", str(progress.best["step"]))
-    progress_lib.write_result(seed_dir, result)
+    progress_lib.write_result(seed_dir, result, run.config.to_dict())
     # Only now: until the result is written, a rerun resumes from progress naming older bests.
     _drop_other_bests(seed_dir, progress.best["step"] if keep else None)
     saver.remove()

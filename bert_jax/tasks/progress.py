@@ -122,8 +122,8 @@ def check_same_run(saved: dict, current: dict, where: str) -> None:
     if changed:
         details = "; ".join(f"{key}: {old.get(key)!r} then, {new.get(key)!r} now"
                             for key in changed[:5])
-        raise ValueError(f"{where} holds a seed stopped under another config ({details}): "
-                         "rerun with the same config to resume it, or use a new workdir")
+        raise ValueError(f"{where} holds a seed begun under another config ({details}): "
+                         "rerun with the same config to resume, or use a new workdir")
 
 
 def _flatten(tree: dict, prefix: str = "") -> dict:
@@ -137,20 +137,23 @@ def _flatten(tree: dict, prefix: str = "") -> dict:
     return out
 
 
-def finished_result(seed_dir: str) -> dict | None:
-    """A finished seed's result (SEED_DIR/result.json), or None."""
+def finished_result(seed_dir: str, run_config: dict) -> dict | None:
+    """A finished seed's result (SEED_DIR/result.json), or None. Refuses one finished under
+    another config."""
     path = os.path.join(seed_dir, RESULT_FILE)
     if not tf.io.gfile.exists(path):
         return None
     with tf.io.gfile.GFile(path) as f:
-        return json.load(f)
+        saved = json.load(f)
+    check_same_run(saved["run_config"], run_config, path)
+    return saved["result"]
 
 
-def write_result(seed_dir: str, result: dict) -> None:
+def write_result(seed_dir: str, result: dict, run_config: dict) -> None:
     """Process 0 writes the seed's result: from now on a rerun skips the seed."""
     if jax.process_index() == 0:
         path = os.path.join(seed_dir, RESULT_FILE)
         with tf.io.gfile.GFile(path + ".tmp", "w") as f:
-            json.dump(result, f, indent=2)
+            json.dump({"result": result, "run_config": run_config}, f, indent=2, default=str)
         tf.io.gfile.rename(path + ".tmp", path, overwrite=True)
     multihost_utils.sync_global_devices(f"bert_jax_seed_result_{seed_dir}")
