@@ -1,6 +1,7 @@
 """train.num_epochs=0 scores a fine-tuned checkpoint without training (tasks/checkpoint_head.py):
-our own gives the fine-tuning run's figures and files again; transformers task models whose
-labels come in another order are scored with their columns put in the task's order."""
+our own gives the fine-tuning run's figures and files again; a transformers classifier whose
+labels come in another order is scored with its columns put in the task's order; no train split
+is read; SQuAD scores the whole dev file."""
 
 import json
 import pathlib
@@ -12,8 +13,9 @@ from bert_jax.interop import convert
 from bert_jax.tasks import conll, finetune, glue
 from tests.test_convert_tasks import _transformers_task_model
 from tests.test_finetune import _finetune_config
-from tests.test_finetune_tasks import _config, _conll_slice
-from tests.test_inference import minilm_folder  # noqa: F401 (fixture)
+from tests.test_finetune_tasks import _config, _conll_slice, _small_squad
+from tests.test_inference import (_squad_config, minilm_folder,  # noqa: F401 (fixtures)
+                                  squad_checkpoints, vocab_tokenizer)
 
 
 def test_own_checkpoint_scores_as_its_best_epoch(finetuned, tmp_path):
@@ -34,14 +36,10 @@ def test_own_checkpoint_scores_as_its_best_epoch(finetuned, tmp_path):
     assert not (tmp_path / "seed_0").exists()  # nothing trained
 
 
-def _rte_dir(data_dir, root: pathlib.Path) -> str:
-    """The real RTE train (first 64 rows) and dev files."""
+def _rte_dev_only(data_dir, root: pathlib.Path) -> str:
+    """A GLUE folder with the real RTE dev file and no train file: scoring needs none."""
     (root / "RTE").mkdir(parents=True)
-    for split, rows in (("train", 64), ("dev", None)):
-        lines = (data_dir / "glue" / "RTE" / f"{split}.tsv").read_text(
-            encoding="utf-8").splitlines(keepends=True)
-        (root / "RTE" / f"{split}.tsv").write_text("".join(lines[:None if rows is None
-                                                                   else 1 + rows]))
+    (root / "RTE" / "dev.tsv").write_bytes((data_dir / "glue" / "RTE" / "dev.tsv").read_bytes())
     return str(root)
 
 
@@ -53,7 +51,7 @@ def test_classifier_with_labels_in_another_order_scores_by_name(minilm_folder,  
                                       label2id={v: k for k, v in labels.items()})
     path = convert.import_hf(folder, str(tmp_path / "ours"))
     config = _config("glue", "rte")
-    config.init_checkpoint, config.data.dir = path, _rte_dir(data_dir, tmp_path / "glue")
+    config.init_checkpoint, config.data.dir = path, _rte_dev_only(data_dir, tmp_path / "glue")
     config.data.max_seq_length, config.train.num_epochs = 64, 0
     scored = finetune.finetune_and_evaluate(config, str(tmp_path / "run"))
 
@@ -67,8 +65,9 @@ def test_classifier_with_labels_in_another_order_scores_by_name(minilm_folder,  
     assert scored["best"]["accuracy"] == pytest.approx(accuracy, abs=1e-9)
 
 
-def test_ner_tagger_with_its_own_tag_order_scores_by_name(minilm_folder, data_dir,  # noqa: F811
-                                                          tmp_path):
+def test_ner_tagger_scores_with_its_own_tags(minilm_folder, data_dir, tmp_path):  # noqa: F811
+    """Its tags, in its order, are the label set (not the train split's): the dev tags written
+    are those the imported model gives."""
     tags = ["O", "B-PER", "I-PER", "B-ORG", "I-ORG", "B-LOC", "I-LOC", "B-MISC", "I-MISC"]
     folder = _transformers_task_model("BertForTokenClassification", tmp_path / "hf",
                                       minilm_folder, id2label=dict(enumerate(tags)),
@@ -80,9 +79,8 @@ def test_ner_tagger_with_its_own_tag_order_scores_by_name(minilm_folder, data_di
     # Rows of 64 pieces, as the import's task entry says for tag(): the same rows both ways.
     config.data.max_seq_length, config.train.num_epochs = 64, 0
     scored = finetune.finetune_and_evaluate(config, str(tmp_path / "run"))
-    assert conll.label_list(["LOC", "MISC", "ORG", "PER"]) != tags  # the task's order differs
+    assert conll.label_list(["LOC", "MISC", "ORG", "PER"]) != tags  # the train split's order
 
-    # Tags written for dev are those the imported model gives (decoded in its own order).
     gold = conll.read_conll(str(pathlib.Path(config.data.dir) / "valid.txt"))
     written = [[line.split(" ")[2] for line in block.splitlines()] for block in
                pathlib.Path(scored["predictions"]["dev"]).read_text().strip().split("\n\n")]
@@ -117,3 +115,19 @@ def test_what_cannot_be_scored_is_named(finetuned, pretrained, mrpc_dir,
     with pytest.raises(ValueError, match="train.num_epochs=-1; expected >= 1, or 0"):
         finetune.build(_finetune_config(best, mrpc_dir, **{"train.num_epochs": -1}),
                        str(tmp_path / "e"))
+
+
+def test_squad_scores_every_question_of_the_dev_file(squad_checkpoints, data_dir,  # noqa: F811
+                                                     tmp_path):
+    """Without a train file, fine-tuning holds out a fifth of the file's articles; scoring
+    trains nothing, so all of them are scored."""
+    config = _squad_config("v1")
+    config.init_checkpoint = squad_checkpoints["v1"]
+    config.data.dev_file = str(_small_squad(data_dir, tmp_path / "small.json"))
+    config.train.num_epochs = 0
+    scored = finetune.finetune_and_evaluate(config, str(tmp_path / "run"))
+    questions = [q for a in json.loads(pathlib.Path(config.data.dev_file).read_text())["data"]
+                 for p in a["paragraphs"] for q in p["qas"]]
+    predictions = json.loads(pathlib.Path(scored["predictions"]["dev"]).read_text())
+    assert sorted(predictions) == sorted(q["id"] for q in questions) and len(questions) == 16
+    assert 0.0 <= scored["best"]["f1"] <= 100.0

@@ -45,9 +45,14 @@ class FinetuneTask(abc.ABC):
         """Unlabelled splits whose predictions are written for the best epoch."""
         return []
 
+    # Whether the label set comes from the train split (NER); scoring a checkpoint without
+    # training (train.num_epochs=0) takes the checkpoint's labels instead.
+    labels_from_train: bool = False
+
     @abc.abstractmethod
-    def load(self, tokenizer: tokenization.Tokenizer) -> dict:
-        """split -> features, for 'train', the dev splits and any prediction splits present."""
+    def load(self, tokenizer: tokenization.Tokenizer, *, with_train: bool = True) -> dict:
+        """split -> features, for 'train' (unless not with_train: scoring a checkpoint), the
+        dev splits and any prediction splits present."""
 
     @abc.abstractmethod
     def num_examples(self, features) -> int:

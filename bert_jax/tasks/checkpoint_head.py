@@ -1,10 +1,11 @@
 """A fine-tuned checkpoint's task head, made ready to score a task (train.num_epochs=0).
 
 The checkpoint must be fine-tuned for the same kind of task: a sentence (pair) classifier for
-GLUE, a span model for SQuAD, a token tagger for NER (interop.hf_tasks.task_kind). Its labels
-are matched to the task's by name: the same names in another order (MNLI models list
-contradiction / entailment / neutral in several orders; NER models their tags) put the head's
-output columns in the task's order. Other names of the same number (LABEL_0, NEGATIVE, ...)
+GLUE, a span model for SQuAD, a token tagger for NER (interop.hf_tasks.task_kind). NER takes
+the checkpoint's tags as its label set (FinetuneTask.labels_from_train). GLUE's labels are
+fixed by the task, and the checkpoint's are matched to them by name: the same names in another
+order (MNLI models list contradiction / entailment / neutral in several orders) put the head's
+output columns in the task's order; other names of the same number (LABEL_0, NEGATIVE, ...)
 are matched by position, with a warning.
 """
 
@@ -17,9 +18,8 @@ _KINDS = {None: "sentence (pair) classification", SPANS: "question answering",
           TOKENS: "token classification"}
 
 
-def head_for_task(params: dict, fine_tuned: dict | None, task_meta: dict, where: str) -> dict:
-    """{head key: head params} of checkpoint params fine-tuned on `fine_tuned` (its meta task
-    entry), with its output columns in the order of `task_meta`'s labels."""
+def check_kind(fine_tuned: dict | None, task_meta: dict, where: str) -> None:
+    """The checkpoint (its meta task entry `fine_tuned`) is fine-tuned for the task's kind."""
     if not fine_tuned:
         raise ValueError(f"train.num_epochs=0 scores a fine-tuned checkpoint, but {where} is not "
                          "fine-tuned (its metadata names no task): fine-tune it first")
@@ -28,6 +28,13 @@ def head_for_task(params: dict, fine_tuned: dict | None, task_meta: dict, where:
         raise ValueError(f"{where} is fine-tuned for {_KINDS[task_kind(fine_tuned)]} "
                          f"({fine_tuned.get('name')}), not for {_KINDS[kind]} as "
                          f"{task_meta['name']}")
+
+
+def head_for_task(params: dict, fine_tuned: dict | None, task_meta: dict, where: str) -> dict:
+    """{head key: head params} of checkpoint params fine-tuned on `fine_tuned` (its meta task
+    entry), with its output columns in the order of `task_meta`'s labels."""
+    check_kind(fine_tuned, task_meta, where)
+    kind = task_kind(task_meta)
     key = HEADS[kind].params_key
     if key not in params:
         raise ValueError(f"{where} has no {key!r} head (its params hold {sorted(params)})")

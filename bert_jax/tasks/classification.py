@@ -85,14 +85,14 @@ class GlueFinetuneTask(base.FinetuneTask):
             return self.data.dir
         return str(shared_data.shared_data_path("glue"))
 
-    def load(self, tokenizer) -> dict:
+    def load(self, tokenizer, *, with_train: bool = True) -> dict:
         data, task = self.data, self.task
         self._filler = [tokenizer.cls_id, tokenizer.sep_id]
         directory = self._directory()
         load = functools.partial(glue.load_examples, task, source=data.source,
                                  directory=directory, tfds_data_dir=data.tfds_data_dir,
                                  skip_empty=data.skip_empty)
-        splits = ["train"] + task.dev_splits
+        splits = (["train"] if with_train else []) + task.dev_splits
         if data.predict_test:
             present = [s for s in task.test_splits
                        if glue.has_split(task, s, source=data.source, directory=directory)]

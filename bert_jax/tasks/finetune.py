@@ -159,29 +159,33 @@ def build(config, workdir: str) -> Run:
         raise ValueError(f"data.max_seq_length={config.data.max_seq_length} exceeds the "
                          f"checkpoint's max_position_embeddings "
                          f"{model_config.max_position_embeddings}")
-    features = task.load(loaded.tokenizer)
-    for split in ["train", *task.dev_splits]:
-        if split not in features or task.num_examples(features[split]) == 0:
-            raise ValueError(f"the {split} split of {task.name} has no examples")
-    init_head = None
-    if config.train.num_epochs == 0:  # scoring the checkpoint's own head (after task.load:
-        # NER's labels come from the train split)
+    scoring = config.train.num_epochs == 0  # the checkpoint's own head, nothing trained
+    if config.train.num_epochs < 0:
+        raise ValueError(f"train.num_epochs={config.train.num_epochs}; expected >= 1, or 0 to "
+                         "score a fine-tuned checkpoint without training")
+    if scoring:
         if config.random_init:
             raise ValueError("train.num_epochs=0 scores the checkpoint as it is; random_init "
                              "would score an untrained model")
+        checkpoint_head.check_kind(loaded.meta.get("task"), task.meta(), where)
+        if task.labels_from_train:  # NER: the checkpoint's tags, in its order
+            task.labels = list(loaded.meta["task"]["labels"])
+    features = task.load(loaded.tokenizer, with_train=not scoring)
+    for split in ([] if scoring else ["train"]) + task.dev_splits:
+        if split not in features or task.num_examples(features[split]) == 0:
+            raise ValueError(f"the {split} split of {task.name} has no examples")
+    init_head = None
+    if scoring:
         init_head = checkpoint_head.head_for_task(nn.unbox(loaded.params),
                                                   loaded.meta.get("task"), task.meta(), where)
-    elif config.train.num_epochs < 0:
-        raise ValueError(f"train.num_epochs={config.train.num_epochs}; expected >= 1, or 0 to "
-                         "score a fine-tuned checkpoint without training")
 
     mesh = mesh_lib.make_mesh(config.mesh)
     cfg = config.train
     setup_lib.check_batch_divides(cfg.batch_size, cfg.grad_accum_steps, mesh)
     setup_lib.check_batch_divides(cfg.eval_batch_size, 1, mesh)
     rules = rules_lib.logical_axis_rules(config.mesh.rules)
-    total_steps = cfg.num_epochs * batching.num_batches(task.num_examples(features["train"]),
-                                                        cfg.batch_size)
+    total_steps = 0 if scoring else cfg.num_epochs * batching.num_batches(
+        task.num_examples(features["train"]), cfg.batch_size)
     optimizer, schedule = optim.make_optimizer(_optimizer_section(config, total_steps),
                                                total_steps)
     model = task.make_model(model_config)
@@ -488,7 +492,8 @@ def finetune_and_evaluate(config, workdir: str) -> dict:
     if jax.process_index() == 0:
         with tf.io.gfile.GFile(os.path.join(workdir, "config.json"), "w") as f:
             json.dump({"config": config.to_dict(), "model_config": run.model_config.to_dict(),
-                       "train_examples": run.task.num_examples(run.features["train"]),
+                       "train_examples": (run.task.num_examples(run.features["train"])
+                                          if "train" in run.features else 0),
                        "total_steps_per_seed": run.total_steps}, f, indent=2, default=str)
     start = time.perf_counter()
     if config.train.num_epochs == 0:

@@ -68,7 +68,7 @@ class SquadFinetuneTask(base.FinetuneTask):
     def dev_splits(self) -> list[str]:
         return ["dev"]
 
-    def _examples(self) -> dict[str, list[squad.SquadExample]]:
+    def _examples(self, with_train: bool) -> dict[str, list[squad.SquadExample]]:
         data = self.data
         if data.source == "tfds":
             import tensorflow_datasets as tfds
@@ -76,26 +76,32 @@ class SquadFinetuneTask(base.FinetuneTask):
             name = "squad/v2.0" if self.version_2 else "squad/v1.1"
             load = lambda split: squad.examples_from_tfds(tfds.as_numpy(  # noqa: E731
                 tfds.load(name, split=split, data_dir=data.tfds_data_dir or None)))
-            return {"train": load("train"), "dev": load("validation")}
+            return {"train": load("train"), "dev": load("validation")} if with_train else {
+                "dev": load("validation")}
         if data.source != "json":
             raise ValueError(f"data.source must be json or tfds, got {data.source!r}")
         if data.train_file:
             if not data.dev_file:
                 raise ValueError("data.train_file is set but data.dev_file is not: give both, or "
                                  "neither to split one file's articles")
-            return {"train": squad.read_squad(data.train_file)[0],
-                    "dev": squad.read_squad(data.dev_file)[0]}
+            dev = {"dev": squad.read_squad(data.dev_file)[0]}
+            return {"train": squad.read_squad(data.train_file)[0], **dev} if with_train else dev
         path = data.dev_file or str(shared_data.shared_data_path("squad", "dev-v1.1.json.zip"))
+        if not with_train:  # scoring only: nothing to hold out from, the whole file is scored
+            logging.info("%s: scoring all of its questions (fine-tuning without "
+                         "data.train_file trains on %g of its articles)", path,
+                         1 - data.heldout_fraction)
+            return {"dev": squad.read_squad(path)[0]}
         train, heldout = squad.split_articles(squad.read_squad(path)[0], data.heldout_fraction,
                                               data.split_seed)
         logging.info("%s: %d questions to train on, %d held out (articles split, seed %d)",
                      path, len(train), len(heldout), data.split_seed)
         return {"train": train, "dev": heldout}
 
-    def load(self, tokenizer) -> dict:
+    def load(self, tokenizer, *, with_train: bool = True) -> dict:
         data = self.data
-        examples = self._examples()
-        if data.max_train_examples > 0:
+        examples = self._examples(with_train)
+        if with_train and data.max_train_examples > 0:
             rng = np.random.default_rng(data.subset_seed)
             keep = np.sort(rng.permutation(len(examples["train"]))[:data.max_train_examples])
             examples["train"] = [examples["train"][i] for i in keep]

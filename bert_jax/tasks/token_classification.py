@@ -59,6 +59,7 @@ class NerFinetuneTask(base.FinetuneTask):
     name = "conll2003"
     main_metric = "f1"
     objective = OBJECTIVE
+    labels_from_train = True
 
     def __init__(self, data_config):
         self.data = data_config
@@ -73,16 +74,21 @@ class NerFinetuneTask(base.FinetuneTask):
         directory = self.data.dir or str(shared_data.shared_data_path("conll2003"))
         return os.path.join(directory, SPLIT_FILES[split])
 
-    def load(self, tokenizer) -> dict:
+    def load(self, tokenizer, *, with_train: bool = True) -> dict:
+        if not with_train and not self.labels:
+            raise ValueError("loading conll2003 without its train split needs the label set "
+                             "first (a fine-tuned checkpoint's)")
         sentences = {split: conll.read_conll(self._path(split), scheme=self.data.scheme)
-                     for split in ["train", *self.dev_splits]}
-        if self.data.max_train_examples > 0:
-            rng = np.random.default_rng(self.data.subset_seed)
-            keep = np.sort(rng.permutation(len(sentences["train"]))[:self.data.max_train_examples])
-            sentences["train"] = [sentences["train"][i] for i in keep]
-        # The label set comes from the train split; a dev/test tag outside it is an error
-        # (make_features names the sentence) rather than a silently unlearnable label.
-        self.labels = conll.label_list(sentences["train"])
+                     for split in (["train"] if with_train else []) + self.dev_splits}
+        if with_train:
+            if self.data.max_train_examples > 0:
+                rng = np.random.default_rng(self.data.subset_seed)
+                keep = np.sort(rng.permutation(len(sentences["train"]))[
+                    :self.data.max_train_examples])
+                sentences["train"] = [sentences["train"][i] for i in keep]
+            # The label set comes from the train split; a dev/test tag outside it is an error
+            # (make_features names the sentence) rather than a silently unlearnable label.
+            self.labels = conll.label_list(sentences["train"])
         self._pad_id = tokenizer.pad_id
         splits = {}
         for split, items in sentences.items():
