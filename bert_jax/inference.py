@@ -39,14 +39,13 @@ from bert_jax.model import BertEncoder, BertForPreTraining, ModelConfig
 from bert_jax.model.heads import (BertForQuestionAnswering, BertForSequenceClassification,
                                   BertForTokenClassification)
 from bert_jax.tasks import batching, conll, conlleval, glue, squad
+from bert_jax.tasks.base import SPANS, TOKENS, task_kind
 from bert_jax.tasks.batching import length_bucket
 from bert_jax.train import checkpoint
 
 POOLINGS = ("cls", "pooled", "mean")
 
-# meta["task"]["kind"] of the fine-tuned tasks; a GLUE classifier's is absent (older checkpoints)
-# and means None here.
-SPANS, TOKENS = "question_answering", "token_classification"
+# What each kind of fine-tuned task (tasks.base.task_kind) is, for error messages.
 _KIND_NAMES = {
     None: "sentence (pair) classification, as GLUE",
     SPANS: "extractive question answering, as SQuAD",
@@ -522,7 +521,7 @@ class Predictor:
     def _fine_tuned(self, kind: str | None, head: str, use: str) -> dict:
         """The checkpoint's task, which must be of `kind` with its head's params under `head`."""
         task = self.task or {}
-        found = task.get("kind") if task.get("kind") in (SPANS, TOKENS) else None
+        found = task_kind(task)
         if task and found == kind and head in self.params:
             return task
         if not task:

@@ -28,10 +28,7 @@ from bert_jax.model.config import ModelConfig
 from bert_jax.model.heads import (BertForQuestionAnswering, BertForSequenceClassification,
                                   BertForTokenClassification)
 from bert_jax.tasks import conlleval
-
-# meta["task"]["kind"] of span and token tasks (tasks/question_answering.py and
-# tasks/token_classification.py); GLUE classifiers have none.
-SPANS, TOKENS = "question_answering", "token_classification"
+from bert_jax.tasks.base import SPANS, TOKENS, task_kind
 
 # config.json key holding the fine-tuned task's meta entry (transformers keeps unknown keys).
 TASK_KEY = "bert_jax_task"
@@ -68,12 +65,6 @@ HEADS = {
                      BertForTokenClassification),
 }
 _KIND_BY_ARCHITECTURE = {head.architecture: kind for kind, head in HEADS.items()}
-
-
-def task_kind(task: dict) -> str | None:
-    """SPANS, TOKENS, or None for a GLUE classifier (whose entry has no kind)."""
-    kind = task.get("kind")
-    return kind if kind in (SPANS, TOKENS) else None
 
 
 def _rules(head: TaskHead, config: ModelConfig) -> list:

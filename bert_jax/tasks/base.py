@@ -25,6 +25,17 @@ from bert_jax.model.config import ModelConfig
 from bert_jax.train import losses
 
 
+# meta()["kind"] of the span (SQuAD) and token (NER) tasks; a GLUE classifier's entry has none.
+SPANS, TOKENS = "question_answering", "token_classification"
+
+
+def task_kind(task: dict) -> str | None:
+    """SPANS, TOKENS, or None for a GLUE classifier: the kind of a task's meta entry (a
+    fine-tuned checkpoint's meta["task"])."""
+    kind = task.get("kind")
+    return kind if kind in (SPANS, TOKENS) else None
+
+
 class FinetuneTask(abc.ABC):
     """One fine-tuning task. Subclasses are built from the run config (`make_task`)."""
 

@@ -1,7 +1,7 @@
 """A fine-tuned checkpoint's task head, made ready to score a task (train.num_epochs=0).
 
 The checkpoint must be fine-tuned for the same kind of task: a sentence (pair) classifier for
-GLUE, a span model for SQuAD, a token tagger for NER (interop.hf_tasks.task_kind). NER takes
+GLUE, a span model for SQuAD, a token tagger for NER (tasks.base.task_kind). NER takes
 the checkpoint's tags as its label set (FinetuneTask.labels_from_train). GLUE's labels are
 fixed by the task, and the checkpoint's are matched to them by name: the same names in another
 order (MNLI models list contradiction / entailment / neutral in several orders) put the head's
@@ -12,7 +12,8 @@ are matched by position, with a warning.
 import numpy as np
 from absl import logging
 
-from bert_jax.interop.hf_tasks import HEADS, SPANS, TOKENS, task_kind
+from bert_jax.interop.hf_tasks import HEADS
+from bert_jax.tasks.base import SPANS, TOKENS, task_kind
 
 _KINDS = {None: "sentence (pair) classification", SPANS: "question answering",
           TOKENS: "token classification"}

@@ -306,6 +306,7 @@ def train_epoch(run: Run, state: TrainState, epoch: int, seed: int, rng, writer,
     for _ in range(progress.batches_done):  # resumed mid-epoch: the same order, these done
         next(batches)
     pending, step = None, int(jax.device_get(state.step))
+    every = cfg.checkpoint_every_steps
     throughput.reset()
 
     def settle():
@@ -343,7 +344,6 @@ def train_epoch(run: Run, state: TrainState, epoch: int, seed: int, rng, writer,
         # Step N-1's metrics are read only once step N is queued: no host sync per step.
         settle()
         pending = (step, step_metrics)
-        every = cfg.checkpoint_every_steps
         if preemption.requested or (every > 0 and step % every == 0):
             settle()  # never save unchecked parameters
             with throughput.excluded():

@@ -170,7 +170,7 @@ class SquadFinetuneTask(base.FinetuneTask):
 
     def meta(self) -> dict:
         data = self.data
-        return {"name": self.name, "kind": "question_answering", "version_2": self.version_2,
+        return {"name": self.name, "kind": base.SPANS, "version_2": self.version_2,
                 "max_seq_length": data.max_seq_length, "doc_stride": data.doc_stride,
                 "max_query_length": data.max_query_length, "n_best_size": data.n_best_size,
                 "max_answer_length": data.max_answer_length,

@@ -150,5 +150,5 @@ class NerFinetuneTask(base.FinetuneTask):
         return path
 
     def meta(self) -> dict:
-        return {"name": self.name, "kind": "token_classification", "labels": list(self.labels),
+        return {"name": self.name, "kind": base.TOKENS, "labels": list(self.labels),
                 "max_seq_length": self.data.max_seq_length}
