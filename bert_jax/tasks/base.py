@@ -119,9 +119,14 @@ def make_task(config) -> FinetuneTask:
         from bert_jax.tasks import question_answering
 
         return question_answering.SquadFinetuneTask(config.data, version_2=name == "squad_v2")
+    if name == "classify":
+        from bert_jax.tasks import text_classification
+
+        return text_classification.TextClassificationTask(config.data)
     if name == "conll2003":
         from bert_jax.tasks import token_classification
 
         return token_classification.NerFinetuneTask(config.data)
     raise ValueError(f"unknown fine-tuning task {name!r}; expected a GLUE task "
-                     f"({', '.join(sorted(glue.TASKS))}), squad, squad_v2 or conll2003")
+                     f"({', '.join(sorted(glue.TASKS))}), squad, squad_v2, conll2003 or "
+                     "classify")

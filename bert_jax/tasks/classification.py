@@ -55,22 +55,76 @@ OBJECTIVE = losses.Objective(totals=_totals, loss=mean_loss, summarize=summarize
 
 
 # ----------------------------------------------------------------------------------------------
-# The GLUE task for the shared fine-tuning loop.
+# Tasks for the shared fine-tuning loop.
 
 
-class GlueFinetuneTask(base.FinetuneTask):
-    """A GLUE task: TSV (GLUE distribution) or TFDS data, a head on the pooled [CLS] output,
-    scikit-learn/scipy metrics, GLUE submission files for the test splits."""
+class SentenceClassificationTask(base.FinetuneTask):
+    """A head on the pooled [CLS] output of `[CLS] A [SEP] (B [SEP])` rows (glue.encode): what
+    GLUE and classification of one's own files (text_classification.py) share. Subclasses read
+    the data and set `labels` (label names in index order; None for a regression), `metrics`
+    (the first picks the best epoch) and `pair` (whether inputs are pairs)."""
 
     objective = OBJECTIVE
+    labels: list[str] | None
+    metrics: tuple[str, ...]
+    pair: bool | None
+
+    def __init__(self, data_config):
+        self.data = data_config
+        self._filler: list[int] = []
+
+    @property
+    def main_metric(self) -> str:
+        return self.metrics[0]
+
+    @property
+    def is_regression(self) -> bool:
+        return self.labels is None
+
+    def num_examples(self, features: glue.Features) -> int:
+        return len(features)
+
+    def make_model(self, model_config):
+        return BertForSequenceClassification(model_config,
+                                             1 if self.labels is None else len(self.labels))
+
+    def encode(self, examples: list[glue.Example], tokenizer) -> glue.Features:
+        self._filler = [tokenizer.cls_id, tokenizer.sep_id]
+        return glue.encode(examples, tokenizer, self.data.max_seq_length, self.is_regression)
+
+    def batches(self, features: glue.Features, batch_size: int, *, rng=None):
+        return glue.batches(features, batch_size, self.data.max_seq_length, self._filler,
+                            rng=rng, ladder=self.data.length_buckets)
+
+    def sums(self, outputs, batch: dict) -> dict:
+        return classification_sums(outputs, batch)
+
+    def predictions(self, outputs: list[dict]) -> np.ndarray:
+        """Label indices, or a regression's scores, from the per-example outputs."""
+        logits = np.stack([o["logits"] for o in outputs])  # [N, num_labels]
+        if self.is_regression:
+            return logits[:, 0].astype(np.float32)
+        return np.argmax(logits, axis=-1).astype(np.int32)
+
+    def meta(self) -> dict:
+        return {"name": self.name, "labels": None if self.labels is None else list(self.labels),
+                "is_regression": self.is_regression, "pair": self.pair,
+                "metrics": list(self.metrics)}
+
+
+class GlueFinetuneTask(SentenceClassificationTask):
+    """A GLUE task: TSV (GLUE distribution) or TFDS data, scikit-learn/scipy metrics, GLUE
+    submission files for the test splits."""
+
     writes_dev_predictions = False
 
     def __init__(self, task: glue.GlueTask, data_config):
+        super().__init__(data_config)
         self.task = task
         self.name = task.name
-        self.main_metric = task.main_metric
-        self.data = data_config
-        self._filler: list[int] = []
+        self.labels = None if task.labels is None else list(task.labels)
+        self.metrics = task.metrics
+        self.pair = len(task.text_columns) == 2
 
     @property
     def dev_splits(self) -> list[str]:
@@ -87,7 +141,6 @@ class GlueFinetuneTask(base.FinetuneTask):
 
     def load(self, tokenizer, *, with_train: bool = True) -> dict:
         data, task = self.data, self.task
-        self._filler = [tokenizer.cls_id, tokenizer.sep_id]
         directory = self._directory()
         load = functools.partial(glue.load_examples, task, source=data.source,
                                  directory=directory, tfds_data_dir=data.tfds_data_dir,
@@ -106,30 +159,12 @@ class GlueFinetuneTask(base.FinetuneTask):
                 examples = glue.subsample(examples, data.max_train_examples, data.subset_seed)
             if not examples:
                 raise ValueError(f"the {split} split of {task.name} has no examples")
-            features[split] = glue.encode(examples, tokenizer, data.max_seq_length,
-                                          task.is_regression)
+            features[split] = self.encode(examples, tokenizer)
             logging.info("%s %s: %d examples", task.name, split, len(examples))
         return features
 
-    def num_examples(self, features: glue.Features) -> int:
-        return len(features)
-
-    def make_model(self, model_config):
-        return BertForSequenceClassification(model_config, self.task.num_labels)
-
-    def batches(self, features: glue.Features, batch_size: int, *, rng=None):
-        return glue.batches(features, batch_size, self.data.max_seq_length, self._filler,
-                            rng=rng, ladder=self.data.length_buckets)
-
-    def sums(self, outputs, batch: dict) -> dict:
-        return classification_sums(outputs, batch)
-
-    def _predictions(self, outputs: list[dict]) -> np.ndarray:
-        logits = np.stack([o["logits"] for o in outputs])  # [N, num_labels]
-        return glue.predictions_from_logits(self.task, logits)
-
     def evaluate(self, split: str, features: glue.Features, outputs: list[dict]) -> dict:
-        values = glue.compute_metrics(self.task, self._predictions(outputs), features.labels)
+        values = glue.compute_metrics(self.task, self.predictions(outputs), features.labels)
         suffix = split[len("dev"):]  # MNLI's second dev split: accuracy_mismatched
         return {f"{name}{suffix}": value for name, value in values.items()}
 
@@ -137,11 +172,5 @@ class GlueFinetuneTask(base.FinetuneTask):
                           outputs: list[dict]) -> str:
         path = os.path.join(directory, self.task.submissions[split])
         if jax.process_index() == 0:
-            glue.write_submission(path, self.task, features.guids, self._predictions(outputs))
+            glue.write_submission(path, self.task, features.guids, self.predictions(outputs))
         return path
-
-    def meta(self) -> dict:
-        task = self.task
-        return {"name": task.name, "labels": None if task.labels is None else list(task.labels),
-                "is_regression": task.is_regression, "pair": len(task.text_columns) == 2,
-                "metrics": list(task.metrics)}

@@ -168,8 +168,9 @@ def build(config, workdir: str) -> Run:
             raise ValueError("train.num_epochs=0 scores the checkpoint as it is; random_init "
                              "would score an untrained model")
         checkpoint_head.check_kind(loaded.meta.get("task"), task.meta(), where)
-        if task.labels_from_train:  # NER: the checkpoint's tags, in its order
-            task.labels = list(loaded.meta["task"]["labels"])
+        labels = loaded.meta["task"].get("labels")
+        if task.labels_from_train and labels is not None:  # NER: the checkpoint's tags, in
+            task.labels = list(labels)  # its order (a regression fails in head_for_task)
     features = task.load(loaded.tokenizer, with_train=not scoring)
     for split in ([] if scoring else ["train"]) + task.dev_splits:
         if split not in features or task.num_examples(features[split]) == 0:

@@ -317,11 +317,13 @@ def encode(examples: Sequence[Example], tokenizer: tokenization.Tokenizer, max_s
     ids_b_iter = iter(ids_b_list)
     input_ids, type_ids = [], []
     cls, sep = tokenizer.cls_id, tokenizer.sep_id
+    truncated = 0
     for example, a, has_b in zip(examples, ids_a, paired):
         b = next(ids_b_iter) if has_b else None
         if not a or (has_b and not b):
             raise ValueError(f"example {example.guid}: a sentence has no tokens "
                              f"({example.text_a!r}, {example.text_b!r})")
+        truncated += len(a) + (len(b) + 1 if b else 0) + 2 > max_seq_length
         if b is None:
             a = a[:max_seq_length - 2]
             row, types = [cls, *a, sep], [0] * (len(a) + 2)
@@ -331,6 +333,10 @@ def encode(examples: Sequence[Example], tokenizer: tokenization.Tokenizer, max_s
             types = [0] * (len_a + 2) + [1] * (len_b + 1)
         input_ids.append(np.asarray(row, np.int32))
         type_ids.append(np.asarray(types, np.int32))
+    if truncated:
+        logging.warning("%d of %d examples are longer than max_seq_length=%d tokens and were "
+                        "truncated%s", truncated, len(examples), max_seq_length,
+                        " (pairs longest-first)" if any(paired) else "")
     dtype = np.float32 if is_regression else np.int32
     labels = np.asarray([0 if e.label is None else e.label for e in examples], dtype)
     return Features(input_ids, type_ids, labels, [e.guid for e in examples])
@@ -393,13 +399,6 @@ METRICS = {
     "pearson": lambda y, p: scipy.stats.pearsonr(y, p)[0],
     "spearman": lambda y, p: scipy.stats.spearmanr(y, p)[0],
 }
-
-
-def predictions_from_logits(task: GlueTask, logits: np.ndarray) -> np.ndarray:
-    """[N, num_labels] logits -> label indices, or the scores of a regression task."""
-    if task.is_regression:
-        return logits[:, 0].astype(np.float32)
-    return np.argmax(logits, axis=-1).astype(np.int32)
 
 
 def write_submission(path: str, task: GlueTask, guids: Sequence[str],

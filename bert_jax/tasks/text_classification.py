@@ -1,0 +1,278 @@
+"""Classification (or regression) of texts and text pairs from one's own data files.
+
+    python -m bert_jax.finetune --config=configs/finetune/classify.py --workdir=OUT \
+        --config.init_checkpoint=PATH --config.data.train_file=train.csv \
+        --config.data.dev_file=dev.csv --config.data.text_columns=review \
+        --config.data.label_column=stars
+
+The files are CSV, TSV or JSON lines (table_files.py), local or gs://. One text column gives
+`[CLS] text [SEP]` rows, two (comma-separated) give pairs, as GLUE's. The labels are
+data.labels (comma-separated, in index order) or else every label of the train file, sorted
+(as numbers when they all are integers); a dev or test label outside them is an error that
+names the row. With data.regression the label is a number and the head has one output.
+
+Without data.dev_file, data.dev_fraction of the train rows (fixed by data.subset_seed) is held
+out as dev. data.test_file is predicted with the best epoch; when it has the label column it
+is also scored after every epoch (metrics suffixed _test; the best epoch is still picked on
+dev). Prediction files are JSON lines, one per row in the file's order: {"id", "label",
+"score", "probabilities"} (a regression: {"id", "score"}) and, on labelled splits, "gold".
+
+Metrics (data.metrics, comma-separated; the first picks the best epoch): accuracy, f1 (binary:
+the second label is the positive class), f1_macro, matthews_corrcoef; pearson and spearman for
+a regression. All through scikit-learn / scipy.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import math
+import os
+
+import jax
+import numpy as np
+import tensorflow as tf
+from absl import logging
+from sklearn import metrics as sk_metrics
+
+from bert_jax.tasks import classification, glue, table_files
+
+NAME = "classify"
+METRICS = {**glue.METRICS, "f1_macro": functools.partial(sk_metrics.f1_score, average="macro")}
+REGRESSION_METRICS = ("pearson", "spearman")
+DEFAULT_METRICS = {False: ("accuracy", "f1_macro"), True: REGRESSION_METRICS}
+
+
+def column_list(value: str, key: str, allowed: tuple[int, ...]) -> tuple[str, ...]:
+    """A comma-separated config value as names; its count must be one of `allowed`."""
+    names = tuple(name.strip() for name in value.split(",") if name.strip())
+    if len(names) not in allowed:
+        raise ValueError(f"data.{key}={value!r} names {len(names)} column(s); expected "
+                         f"{' or '.join(map(str, allowed))}, comma-separated")
+    return names
+
+
+def metric_names(value: str, regression: bool) -> tuple[str, ...]:
+    """data.metrics checked against the kind of task ('' = the default for that kind)."""
+    names = tuple(n.strip() for n in value.split(",") if n.strip()) or DEFAULT_METRICS[regression]
+    for name in names:
+        if name not in METRICS:
+            raise ValueError(f"data.metrics names {name!r}; known metrics: {sorted(METRICS)}")
+        if (name in REGRESSION_METRICS) != regression:
+            kind = "a regression" if regression else "a classification"
+            raise ValueError(f"data.metrics names {name!r}, which does not score {kind} "
+                             f"(data.regression={regression})")
+    return names
+
+
+def sorted_labels(values) -> list[str]:
+    """The distinct labels, sorted as integers when they all are, else as strings."""
+    distinct = set(values)
+    try:
+        return sorted(distinct, key=int)
+    except ValueError:
+        return sorted(distinct)
+
+
+def label_text(value) -> str:
+    """A label cell as a string: CSV/TSV cells are already; JSON numbers and booleans are
+    written as JSON writes them (1, true)."""
+    return value.strip() if isinstance(value, str) else json.dumps(value)
+
+
+class TextClassificationTask(classification.SentenceClassificationTask):
+    """One's own labelled files, classified (or regressed) by a head on the pooled output."""
+
+    name = NAME
+
+    def __init__(self, data_config):
+        super().__init__(data_config)
+        data = data_config
+        self.text_columns = column_list(data.text_columns, "text_columns", (1, 2))
+        self.label_column = column_list(data.label_column, "label_column", (1,))[0]
+        self.pair = len(self.text_columns) == 2
+        self.metrics = metric_names(data.metrics, data.regression)
+        given = [name.strip() for name in data.labels.split(",")] if data.labels else []
+        if data.regression and given:
+            raise ValueError("data.labels names classes, but data.regression=True")
+        if given and (len(given) < 2 or "" in given or len(set(given)) != len(given)):
+            raise ValueError(f"data.labels={data.labels!r}: expected two or more distinct, "
+                             "non-empty label names, comma-separated")
+        self.labels = None if data.regression else list(given)
+        if not data.train_file and not data.dev_file:
+            raise ValueError("data.train_file (and data.dev_file, or a data.dev_fraction of the "
+                             "train file) must be set: the files to fine-tune on")
+        if not data.dev_file and not 0 < data.dev_fraction < 1:
+            raise ValueError(f"without data.dev_file, data.dev_fraction={data.dev_fraction} "
+                             "must be in (0, 1): the share of train rows held out as dev")
+        self._labelled_test = False
+
+    @property
+    def labels_from_train(self) -> bool:  # scoring a checkpoint takes its labels instead
+        return not self.data.regression and not self.data.labels
+
+    @property
+    def dev_splits(self) -> list[str]:
+        return ["dev", "test"] if self._labelled_test else ["dev"]
+
+    @property
+    def prediction_splits(self) -> list[str]:
+        return ["test"] if self.data.test_file and not self._labelled_test else []
+
+    # -- reading
+
+    def _rows(self, path: str, split: str, with_labels: bool | None) -> tuple[list, bool]:
+        """([(where, guid, text_a, text_b, raw label or None)], labelled) of a file. with_labels
+        None: labelled when the label column is there (a test file)."""
+        rows = table_files.read_rows(path, self.data.format)
+        columns = set(rows[0][1]) if rows else set()
+        if with_labels is None:
+            with_labels = self.label_column in columns
+        wanted = self.text_columns + ((self.label_column,) if with_labels else ())
+        id_column = self.data.id_column if split != "train" else ""  # train rows need none
+        if id_column and id_column not in columns:
+            logging.warning("%s has no id column %r: its rows are named by their index",
+                            path, id_column)
+            id_column = ""
+        if id_column:
+            wanted += (id_column,)
+        out, skipped = [], 0
+        for index, (where, row) in enumerate(rows):
+            missing = [c for c in wanted if c not in row]
+            if missing:
+                raise ValueError(f"{where}: no column(s) {missing}; the row has "
+                                 f"{sorted(row)} (set data.text_columns, data.label_column, "
+                                 "data.id_column)")
+            texts = [row[c] for c in self.text_columns]
+            bad = [c for c, t in zip(self.text_columns, texts) if not isinstance(t, str)]
+            if bad:
+                raise ValueError(f"{where}: column(s) {bad} hold no text")
+            empty = [c for c, t in zip(self.text_columns, texts) if not t.strip()]
+            if empty:
+                if not self.data.skip_empty:
+                    raise ValueError(f"{where}: empty text in column(s) {empty} (set "
+                                     "data.skip_empty=True to skip such rows)")
+                skipped += 1
+                continue
+            label = row[self.label_column] if with_labels else None
+            if with_labels and label is None:
+                raise ValueError(f"{where}: no label in column {self.label_column!r}")
+            guid = str(row[id_column]) if id_column else str(index)
+            out.append((where, guid, texts[0], texts[1] if self.pair else None, label))
+        if skipped:
+            logging.warning("%s: skipped %d rows with an empty text", path, skipped)
+        if not out:
+            raise ValueError(f"{path} has no rows for the {split} split")
+        return out, with_labels
+
+    def _label(self, raw, where: str):
+        if self.is_regression:
+            try:
+                score = float(raw)
+            except (TypeError, ValueError):
+                raise ValueError(f"{where}: label {raw!r} is not a number "
+                                 "(data.regression=True)") from None
+            if not math.isfinite(score):
+                raise ValueError(f"{where}: label {raw!r} is not finite")
+            return score
+        name = label_text(raw)
+        if not name:
+            raise ValueError(f"{where}: empty label in column {self.label_column!r}")
+        if name not in self.labels:
+            source = "data.labels" if self.data.labels else (
+                "the train file's labels" if self.data.train_file else "the checkpoint's labels")
+            raise ValueError(f"{where}: label {name!r} is not among {source} {self.labels}")
+        return self.labels.index(name)
+
+    def _examples(self, rows: list, labelled: bool) -> list[glue.Example]:
+        return [glue.Example(guid, a, b, self._label(raw, where) if labelled else None)
+                for where, guid, a, b, raw in rows]
+
+    def load(self, tokenizer, *, with_train: bool = True) -> dict:
+        data = self.data
+        splits, train_file_rows = {}, []
+        if with_train or not data.dev_file:
+            if not data.train_file:
+                raise ValueError("data.train_file is empty: it is required to train, and to "
+                                 "hold out dev rows when data.dev_file is empty")
+            train = train_file_rows = self._rows(data.train_file, "train", True)[0]
+            if data.dev_file:
+                splits["train"] = train
+            else:
+                splits["train"], splits["dev"] = _hold_out(train, data.dev_fraction,
+                                                           data.subset_seed)
+                logging.info("no data.dev_file: %d of %s's %d rows held out as dev",
+                             len(splits["dev"]), data.train_file, len(train))
+            if not with_train:
+                del splits["train"]
+        if data.dev_file:
+            splits["dev"], _ = self._rows(data.dev_file, "dev", True)
+        test_labelled = False
+        if data.test_file:
+            splits["test"], test_labelled = self._rows(data.test_file, "test", None)
+        if self.labels == [] and train_file_rows:  # held-out dev rows' labels count too
+            self.labels = sorted_labels(label_text(row[-1]) for row in train_file_rows
+                                        if label_text(row[-1]))  # an empty one fails below
+            logging.info("labels from %s: %s", data.train_file, self.labels)
+        if self.labels is not None:
+            if len(self.labels) < 2:
+                raise ValueError(f"{len(self.labels)} label(s) {self.labels}: a classifier "
+                                 "needs at least 2 (data.regression=True for scores)")
+            if "f1" in self.metrics and len(self.labels) != 2:
+                raise ValueError(f"data.metrics names f1 (binary), but there are "
+                                 f"{len(self.labels)} labels; use f1_macro")
+        self._labelled_test = test_labelled
+        features = {}
+        for split, rows in splits.items():
+            examples = self._examples(rows, split != "test" or test_labelled)
+            if split == "train":
+                examples = glue.subsample(examples, data.max_train_examples, data.subset_seed)
+            features[split] = self.encode(examples, tokenizer)
+            logging.info("%s %s: %d examples", self.name, split, len(examples))
+        return features
+
+    # -- scoring and predictions
+
+    def evaluate(self, split: str, features: glue.Features, outputs: list[dict]) -> dict:
+        predictions = self.predictions(outputs)
+        suffix = "" if split == "dev" else f"_{split}"
+        return {f"{name}{suffix}": float(METRICS[name](features.labels, predictions))
+                for name in self.metrics}
+
+    def write_predictions(self, directory: str, split: str, features: glue.Features,
+                          outputs: list[dict]) -> str:
+        path = os.path.join(directory, f"{split}.jsonl")
+        if jax.process_index() != 0:
+            return path
+        labelled = split in self.dev_splits
+        logits = np.stack([o["logits"] for o in outputs]).astype(np.float64)
+        with tf.io.gfile.GFile(path, "w") as f:
+            for i, guid in enumerate(features.guids):
+                record = {"id": guid, **self._prediction(logits[i])}
+                if labelled:
+                    gold = features.labels[i]
+                    record["gold"] = (float(gold) if self.is_regression
+                                      else self.labels[int(gold)])
+                f.write(json.dumps(record) + "\n")
+        return path
+
+    def _prediction(self, logits: np.ndarray) -> dict:
+        """What `predict classify` gives for one input (inference.Predictor.classify)."""
+        if self.is_regression:
+            return {"score": float(logits[0])}
+        probabilities = np.exp(logits - logits.max())
+        probabilities /= probabilities.sum()
+        best = int(np.argmax(logits))
+        return {"label": self.labels[best], "score": float(probabilities[best]),
+                "probabilities": {n: float(p) for n, p in zip(self.labels, probabilities)}}
+
+
+def _hold_out(rows: list, fraction: float, seed: int) -> tuple[list, list]:
+    """(train, dev) of rows: a fixed random `fraction` (at least one row) held out, each part in
+    the file's order."""
+    count = max(1, int(round(fraction * len(rows))))
+    if count >= len(rows):
+        raise ValueError(f"data.dev_fraction={fraction} of {len(rows)} rows leaves none to train")
+    held = set(np.random.default_rng(seed).choice(len(rows), count, replace=False).tolist())
+    return ([r for i, r in enumerate(rows) if i not in held],
+            [r for i, r in enumerate(rows) if i in held])

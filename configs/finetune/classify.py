@@ -1,0 +1,41 @@
+"""Fine-tuning on one's own classification (or regression) data: CSV, TSV or JSON lines files.
+
+    python -m bert_jax.finetune --config=configs/finetune/classify.py --workdir=OUT \
+        --config.init_checkpoint=PATH --config.data.train_file=train.csv \
+        --config.data.dev_file=dev.csv --config.data.text_columns=text \
+        --config.data.label_column=label [--config.k=v ...]
+
+Pairs: --config.data.text_columns=premise,hypothesis. See bert_jax/tasks/text_classification.py
+for the labels, the held-out dev rows, the metrics and the prediction files. The recipe is the
+paper's (configs/finetune/common.py).
+"""
+
+from ml_collections import config_dict
+
+from bert_jax.tasks import text_classification
+from configs.finetune import common
+
+
+def get_config() -> config_dict.ConfigDict:
+    config = common.base_config(text_classification.NAME)
+    config.data = common.data_section(
+        train_file="",  # local or gs://
+        dev_file="",  # "": hold out dev_fraction of the train rows instead
+        test_file="",  # "": none; predicted with the best epoch, scored too when labelled
+        format="auto",  # auto (from the extension) | csv | tsv | jsonl
+        text_columns="text",  # one column, or two comma-separated (a pair)
+        label_column="label",
+        id_column="",  # names the rows of the prediction files; "" (or a file without the
+        # column): the row's index
+        labels="",  # label names in index order, comma-separated; "": the train file's, sorted
+        regression=False,  # the label is a number; one output, squared error
+        metrics="",  # comma-separated, the first picks the best epoch; "": accuracy,f1_macro
+        # (classification) or pearson,spearman (regression)
+        dev_fraction=0.1,  # without dev_file: the train rows held out as dev
+        max_seq_length=128,
+        max_train_examples=0,  # > 0: a fixed random subset of the train rows
+        subset_seed=0,  # picks that subset and the held-out dev rows
+        skip_empty=False,  # skip (with a counted warning) instead of failing on empty texts
+    )
+    config.lock()
+    return config
