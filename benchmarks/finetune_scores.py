@@ -54,8 +54,9 @@ RECIPES = {
 
 def book_files(cache_dir: str) -> dict:
     """A 5-class task from the staged Gutenberg books: paragraphs of 20-100 words labelled with
-    their book's Project Gutenberg number; per book the first 80% train, the next 10% dev, the last 10% test (so
-    dev and test come from chapters never trained on). Returns the data.*_file overrides."""
+    their book's Project Gutenberg number; per book the first 80% train, the next 10% dev, the
+    last 10% test (so dev and test come from chapters never trained on). Returns the
+    data.*_file overrides."""
     folder = os.path.join(cache_dir, "books")
     os.makedirs(folder, exist_ok=True)
     parts = {"train": [], "dev": [], "test": []}
