@@ -8,6 +8,9 @@ metrics, prediction files) comes from the task object, `base.make_task(config)`.
 WORKDIR/
   results.json           dev metrics per epoch of every seed, `best` (best epoch of the best
                          seed, by the task's main metric), `median` over seeds
+  lr_<rate>/...          with learning_rates (a sweep): each rate's run as laid out here;
+                         results.json is the rate whose best run is best, plus every rate's
+                         best and median under `learning_rates`
   config.json            the run config and the model config
   predictions/<file>     the task's prediction files (GLUE submissions, SQuAD predictions JSON,
                          CoNLL columns) from the best seed's best epoch
@@ -210,22 +213,48 @@ def build(config, workdir: str) -> Run:
     if init_head is not None:
         checkpoint.check_same_shapes(init_head, {k: nn.unbox(boxed).params[k] for k in init_head},
                                      where=where)
-    run_setup = types.SimpleNamespace(mesh=mesh, rules=rules)
-    batch_sharding, replicated = mesh_lib.batch_sharding(mesh), mesh_lib.replicated(mesh)
-    train = functools.partial(
-        steps.train_step, sums_fn=_sums_fn(task, model), optimizer=optimizer,
-        schedule=schedule, grad_accum_steps=cfg.grad_accum_steps, objective=task.objective)
-    train_step = setup_lib.with_mesh_and_rules(run_setup, jax.jit(
-        train, in_shardings=(shardings, batch_sharding, replicated),
-        out_shardings=(shardings, replicated), donate_argnums=0))
-    outputs_step = setup_lib.with_mesh_and_rules(run_setup, jax.jit(
-        _outputs_fn(task, model), in_shardings=(shardings.params, batch_sharding),
-        out_shardings=replicated))
+    outputs_step = setup_lib.with_mesh_and_rules(
+        types.SimpleNamespace(mesh=mesh, rules=rules),
+        jax.jit(_outputs_fn(task, model), in_shardings=(shardings.params,
+                                                        mesh_lib.batch_sharding(mesh)),
+                out_shardings=mesh_lib.replicated(mesh)))
     return Run(config, workdir, task, model_config, loaded.tokenizer,
                None if config.random_init else encoder, init_head, features, model, mesh,
                optimizer, schedule, init_boxed, shardings,
-               setup_lib.abstract_state(boxed, shardings), train_step, outputs_step,
-               total_steps)
+               setup_lib.abstract_state(boxed, shardings),
+               _train_step(config, task, model, optimizer, schedule, shardings, mesh, rules),
+               outputs_step, total_steps)
+
+
+def _train_step(config, task, model, optimizer, schedule, shardings, mesh, rules):
+    """The jitted train step: the shared pure step on the task's loss sums, state donated."""
+    train = functools.partial(
+        steps.train_step, sums_fn=_sums_fn(task, model), optimizer=optimizer,
+        schedule=schedule, grad_accum_steps=config.train.grad_accum_steps,
+        objective=task.objective)
+    return setup_lib.with_mesh_and_rules(
+        types.SimpleNamespace(mesh=mesh, rules=rules),
+        jax.jit(train, in_shardings=(shardings, mesh_lib.batch_sharding(mesh),
+                                     mesh_lib.replicated(mesh)),
+                out_shardings=(shardings, mesh_lib.replicated(mesh)), donate_argnums=0))
+
+
+def with_learning_rate(run: Run, learning_rate: float, workdir: str) -> Run:
+    """The run at another learning rate, in `workdir`: its config says that rate (so that a
+    stopped seed resumes only under it), with a new optimizer and train step; data, model and
+    checkpoint are shared."""
+    config = run.config.copy_and_resolve_references()
+    with config.unlocked():
+        config.optimizer.learning_rate = learning_rate
+        config.learning_rates = ()
+    optimizer, schedule = optim.make_optimizer(_optimizer_section(config, run.total_steps),
+                                               run.total_steps)
+    rules = rules_lib.logical_axis_rules(config.mesh.rules)
+    return dataclasses.replace(
+        run, config=config, workdir=workdir, optimizer=optimizer, schedule=schedule,
+        train_step=_train_step(config, run.task, run.model, optimizer, schedule,
+                               run.state_shardings, run.mesh, rules),
+        compiled_lengths=set())
 
 
 def initial_state(run: Run, seed: int) -> TrainState:
@@ -485,10 +514,14 @@ def summarize_seeds(task: base.FinetuneTask, runs: list[dict]) -> dict:
 
 
 def finetune_and_evaluate(config, workdir: str) -> dict:
-    """Fine-tunes config.init_checkpoint on config.task once per seed; writes results.json."""
+    """Fine-tunes config.init_checkpoint on config.task once per seed (and learning rate);
+    writes results.json."""
     setup_lib.check_workdir_writable(workdir)
     if not config.seeds:
         raise ValueError("config.seeds is empty: give at least one seed")
+    rates = learning_rates(config)
+    if config.train.num_epochs == 0 and config.learning_rates:
+        raise ValueError("learning_rates is set but train.num_epochs=0 trains nothing")
     run = build(config, workdir)
     if jax.process_index() == 0:
         with tf.io.gfile.GFile(os.path.join(workdir, "config.json"), "w") as f:
@@ -499,27 +532,85 @@ def finetune_and_evaluate(config, workdir: str) -> dict:
     start = time.perf_counter()
     if config.train.num_epochs == 0:
         return _score_checkpoint(run, start)
-    runs = []
     with PreemptionFlag() as preemption:
-        for seed in config.seeds:
-            result = run_seed(run, int(seed), preemption)
-            if result is None:
-                logging.warning("stopped by SIGTERM during seed %d, saved: the same command "
-                                "resumes it (finished seeds are kept)", seed)
-                return {"preempted": True, "seed": int(seed), "finished_seeds": len(runs)}
-            runs.append(result)
+        if not config.learning_rates:
+            return _train_seeds(run, preemption, start)
+        per_rate = {}
+        for rate in rates:
+            rate_run = with_learning_rate(run, rate, os.path.join(workdir, rate_dir(rate)))
+            logging.info("learning rate %g: %s", rate, rate_run.workdir)
+            per_rate[rate] = _train_seeds(rate_run, preemption, start)
+            if per_rate[rate].get("preempted"):
+                return {**per_rate[rate], "learning_rate": rate}
+    return _choose_learning_rate(run, per_rate, start)
+
+
+def learning_rates(config) -> tuple[float, ...]:
+    """config.learning_rates checked, or (optimizer.learning_rate,) when it is empty."""
+    rates = tuple(float(r) for r in config.learning_rates)
+    if not rates:
+        return (float(config.optimizer.learning_rate),)
+    if any(not r > 0 for r in rates) or len(set(rates)) != len(rates):
+        raise ValueError(f"learning_rates={tuple(config.learning_rates)}: expected distinct "
+                         "positive rates")
+    return rates
+
+
+def rate_dir(rate: float) -> str:
+    """WORKDIR's folder for one rate of a sweep: lr_5e-05, lr_0.0001, ..."""
+    return f"lr_{rate:g}"
+
+
+def _train_seeds(run: Run, preemption, start: float) -> dict:
+    """Every seed at the run's learning rate: results.json (summarize_seeds) in run.workdir,
+    with the best seed's prediction files copied to run.workdir/predictions."""
+    runs = []
+    for seed in run.config.seeds:
+        result = run_seed(run, int(seed), preemption)
+        if result is None:
+            logging.warning("stopped by SIGTERM during seed %d, saved: the same command "
+                            "resumes it (finished seeds are kept)", seed)
+            return {"preempted": True, "seed": int(seed), "finished_seeds": len(runs)}
+        runs.append(result)
     results = summarize_seeds(run.task, runs)
     results["seconds"] = time.perf_counter() - start
-    if jax.process_index() == 0:
-        best_seed = results["seeds"][str(results["best"]["seed"])]
-        for split, path in best_seed["predictions"].items():
-            target = os.path.join(workdir, "predictions", os.path.basename(path))
-            tf.io.gfile.makedirs(os.path.dirname(target))
-            tf.io.gfile.copy(path, target, overwrite=True)
-            results.setdefault("predictions", {})[split] = target
-    _write_results(workdir, results)
+    best_seed = results["seeds"][str(results["best"]["seed"])]
+    results["predictions"] = _copy_predictions(best_seed["predictions"], run.workdir)
+    _write_results(run.workdir, results)
     logging.info("%s best: %s", run.task.name, results["best"])
     return results
+
+
+def _choose_learning_rate(run: Run, per_rate: dict, start: float) -> dict:
+    """A sweep's results.json: the rate whose best run is best on dev (the BERT paper's choice
+    among 5e-5, 4e-5, 3e-5 and 2e-5), with that rate's results at the top level as a single
+    rate's run writes them, and every rate's best and median under `learning_rates`."""
+    main = run.task.main_metric
+    chosen = max(per_rate, key=lambda rate: per_rate[rate]["best"][main])
+    results = {**per_rate[chosen], "learning_rate": chosen,
+               "best": {**per_rate[chosen]["best"], "learning_rate": chosen},
+               "learning_rates": {f"{rate:g}": {"best": r["best"], "median": r["median"],
+                                                "workdir": os.path.join(run.workdir,
+                                                                        rate_dir(rate))}
+                                  for rate, r in per_rate.items()},
+               "seconds": time.perf_counter() - start}
+    results["predictions"] = _copy_predictions(per_rate[chosen]["predictions"], run.workdir)
+    _write_results(run.workdir, results)
+    logging.info("%s: learning rate %g chosen, best: %s", run.task.name, chosen,
+                 results["best"])
+    return results
+
+
+def _copy_predictions(files: dict, workdir: str) -> dict:
+    """split -> the copy of its prediction file in WORKDIR/predictions."""
+    copies = {}
+    for split, path in files.items():
+        target = os.path.join(workdir, "predictions", os.path.basename(path))
+        if jax.process_index() == 0:
+            tf.io.gfile.makedirs(os.path.dirname(target))
+            tf.io.gfile.copy(path, target, overwrite=True)
+        copies[split] = target
+    return copies
 
 
 def _score_checkpoint(run: Run, start: float) -> dict:

@@ -27,8 +27,10 @@ from bert_jax.train.state import TrainState
 
 PROGRESS_DIR, RESULT_FILE = "progress", "result.json"
 
-# Config keys a resumed run may change: they alter neither the batches nor the updates.
-_MAY_CHANGE = ("seeds", "train.log_every_steps", "train.checkpoint_every_steps")
+# Config keys a resumed run may change: they alter neither the batches nor the updates. (A
+# seed's rate is optimizer.learning_rate: a sweep's runs hold theirs there.)
+_MAY_CHANGE = ("seeds", "learning_rates", "train.log_every_steps",
+               "train.checkpoint_every_steps")
 
 
 @dataclasses.dataclass

@@ -1,7 +1,8 @@
 """What every fine-tuning config shares: checkpoint, seeds, model, train, optimizer, mesh.
 
 The defaults are the BERT paper's fine-tuning recipe: AdamW, learning rate 2e-5 (the paper
-searched 2e-5..5e-5), batch 32, 3 epochs, 10% linear warmup then linear decay, dropout 0.1.
+searched 2e-5..5e-5: learning_rates runs that search), batch 32, 3 epochs, 10% linear warmup
+then linear decay, dropout 0.1.
 Each task config adds its `task` name and `data` section and changes what its recipe changes.
 """
 
@@ -16,6 +17,9 @@ def base_config(task: str) -> config_dict.ConfigDict:
     # baseline that shows what pre-training is worth).
     config.random_init = False
     config.seeds = (0,)  # one restart per seed; results.json reports each, the best, the median
+    # A sweep: every seed at each rate (in WORKDIR/lr_<rate>), the rate of the best run wins,
+    # as the paper chose among (5e-5, 4e-5, 3e-5, 2e-5). Empty: optimizer.learning_rate alone.
+    config.learning_rates = ()
 
     config.model = config_dict.ConfigDict()
     config.model.hidden_size = config_dict.placeholder(int)  # a check against the checkpoint
