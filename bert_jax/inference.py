@@ -277,7 +277,7 @@ class Predictor:
                  task: dict | None = None):
         if batch_size <= 0:
             raise ValueError(f"batch_size must be positive, got {batch_size}")
-        self.model_config = model_config
+        self.model_config = model_config.runnable_here()  # e.g. a GPU run's checkpoint on CPU
         self.tokenizer = tokenizer
         self.batch_size = batch_size
         # Boxed (logically partitioned) leaves would make jit see metadata instead of arrays.

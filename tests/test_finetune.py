@@ -284,3 +284,24 @@ def test_classify_from_the_best_checkpoint_matches_evaluation(finetuned, mrpc_di
     with pytest.raises(ValueError, match="classify needs a checkpoint fine-tuned for sentence"):
         inference.Predictor(predictor.model_config, {"bert": predictor.params["bert"]},
                             predictor.tokenizer).classify(["a"])
+
+
+def test_checkpoint_of_a_cudnn_run_predicts_and_fine_tunes_here(pretrained, mrpc_dir, tmp_path):
+    """A checkpoint whose model config asks for cuDNN attention (pre-trained on GPUs) opens on
+    this CPU: predict and fine-tuning use XLA's attention (cuDNN's would fail: "cuDNN is not
+    detected"); fine-tuning takes remat and the attention kernel from its own config."""
+    import dataclasses
+
+    from bert_jax import inference
+
+    loaded = checkpoint.load_model(pretrained)
+    gpu_config = dataclasses.replace(loaded.model_config, attention_implementation="cudnn")
+    checkpoint.save_model(str(tmp_path / "gpu"), loaded.step, loaded.params,
+                          checkpoint.make_meta(loaded.step, gpu_config, loaded.tokenizer))
+    text = ["the [MASK] was dark ."]
+    want = inference.load(pretrained).fill_mask(text)
+    assert inference.load(str(tmp_path / "gpu")).fill_mask(text) == want
+    run = finetune.build(_finetune_config(str(tmp_path / "gpu"), mrpc_dir,
+                                          **{"model.remat_policy": "full"}), str(tmp_path / "ft"))
+    assert run.model_config.attention_implementation is None
+    assert run.model_config.remat_policy == "full"

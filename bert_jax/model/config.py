@@ -3,6 +3,7 @@
 import dataclasses
 from typing import Any
 
+import jax
 import jax.numpy as jnp
 
 # (num_layers, hidden_size, num_heads); intermediate size is 4x hidden, as in the BERT paper.
@@ -99,6 +100,15 @@ class ModelConfig:
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
+
+    def runnable_here(self) -> "ModelConfig":
+        """This config, with cuDNN's attention only where the backend is a GPU. A checkpoint
+        pre-trained with attention_implementation='cudnn' stores it; opened on a CPU or TPU
+        (a Colab, a TPU fine-tuning run) that kernel fails with "cuDNN is not detected".
+        XLA's attention computes the same function."""
+        if self.attention_implementation == "cudnn" and jax.default_backend() != "gpu":
+            return dataclasses.replace(self, attention_implementation=None)
+        return self
 
 
 def model_config_from_section(section) -> ModelConfig:

@@ -75,14 +75,17 @@ def encoder_params(params: dict, where: str) -> dict:
 
 
 def finetune_model_config(base: ModelConfig, model_section, where: str) -> ModelConfig:
-    """The checkpoint's architecture with the run's dropout and compute dtype."""
+    """The checkpoint's architecture (and layer layout: scan_layers) with the run's numerics:
+    dropout, compute dtype, remat and attention kernel."""
     if model_section.hidden_size is not None and model_section.hidden_size != base.hidden_size:
         raise ValueError(
             f"checkpoint {where} has hidden_size {base.hidden_size} but the config expects "
             f"model.hidden_size={model_section.hidden_size}")
     return dataclasses.replace(base, hidden_dropout=model_section.hidden_dropout,
                                attention_dropout=model_section.attention_dropout,
-                               dtype=model_section.dtype)
+                               dtype=model_section.dtype,
+                               remat_policy=model_section.remat_policy,
+                               attention_implementation=model_section.attention_implementation)
 
 
 @dataclasses.dataclass

@@ -26,6 +26,11 @@ def base_config(task: str) -> config_dict.ConfigDict:
     config.model.hidden_dropout = 0.1
     config.model.attention_dropout = 0.1
     config.model.dtype = "float32"
+    # Memory and speed, as in pre-training (configs/pretrain.py), whatever the checkpoint was
+    # trained with: remat_policy none | full | dots | dots_no_batch; attention_implementation
+    # None (XLA's) | cudnn (GPUs; fused only where attention_dropout=0).
+    config.model.remat_policy = "none"
+    config.model.attention_implementation = config_dict.placeholder(str)
 
     config.train = config_dict.ConfigDict(dict(
         batch_size=32,  # global
