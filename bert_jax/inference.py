@@ -35,6 +35,7 @@ import numpy as np
 from absl import logging
 
 from bert_jax.data import tokenization
+from bert_jax.interop import hf
 from bert_jax.model import BertEncoder, BertForPreTraining, ModelConfig
 from bert_jax.model.heads import (BertForQuestionAnswering, BertForSequenceClassification,
                                   BertForTokenClassification)
@@ -388,10 +389,11 @@ class Predictor:
         texts = _check_texts(texts)
         out = np.zeros((len(texts), self.hidden_size), np.float32)
         params = self._encoder_params()
-        if pooling == "pooled" and not np.any(np.asarray(params["pooler"]["dense"]["kernel"])):
+        if pooling == "pooled" and hf.is_zero_pooler(params):
             raise ValueError("the checkpoint's pooler is all zeros: it was imported from a "
-                             "transformers model without one (BertForQuestionAnswering, "
-                             "BertForTokenClassification); pool with 'cls' or 'mean'")
+                             "transformers model without one (BertForMaskedLM, "
+                             "BertForQuestionAnswering, BertForTokenClassification); pool "
+                             "with 'cls' or 'mean'")
         rows = self._rows(texts, self.tokenizer.encode_batch(texts))
         for batch in self._make_batches(rows, batch_size):
             vectors = _embed_step(params, batch.input_ids, batch.attention_mask,

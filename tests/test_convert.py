@@ -435,3 +435,58 @@ def test_bin_that_would_run_code_is_refused(tmp_path):
     # The file really is live: an unrestricted load runs the command.
     torch.load(tmp_path / "pytorch_model.bin", weights_only=False)
     assert marker.exists()
+
+
+# ----------------------------------------------------------------------------------------------
+# transformers' BertForMaskedLM: the MLM head alone, no NSP head and no pooler.
+
+
+def test_masked_lm_model_imports_fills_masks_and_exports_back(tmp_path):
+    """A BertForMaskedLM (what MLM-only training saves) imports with its MLM head: our MLM
+    logits are transformers', the pooler is a zero placeholder that `embed --pooling=pooled`
+    refuses and a warm start replaces; it exports back as a BertForMaskedLM with the same
+    tensors and logits."""
+    from bert_jax import inference
+    from bert_jax.train import warm_start
+
+    torch, transformers = require("torch"), require("transformers")
+    torch.manual_seed(0)
+    hf_config = transformers.BertConfig(vocab_size=512, hidden_size=64, num_hidden_layers=2,
+                                        num_attention_heads=4, intermediate_size=128,
+                                        max_position_embeddings=64)
+    model = transformers.BertForMaskedLM(hf_config).eval()
+    with torch.no_grad():
+        for name, tensor in model.named_parameters():
+            if "LayerNorm" in name or name.endswith("bias"):
+                tensor.normal_(0.0, 0.5)
+    model.save_pretrained(tmp_path / "mlm")
+    _write_vocab(tmp_path / "mlm")
+    convert.import_hf(str(tmp_path / "mlm"), str(tmp_path / "ours"))
+
+    loaded = checkpoint.load_model(str(tmp_path / "ours"))
+    params = nn.unbox(loaded.params)
+    assert set(params) == {"bert", "mlm_head"}
+    assert hf.is_zero_pooler(params["bert"])
+    input_ids, _, attention_mask, masked = _random_batch(np.random.default_rng(1))
+    with torch.no_grad():  # fill_mask's inputs: one segment
+        want = model(input_ids=torch.from_numpy(input_ids).long(),
+                     attention_mask=torch.from_numpy(attention_mask).long()).logits.numpy()
+    want = np.take_along_axis(want, masked[..., None], 1)
+    got = BertForPreTraining(loaded.model_config).apply(
+        {"params": params}, input_ids, attention_mask, masked, method=inference._mlm)
+    np.testing.assert_allclose(np.asarray(got), want, atol=1e-4, rtol=0)
+    assert inference.load(str(tmp_path / "ours")).fill_mask(["w5 [MASK] w7"])[0][0]
+    with pytest.raises(ValueError, match="pooler is all zeros"):
+        inference.load(str(tmp_path / "ours")).embed(["w5 w6"], pooling="pooled")
+    layout = warm_start.pretraining_layout(params, loaded.model_config, loaded.model_config,
+                                           "ours")
+    assert not any(name.startswith(("bert/pooler/", "nsp_head/")) for name in layout)
+
+    convert.export_hf(str(tmp_path / "ours"), str(tmp_path / "back"))
+    exported = json.loads((tmp_path / "back" / "config.json").read_text())
+    assert exported["architectures"] == ["BertForMaskedLM"]
+    again, info = transformers.BertForMaskedLM.from_pretrained(tmp_path / "back",
+                                                               output_loading_info=True)
+    assert not info["missing_keys"] and not info["unexpected_keys"]
+    for name, tensor in model.state_dict().items():
+        np.testing.assert_array_equal(again.state_dict()[name].numpy(), tensor.numpy(), name)

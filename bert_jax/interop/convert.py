@@ -144,7 +144,8 @@ def export_hf(checkpoint_path: str, output: str) -> str:
 
     Writes config.json, model.safetensors and the tokenizer's files in both forms: ours, and
     those transformers' AutoTokenizer reads (interop.hf_tokenizer). The model is a
-    BertForPreTraining with its MLM and NSP heads, else a BertModel (encoder and pooler); a
+    BertForPreTraining with its MLM and NSP heads, a BertForMaskedLM with its MLM head alone
+    (an import of one), else a BertModel (encoder and pooler); a
     fine-tuned checkpoint becomes its task's transformers class, head and labels included
     (interop.hf_tasks).
     """
@@ -164,6 +165,8 @@ def export_hf(checkpoint_path: str, output: str) -> str:
         tensors = hf.params_to_hf(params, config, with_heads=with_heads)
         if not with_heads:
             hf_config["architectures"] = ["BertModel"]
+        elif "nsp_head" not in params:  # imported from one
+            hf_config["architectures"] = ["BertForMaskedLM"]
     os.makedirs(output, exist_ok=True)
     with open(os.path.join(output, "config.json"), "w", encoding="utf-8") as f:
         json.dump(hf_config, f, indent=2)

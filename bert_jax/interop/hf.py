@@ -106,14 +106,33 @@ def encoder_rules(config: ModelConfig, hf_prefix: str = "", ours_prefix: str = "
     return rules
 
 
-def pretraining_rules(config: ModelConfig) -> list:
-    """Rules for BertForPreTraining: encoder under `bert/`, plus the MLM and NSP heads."""
-    return encoder_rules(config, "bert.", "bert/") + [
+def pretraining_rules(config: ModelConfig, *, with_nsp: bool = True,
+                      with_pooler: bool = True) -> list:
+    """Rules for BertForPreTraining: encoder under `bert/`, plus the MLM and NSP heads; without
+    NSP (and pooler), for BertForMaskedLM."""
+    return encoder_rules(config, "bert.", "bert/", with_pooler=with_pooler) + [
         *dense_rules("cls.predictions.transform.dense", "mlm_head/transform", "plain"),
         *_layer_norm_rules("cls.predictions.transform.LayerNorm", "mlm_head/layer_norm"),
         _rule("cls.predictions.bias", "mlm_head/output_bias"),
-        *dense_rules("cls.seq_relationship", "nsp_head/dense", "plain"),
+        *(dense_rules("cls.seq_relationship", "nsp_head/dense", "plain") if with_nsp else []),
     ]
+
+
+NSP_PREFIX, POOLER_PREFIX = "cls.seq_relationship.", "bert.pooler."
+
+
+def zero_pooler(params: Params, config: ModelConfig) -> None:
+    """Puts an all-zero pooler under params['bert'] for a model saved without one (transformers'
+    BertForMaskedLM, QA and token classes): the encoder module computes a pooled output, and
+    inference, fine-tuning and warm starts read all zeros as no pooler."""
+    hidden = config.hidden_size
+    params["bert"]["pooler"] = {"dense": {"kernel": np.zeros((hidden, hidden), np.float32),
+                                          "bias": np.zeros((hidden,), np.float32)}}
+
+
+def is_zero_pooler(params: Params) -> bool:
+    """Whether the encoder params (a tree with 'pooler') hold zero_pooler's placeholder."""
+    return "pooler" in params and not np.any(np.asarray(params["pooler"]["dense"]["kernel"]))
 
 
 def _canonical_names(tensors: dict) -> dict:
@@ -144,11 +163,22 @@ def params_from_hf(tensors: dict, config: ModelConfig, *, with_heads: bool) -> P
                 "checkpoint has no pre-training head tensors (cls.predictions.*, "
                 "cls.seq_relationship.*): it holds an encoder only; load it without heads"
             )
-        rules = pretraining_rules(config)
-    else:
-        # An encoder can come from either a BertModel or a BertForPreTraining checkpoint.
-        rules = encoder_rules(config, "bert." if _has_prefix(tensors, "bert.") else "")
-    return params_by_rules(tensors, rules, expected_param_shapes(config, with_heads=with_heads),
+        # BertForMaskedLM: the MLM head alone, and no pooler.
+        with_nsp = _has_prefix(tensors, NSP_PREFIX)
+        with_pooler = with_nsp or _has_prefix(tensors, POOLER_PREFIX)
+        rules = pretraining_rules(config, with_nsp=with_nsp, with_pooler=with_pooler)
+        params = params_by_rules(tensors, rules, expected_param_shapes(config, with_heads=True),
+                                 config)
+        if not with_nsp:
+            logging.warning("the checkpoint has no NSP head (cls.seq_relationship.*, as "
+                            "transformers' BertForMaskedLM): imported with its MLM head only%s",
+                            "" if with_pooler else " and a zero pooler (it has none either)")
+        if not with_pooler:
+            zero_pooler(params, config)
+        return params
+    # An encoder can come from either a BertModel or a BertForPreTraining checkpoint.
+    rules = encoder_rules(config, "bert." if _has_prefix(tensors, "bert.") else "")
+    return params_by_rules(tensors, rules, expected_param_shapes(config, with_heads=False),
                            config)
 
 
@@ -186,8 +216,11 @@ def params_by_rules(tensors: dict, rules: list, expected_shapes: dict,
 
 def params_to_hf(params: Params, config: ModelConfig, *, with_heads: bool) -> dict:
     """Nested params -> HF tensors (names as transformers writes them), float32 numpy arrays."""
-    out = tensors_by_rules(params, pretraining_rules(config) if with_heads else
-                           encoder_rules(config))
+    if with_heads:  # a checkpoint imported from BertForMaskedLM has no NSP head, nor pooler
+        with_nsp = "nsp_head" in params
+        rules = pretraining_rules(config, with_nsp=with_nsp,
+                                  with_pooler=with_nsp or not is_zero_pooler(params["bert"]))
+    out = tensors_by_rules(params, rules if with_heads else encoder_rules(config))
     if with_heads:
         # transformers ties the decoder to the word embeddings but still reads these names.
         out["cls.predictions.decoder.weight"] = out["bert.embeddings.word_embeddings.weight"]

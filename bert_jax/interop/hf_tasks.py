@@ -20,7 +20,6 @@ inference refuses to pool with (Predictor.embed).
 import dataclasses
 from collections.abc import Callable
 
-import numpy as np
 from absl import logging
 
 from bert_jax.interop import hf
@@ -121,9 +120,7 @@ def from_hf(tensors: dict, config: ModelConfig, hf_config: dict, name: str) -> t
     if not head.with_pooler:
         logging.warning("%s has no pooler (transformers' %s has none): imported as zeros, which "
                         "inference will not pool with", name, head.architecture)
-        params["bert"]["pooler"] = {"dense": {
-            leaf: np.zeros(shapes[("bert", "pooler", "dense", leaf)], np.float32)
-            for leaf in ("kernel", "bias")}}
+        hf.zero_pooler(params, config)
     return params, task
 
 

@@ -48,6 +48,7 @@ import tensorflow as tf
 from absl import logging
 
 from bert_jax.data import tokenization
+from bert_jax.interop import hf
 from bert_jax.model.config import ModelConfig
 from bert_jax.parallel import mesh as mesh_lib
 from bert_jax.parallel import rules as rules_lib
@@ -156,8 +157,8 @@ def build(config, workdir: str) -> Run:
     model_config = finetune_model_config(loaded.model_config, config.model, where)
     # Host copies: every seed device_puts fresh buffers, which its train steps then donate.
     encoder = jax.device_get(encoder_params(loaded.params, where))
-    if "pooler" in encoder and not np.any(encoder["pooler"]["dense"]["kernel"]):
-        # An import of transformers' QA or token model, which has no pooler (interop.hf_tasks).
+    if hf.is_zero_pooler(encoder):
+        # An import of transformers' QA, token or masked-LM model, which has no pooler.
         encoder = {k: v for k, v in encoder.items() if k != "pooler"}
     token_rows = encoder["embeddings"]["token_embed"]["embedding"].shape[0]
     checkpoint.check_tokenizer_fits(loaded.tokenizer, model_config, token_rows, where)

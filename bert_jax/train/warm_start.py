@@ -133,6 +133,8 @@ def pretraining_layout(params: dict, stored: ModelConfig, run: ModelConfig,
                              f"{sorted(params)})")
         params = {"bert": {k: params.pop(k) for k in checkpoint.ENCODER_KEYS if k in params},
                   **params}
+    if hf.is_zero_pooler(params["bert"]):  # an import of a model without one: start fresh
+        params["bert"] = {k: v for k, v in params["bert"].items() if k != "pooler"}
     if stored.scan_layers != run.scan_layers:
         bert = dict(params["bert"])
         relayout = hf.stack_layers if run.scan_layers else hf.unstack_layers
