@@ -350,6 +350,41 @@ def test_tf1_unexpected_and_missing_variables_are_named(random_model, tmp_path):
         convert.import_tf1(folder, str(tmp_path / "out"))
 
 
+def test_tf1_export_writes_the_original_variables_and_imports_back(random_model, tmp_path):
+    """Original folder -> ours -> --to=tf1: the same variables (names, layouts, values) as the
+    released folder less the optimizer slots, its bert_config.json and vocab.txt; importing the
+    export gives transformers' outputs again."""
+    tf = pytest.importorskip("tensorflow")
+    model, batch, reference = random_model
+    original = _write_original_folder(tmp_path / "uncased_L-3_H-64_A-4",
+                                      _original_variables(model), model)
+    convert.import_tf1(original, str(tmp_path / "ours"))
+    exported = tmp_path / "uncased_export"
+    subprocess.run([sys.executable, "-m", "bert_jax.convert", "--to=tf1",
+                    f"--input={tmp_path / 'ours'}", f"--output={exported}"], check=True,
+                   capture_output=True)
+    reader = tf.train.load_checkpoint(str(exported / "bert_model.ckpt"))
+    want = _original_variables(model)
+    assert sorted(reader.get_variable_to_shape_map()) == sorted(want)
+    for name, value in want.items():
+        np.testing.assert_array_equal(reader.get_tensor(name), value, err_msg=name)
+    assert (json.loads((exported / "bert_config.json").read_text())
+            == json.loads((tmp_path / "uncased_L-3_H-64_A-4" / "bert_config.json").read_text()))
+    assert ((exported / "vocab.txt").read_bytes()
+            == (tmp_path / "uncased_L-3_H-64_A-4" / "vocab.txt").read_bytes())
+    convert.import_tf1(str(exported), str(tmp_path / "again"))
+    _assert_same_outputs(_our_outputs(str(tmp_path / "again"), batch), reference)
+
+
+def test_tf1_export_refuses_what_the_original_cannot_read(data_dir, tmp_path):
+    books = (data_dir / "gutenberg" / "11-0.txt").read_text(encoding="utf-8").splitlines()
+    tokenizer = tokenization.train_sentencepiece([line for line in books if line.strip()], 300,
+                                                 str(tmp_path / "sp"))
+    with pytest.raises(ValueError, match="SentencePieceTokenizer: the original BERT code reads "
+                                         "a WordPiece vocab.txt only; export it with --to=hf"):
+        convert.export_tf1(_checkpoint_with(tokenizer, tmp_path / "ckpt"), str(tmp_path / "o"))
+
+
 @pytest.mark.parametrize("name, lowercase", [
     ("uncased_L-12_H-768_A-12", True), ("wwm_uncased_L-24_H-1024_A-16", True),
     ("cased_L-12_H-768_A-12", False), ("multi_cased_L-12_H-768_A-12/", False),

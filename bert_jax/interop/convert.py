@@ -178,6 +178,50 @@ def export_hf(checkpoint_path: str, output: str) -> str:
     return output
 
 
+def export_tf1(checkpoint_path: str, output: str) -> str:
+    """A checkpoint of this package -> an original Google BERT folder (bert_model.ckpt.*,
+    bert_config.json, vocab.txt) that the original code (and import_tf1) reads: the encoder
+    and pooler, and the MLM and NSP heads where the checkpoint has them.
+
+    The original reads a WordPiece vocab.txt; the casing is the user's `do_lower_case` flag
+    there (Google's folder names say it: uncased_* / cased_*), logged here. A fine-tuned
+    checkpoint's task head is left out, with a warning: the original's fine-tuning scripts
+    start from the encoder (--to=hf keeps heads).
+    """
+    import flax.linen as nn
+
+    loaded = checkpoint.load_model(checkpoint_path)
+    tokenizer, config = loaded.tokenizer, loaded.model_config
+    if not isinstance(tokenizer, tokenization.WordPieceTokenizer):
+        raise ValueError(f"{checkpoint_path} has a {type(tokenizer).__name__}: the original BERT "
+                         "code reads a WordPiece vocab.txt only; export it with --to=hf")
+    params = _unrolled(nn.unbox(loaded.params), config)
+    if loaded.meta.get("task"):
+        logging.warning("%s is fine-tuned (%s): its task head is not written; the original "
+                        "BERT folder holds the encoder and pooler (--to=hf keeps the head)",
+                        checkpoint_path, loaded.meta["task"].get("name"))
+        params = {"bert": params["bert"]}
+    with_heads = "mlm_head" in params
+    if with_heads and "nsp_head" not in params:
+        raise ValueError(f"{checkpoint_path} has an MLM head but no NSP head (an import of a "
+                         "BertForMaskedLM), which the original BertForPreTraining always has; "
+                         "export it with --to=hf")
+    encoder = params.get("bert", params)  # an encoder-only import holds it at the top level
+    if hf.is_zero_pooler(encoder):
+        raise ValueError(f"{checkpoint_path} has no pooler (an import of a transformers model "
+                         "without one), which the original BERT always has; export it with "
+                         "--to=hf")
+    if with_heads:
+        tensors = hf.params_to_hf(params, config, with_heads=True)
+    else:  # the original names the encoder's variables bert/... all the same
+        tensors = {f"bert.{name}": value for name, value in
+                   hf.params_to_hf(encoder, config, with_heads=False).items()}
+    vocab = [tokenizer.id_to_token(i) for i in range(tokenizer.vocab_size)]
+    logging.info("%s: %s vocab; the original code needs --do_lower_case=%s", output,
+                 "uncased" if tokenizer.lowercase else "cased", tokenizer.lowercase)
+    return tf1.write_tf1_folder(output, config, tensors, vocab)
+
+
 def _unrolled(params: dict, config) -> dict:
     """Scanned checkpoints store layers stacked; HF names one tensor per layer."""
     if not config.scan_layers:

@@ -5,6 +5,8 @@ renames the variables to those (and transposes kernels: [in, out] in TF, [out, i
 the Hugging Face rules in hf.py take it from there. bert_config.json has the same keys as a
 transformers BertConfig. Optimizer slots (`.../adam_m`, `.../adam_v`) and `global_step` are
 skipped; any other variable the model has no place for is an error, as is a missing one.
+Writing (write_tf1_folder) is the inverse: the variables the original code's
+`tf.train.init_from_checkpoint` reads, under their names, in one V2 checkpoint.
 """
 
 import json
@@ -42,6 +44,37 @@ def tf_name(hf_name: str) -> str:
     elif leaf == "weight":
         leaf = "kernel"
     return "/".join([*scope, leaf])
+
+
+def tf1_config(config: ModelConfig) -> dict:
+    """bert_config.json: the original BertConfig's keys. Its code fixes what ours may vary."""
+    if config.layer_norm_eps != 1e-12:
+        raise ValueError(f"layer_norm_eps={config.layer_norm_eps}: the original BERT code fixes "
+                         "LayerNorm's epsilon at 1e-12; export this model with --to=hf")
+    hf_config = hf.config_to_hf(config)
+    keys = ("vocab_size", "hidden_size", "num_hidden_layers", "num_attention_heads",
+            "intermediate_size", "hidden_act", "hidden_dropout_prob",
+            "attention_probs_dropout_prob", "max_position_embeddings", "type_vocab_size",
+            "initializer_range")
+    return {key: hf_config[key] for key in keys}
+
+
+def write_tf1_folder(folder: str, config: ModelConfig, tensors: dict, vocab: list[str]) -> str:
+    """Hugging Face-named tensors (hf.params_to_hf) -> FOLDER/bert_model.ckpt.{index,data-*},
+    bert_config.json and vocab.txt (one token per line, id order), as Google released BERT."""
+    tf.io.gfile.makedirs(folder)
+    variables = {tf_name(name): (value.T if tf_name(name).endswith("/kernel") else value)
+                 for name, value in tensors.items()
+                 if not name.startswith("cls.predictions.decoder")}  # tied: not variables
+    # SaveV2 writes exactly these names; tf.train.Checkpoint would add object paths.
+    tf.raw_ops.SaveV2(prefix=os.path.join(folder, _PREFERRED_CHECKPOINT),
+                      tensor_names=list(variables), shape_and_slices=[""] * len(variables),
+                      tensors=[np.ascontiguousarray(v, np.float32) for v in variables.values()])
+    with tf.io.gfile.GFile(os.path.join(folder, CONFIG_FILE), "w") as f:
+        json.dump(tf1_config(config), f, indent=2)
+    with tf.io.gfile.GFile(os.path.join(folder, VOCAB_FILE), "w") as f:
+        f.write("".join(token + "\n" for token in vocab))
+    return folder
 
 
 def lowercase_from_name(folder: str) -> bool:
