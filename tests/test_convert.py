@@ -376,6 +376,23 @@ def test_tf1_export_writes_the_original_variables_and_imports_back(random_model,
     _assert_same_outputs(_our_outputs(str(tmp_path / "again"), batch), reference)
 
 
+def test_tf1_export_of_a_fine_tuned_checkpoint_is_its_encoder(finetuned, tmp_path):
+    tf = pytest.importorskip("tensorflow")
+    _, _, results = finetuned
+    best = results["seeds"][str(results["best"]["seed"])]["checkpoint"]
+    convert.export_tf1(best, str(tmp_path / "uncased_encoder"))
+    names = tf.train.load_checkpoint(str(tmp_path / "uncased_encoder" / "bert_model.ckpt")
+                                     ).get_variable_to_shape_map()
+    assert "bert/pooler/dense/kernel" in names and not any(n.startswith("cls/") for n in names)
+    convert.import_tf1(str(tmp_path / "uncased_encoder"), str(tmp_path / "back"))
+    want = nn.unbox(checkpoint.load_model(best).params)["bert"]
+    got = nn.unbox(checkpoint.load_model(str(tmp_path / "back")).params)
+    for (path, a), (_, b) in zip(jax.tree_util.tree_flatten_with_path(want)[0],
+                                 jax.tree_util.tree_flatten_with_path(
+                                     {k: got[k] for k in want})[0]):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b), jax.tree_util.keystr(path))
+
+
 def test_tf1_export_refuses_what_the_original_cannot_read(data_dir, tmp_path):
     books = (data_dir / "gutenberg" / "11-0.txt").read_text(encoding="utf-8").splitlines()
     tokenizer = tokenization.train_sentencepiece([line for line in books if line.strip()], 300,
