@@ -405,7 +405,9 @@ class Predictor:
         """Predictions of a fine-tuned (GLUE) checkpoint for texts or (text_a, text_b) pairs.
 
         Returns per input {"label", "score", "probabilities": {label: p}} for a classifier
-        (score = the predicted label's probability), or {"score"} for a regression (STS-B).
+        (score = the predicted label's probability), {"labels": [those with p > 1/2],
+        "probabilities"} for a multi-label one (a sigmoid per label), or {"score"} for a
+        regression (STS-B).
         Inputs longer than max_position_embeddings tokens are truncated (pairs longest-first).
         Raises ValueError for a single text where the task takes pairs (MRPC, MNLI, ...) or a
         pair where it takes single sentences.
@@ -431,6 +433,11 @@ class Predictor:
             logits[indices] = np.asarray(out)[:len(indices)]
         if labels is None:
             return [{"score": float(x)} for x in logits[:, 0]]
+        if task.get("multi_label"):  # one sigmoid per label: those above 1/2
+            probs = np.asarray(jax.nn.sigmoid(logits))
+            return [{"labels": [name for name, q in zip(labels, p) if q > 0.5],
+                     "probabilities": {name: float(q) for name, q in zip(labels, p)}}
+                    for p in probs]
         probs = np.asarray(jax.nn.softmax(logits, axis=-1))
         return [{"label": labels[int(np.argmax(p))], "score": float(np.max(p)),
                  "probabilities": {name: float(q) for name, q in zip(labels, p)}} for p in probs]

@@ -279,6 +279,32 @@ def test_transformers_regression_and_qa_and_ner_models_import(minilm_folder, tmp
     assert [w["tag"] for w in tagged["words"]] == [tags[i] for i in logits[1:-1].argmax(-1)]
 
 
+def test_multi_label_classifier_imports_and_exports_with_its_sigmoids(minilm_folder,  # noqa
+                                                                      tmp_path):
+    """transformers' multi_label_classification: a sigmoid per label; imported, classify gives
+    its probabilities and every label above 1/2; exported again, the same problem type."""
+    labels = {0: "sports", 1: "politics", 2: "science", 3: "arts"}
+    folder = _transformers_task_model("BertForSequenceClassification", tmp_path / "hf",
+                                      minilm_folder, id2label=labels,
+                                      label2id={v: k for k, v in labels.items()},
+                                      problem_type="multi_label_classification")
+    predictor = inference.load(convert.import_hf(folder, str(tmp_path / "ours")))
+    assert predictor.task["multi_label"] and predictor.task["labels"] == list(labels.values())
+    ids, mask = _torch_ids(predictor, TEXTS)
+    model = require("transformers").BertForSequenceClassification.from_pretrained(folder).eval()
+    want = 1 / (1 + np.exp(-_logits(model, {"input_ids": ids, "attention_mask": mask})["logits"]))
+    ours = predictor.classify(TEXTS)
+    np.testing.assert_allclose([[o["probabilities"][v] for v in labels.values()] for o in ours],
+                               want, atol=1e-5)
+    assert [o["labels"] for o in ours] == [[v for v, p in zip(labels.values(), row) if p > 0.5]
+                                           for row in want]
+    assert any(len(o["labels"]) != 1 for o in ours)  # not one label per input
+    convert.export_hf(str(tmp_path / "ours"), str(tmp_path / "back"))
+    exported = json.loads((tmp_path / "back" / "config.json").read_text())
+    assert exported["problem_type"] == "multi_label_classification"
+    assert exported["id2label"] == {str(k): v for k, v in labels.items()}
+
+
 def test_import_defaults_are_the_task_configs_defaults():
     squad = _config("squad")
     assert squad.task == "squad"  # SQuAD v1.1 by default: version_2 False
@@ -294,11 +320,6 @@ def test_bad_task_models_are_named(minilm_folder, tmp_path):  # noqa: F811
                                         minilm_folder, num_labels=3)  # LABEL_0 .. LABEL_2
     with pytest.raises(ValueError, match="'LABEL_0'; entities are read from IOB tags"):
         convert.import_hf(untagged, str(tmp_path / "a"))
-
-    multi = _transformers_task_model("BertForSequenceClassification", tmp_path / "multi",
-                                     minilm_folder, problem_type="multi_label_classification")
-    with pytest.raises(ValueError, match="multi_label_classification"):
-        convert.import_hf(multi, str(tmp_path / "b"))
 
     # config.json says three labels, the weights hold two rows.
     folder = _transformers_task_model("BertForSequenceClassification", tmp_path / "three",

@@ -232,7 +232,75 @@ def test_bad_files_and_settings_are_named(data_dir, tmp_path):
         _task(tmp_path, train_file=str(tmp_path / "train.txt")).load(tokenizer)
     with pytest.raises(ValueError, match="pearson', which does not score a classification"):
         _task(tmp_path, rows, metrics="pearson")
+    with pytest.raises(ValueError, match="'f1', which does not score a multi-label "
+                                         "classification"):
+        _task(tmp_path, rows, multi_label=True, metrics="f1")
+    with pytest.raises(ValueError, match=r"jsonl:2: multi-label column 'label' holds 3"):
+        (tmp_path / "multi.jsonl").write_text('{"text": "a", "label": ["x"]}\n'
+                                              '{"text": "b", "label": 3}\n', encoding="utf-8")
+        _task(tmp_path, train_file=str(tmp_path / "multi.jsonl"), multi_label=True).load(
+            tokenizer)
     with pytest.raises(ValueError, match="names 3 column"):
         _task(tmp_path, rows, text_columns="a,b,c")
     with pytest.raises(ValueError, match="must be set: the files to fine-tune on"):
         _task(tmp_path, train_file="", dev_file="")
+
+
+def _entity_types(data_dir, count: int) -> list[dict]:
+    """CoNLL-2003 train sentences labelled with the entity types they mention (from the gold
+    tags; none for some): a real multi-label task."""
+    rows, words, types = [], [], set()
+    for line in (data_dir / "conll2003" / "train.txt").read_text(encoding="utf-8").splitlines():
+        fields = line.split()
+        if not fields or fields[0] == "-DOCSTART-":
+            if words:
+                rows.append({"sentence": " ".join(words), "types": sorted(types)})
+            words, types = [], set()
+            if len(rows) == count:
+                break
+            continue
+        words.append(fields[0])
+        if fields[-1] != "O":
+            types.add(fields[-1].split("-")[1])
+    return rows
+
+
+def test_multi_label_from_json_lists_and_joined_cells(pretrained, data_dir, tmp_path):
+    """Entity types of CoNLL sentences: JSON lists and '|'-joined CSV cells read alike; the
+    metrics of results.json are scikit-learn's on the prediction file, and predict classify
+    gives the file's labels and probabilities."""
+    rows = _entity_types(data_dir, 160)
+    assert any(not r["types"] for r in rows) and any(len(r["types"]) > 1 for r in rows)
+    _write_as(rows, tmp_path / "types.jsonl")
+    _write_as([{**r, "types": "|".join(r["types"])} for r in rows], tmp_path / "types.csv")
+    common = {"data.text_columns": "sentence", "data.label_column": "types",
+              "data.multi_label": True, "data.dev_fraction": 0.25, "data.max_seq_length": 64,
+              "train.batch_size": 8, "train.eval_batch_size": 16, "train.num_epochs": 2,
+              "optimizer.learning_rate": 1e-3, "init_checkpoint": pretrained}
+    tokenizer = checkpoint.load_model(pretrained).tokenizer
+    loaded = [text_classification.TextClassificationTask(_classify_config(
+        **common, **{"data.train_file": str(tmp_path / name)}).data) for name in
+        ("types.jsonl", "types.csv")]
+    features = [task.load(tokenizer) for task in loaded]
+    assert loaded[0].labels == loaded[1].labels == ["LOC", "MISC", "ORG", "PER"]
+    assert np.array_equal(features[0]["train"].labels, features[1]["train"].labels)
+    assert features[0]["train"].labels.shape == (120, 4)
+
+    config = _classify_config(**common, **{"data.train_file": str(tmp_path / "types.jsonl")})
+    results = finetune.finetune_and_evaluate(config, str(tmp_path / "run"))
+    assert results["main_metric"] == "f1_micro"
+    best = results["seeds"]["0"]
+    dev = [json.loads(line) for line in
+           pathlib.Path(best["predictions"]["dev"]).read_text().splitlines()]
+    binarize = lambda lists: np.array([[int(t in labels) for t in loaded[0].labels]  # noqa
+                                       for labels in lists])
+    gold, predicted = binarize([d["gold"] for d in dev]), binarize([d["labels"] for d in dev])
+    assert results["best"]["f1_micro"] == pytest.approx(
+        sk_metrics.f1_score(gold, predicted, average="micro", zero_division=0))
+    assert results["best"]["accuracy"] == pytest.approx(sk_metrics.accuracy_score(gold,
+                                                                                 predicted))
+    predictor = inference.load(best["checkpoint"])
+    dev_texts = [rows[int(d["id"])]["sentence"] for d in dev]  # ids: rows of the train file
+    for d, out in zip(dev, predictor.classify(dev_texts)):
+        assert out["labels"] == d["labels"]
+        assert out["probabilities"] == pytest.approx(d["probabilities"], abs=1e-5)

@@ -92,7 +92,8 @@ def to_hf(params: dict, config: ModelConfig, task: dict, source: str) -> tuple[d
         fields.update(id2label={str(i): name for i, name in enumerate(labels)},
                       label2id={name: i for i, name in enumerate(labels)})
         if kind is None:
-            fields["problem_type"] = "single_label_classification"
+            fields["problem_type"] = ("multi_label_classification" if task.get("multi_label")
+                                      else "single_label_classification")
     return hf.tensors_by_rules(params, _rules(head, config)), fields
 
 
@@ -155,13 +156,12 @@ def _task_from_hf_config(hf_config: dict, kind: str | None, config: ModelConfig,
     else:
         num_labels = _num_labels(hf_config)
         regression = hf_config.get("problem_type") == "regression" or num_labels == 1
-        if hf_config.get("problem_type") == "multi_label_classification":
-            raise ValueError(f"{name}: problem_type multi_label_classification (independent "
-                             "sigmoids) is not supported; classify takes one label per input")
         # pair None: the model does not say whether it takes pairs, so classify takes both.
         task = {"name": name, "labels": None if regression else _label_names(
                     hf_config, num_labels),
                 "is_regression": regression, "pair": None, "metrics": []}
+        if hf_config.get("problem_type") == "multi_label_classification":
+            task["multi_label"] = True  # independent sigmoids
     length = task["max_seq_length"] if "max_seq_length" in task else None
     if length is not None and length > config.max_position_embeddings:
         task["max_seq_length"] = config.max_position_embeddings

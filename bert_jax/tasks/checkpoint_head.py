@@ -46,6 +46,10 @@ def head_for_task(params: dict, fine_tuned: dict | None, task_meta: dict, where:
     if (have is None) != (want is None):
         kinds = ["a regression" if labels is None else "a classifier" for labels in (have, want)]
         raise ValueError(f"{where} is {kinds[0]} but {task_meta['name']} is {kinds[1]}")
+    if bool(fine_tuned.get("multi_label")) != bool(task_meta.get("multi_label")):
+        kinds = ["multi-label (a sigmoid per label)" if meta.get("multi_label") else
+                 "single-label (softmax)" for meta in (fine_tuned, task_meta)]
+        raise ValueError(f"{where} is {kinds[0]} but {task_meta['name']} is {kinds[1]}")
     if have is not None and len(have) != len(want):
         raise ValueError(f"{where} has {len(have)} labels {have}; {task_meta['name']} has "
                          f"{len(want)}: {want}")

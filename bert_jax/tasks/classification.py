@@ -21,9 +21,17 @@ from bert_jax.train import losses
 
 
 def classification_sums(logits, batch: dict) -> dict:
-    """Weighted loss (cross-entropy, or squared error when num_labels = 1) and correct counts."""
+    """Weighted loss (cross-entropy, or squared error when num_labels = 1, or with multi-hot
+    [B, C] labels the mean binary cross-entropy over the labels, as transformers' multi-label
+    loss) and correct counts (multi-label: every label right)."""
     weights = batch["example_weight"]  # [B]
     logits = logits.astype(jnp.float32)  # [B, C]
+    if batch["label"].ndim == 2:  # several labels per example: one sigmoid each
+        targets = batch["label"].astype(jnp.float32)
+        per_example = jnp.mean(optax.sigmoid_binary_cross_entropy(logits, targets), axis=-1)
+        correct = jnp.all((logits > 0) == (targets > 0.5), axis=-1).astype(jnp.float32)
+        return {"loss_sum": jnp.sum(per_example * weights),
+                "correct": jnp.sum(correct * weights), "count": jnp.sum(weights)}
     if logits.shape[-1] == 1:
         errors = jnp.square(logits[:, 0] - batch["label"].astype(jnp.float32))  # [B]
         return {"loss_sum": jnp.sum(errors * weights), "count": jnp.sum(weights)}
@@ -68,6 +76,7 @@ class SentenceClassificationTask(base.FinetuneTask):
     labels: list[str] | None
     metrics: tuple[str, ...]
     pair: bool | None
+    multi_label: bool = False  # any number of labels per example, one sigmoid each
 
     def __init__(self, data_config):
         self.data = data_config
@@ -104,12 +113,15 @@ class SentenceClassificationTask(base.FinetuneTask):
         logits = np.stack([o["logits"] for o in outputs])  # [N, num_labels]
         if self.is_regression:
             return logits[:, 0].astype(np.float32)
+        if self.multi_label:  # [N, C] multi-hot: every label whose probability exceeds 1/2
+            return (logits > 0).astype(np.int32)
         return np.argmax(logits, axis=-1).astype(np.int32)
 
     def meta(self) -> dict:
-        return {"name": self.name, "labels": None if self.labels is None else list(self.labels),
+        meta = {"name": self.name, "labels": None if self.labels is None else list(self.labels),
                 "is_regression": self.is_regression, "pair": self.pair,
                 "metrics": list(self.metrics)}
+        return {**meta, "multi_label": True} if self.multi_label else meta
 
 
 class GlueFinetuneTask(SentenceClassificationTask):

@@ -284,7 +284,8 @@ class Features:
 
     input_ids: list[np.ndarray]  # each [n] int32
     type_ids: list[np.ndarray]  # each [n] int32
-    labels: np.ndarray  # [N] int32 or float32 (0 where unlabelled)
+    labels: np.ndarray  # [N] int32 or float32 (0 where unlabelled); [N, C] multi-hot int32
+    # for several labels per example (text_classification's multi_label)
     guids: list[str]
 
     def __len__(self) -> int:
@@ -352,7 +353,7 @@ def pad_batch(features: Features, indices: Sequence[int], batch_size: int,
         "input_ids": np.zeros((batch_size, length), np.int32),
         "token_type_ids": np.zeros((batch_size, length), np.int32),
         "attention_mask": np.zeros((batch_size, length), np.int32),
-        "label": np.zeros((batch_size,), features.labels.dtype),
+        "label": np.zeros((batch_size, *features.labels.shape[1:]), features.labels.dtype),
         "example_weight": np.zeros((batch_size,), np.float32),
     }
     for r in range(batch_size):

@@ -17,9 +17,15 @@ is also scored after every epoch (metrics suffixed _test; the best epoch is stil
 dev). Prediction files are JSON lines, one per row in the file's order: {"id", "label",
 "score", "probabilities"} (a regression: {"id", "score"}) and, on labelled splits, "gold".
 
+With data.multi_label a row has any number of labels (none included): a JSON list, or a
+CSV/TSV cell joined by data.label_separator ("toxic|insult"). The head has one sigmoid per
+label (transformers' multi_label_classification), and a label is predicted where its
+probability exceeds 1/2; prediction files then hold "labels" (a list) and "probabilities".
+
 Metrics (data.metrics, comma-separated; the first picks the best epoch): accuracy, f1 (binary:
-the second label is the positive class), f1_macro, matthews_corrcoef; pearson and spearman for
-a regression. All through scikit-learn / scipy.
+the second label is the positive class), f1_macro, f1_micro, matthews_corrcoef; pearson and
+spearman for a regression; for multi-label, accuracy (every label right), f1_micro and
+f1_macro. All through scikit-learn / scipy.
 """
 
 from __future__ import annotations
@@ -38,9 +44,17 @@ from sklearn import metrics as sk_metrics
 from bert_jax.tasks import classification, glue, table_files
 
 NAME = "classify"
-METRICS = {**glue.METRICS, "f1_macro": functools.partial(sk_metrics.f1_score, average="macro")}
-REGRESSION_METRICS = ("pearson", "spearman")
-DEFAULT_METRICS = {False: ("accuracy", "f1_macro"), True: REGRESSION_METRICS}
+METRICS = {**glue.METRICS,
+           "f1_macro": functools.partial(sk_metrics.f1_score, average="macro", zero_division=0),
+           "f1_micro": functools.partial(sk_metrics.f1_score, average="micro", zero_division=0)}
+# Which metrics score which kind of task, the first of each the default main metric.
+KIND_METRICS = {"classification": ("accuracy", "f1_macro", "f1", "f1_micro",
+                                   "matthews_corrcoef"),
+                "regression": ("pearson", "spearman"),
+                "multi-label classification": ("f1_micro", "f1_macro", "accuracy")}
+DEFAULT_METRICS = {"classification": ("accuracy", "f1_macro"),
+                   "regression": ("pearson", "spearman"),
+                   "multi-label classification": ("f1_micro", "f1_macro", "accuracy")}
 
 
 def column_list(value: str, key: str, allowed: tuple[int, ...]) -> tuple[str, ...]:
@@ -52,16 +66,15 @@ def column_list(value: str, key: str, allowed: tuple[int, ...]) -> tuple[str, ..
     return names
 
 
-def metric_names(value: str, regression: bool) -> tuple[str, ...]:
-    """data.metrics checked against the kind of task ('' = the default for that kind)."""
-    names = tuple(n.strip() for n in value.split(",") if n.strip()) or DEFAULT_METRICS[regression]
+def metric_names(value: str, kind: str) -> tuple[str, ...]:
+    """data.metrics checked against the kind of task (KIND_METRICS; '' = its default)."""
+    names = tuple(n.strip() for n in value.split(",") if n.strip()) or DEFAULT_METRICS[kind]
     for name in names:
         if name not in METRICS:
             raise ValueError(f"data.metrics names {name!r}; known metrics: {sorted(METRICS)}")
-        if (name in REGRESSION_METRICS) != regression:
-            kind = "a regression" if regression else "a classification"
-            raise ValueError(f"data.metrics names {name!r}, which does not score {kind} "
-                             f"(data.regression={regression})")
+        if name not in KIND_METRICS[kind]:
+            raise ValueError(f"data.metrics names {name!r}, which does not score a {kind} "
+                             f"(its metrics: {', '.join(KIND_METRICS[kind])})")
     return names
 
 
@@ -91,7 +104,12 @@ class TextClassificationTask(classification.SentenceClassificationTask):
         self.text_columns = column_list(data.text_columns, "text_columns", (1, 2))
         self.label_column = column_list(data.label_column, "label_column", (1,))[0]
         self.pair = len(self.text_columns) == 2
-        self.metrics = metric_names(data.metrics, data.regression)
+        if data.regression and data.multi_label:
+            raise ValueError("data.regression and data.multi_label are both set: choose one")
+        self.multi_label = data.multi_label
+        kind = ("regression" if data.regression else
+                "multi-label classification" if data.multi_label else "classification")
+        self.metrics = metric_names(data.metrics, kind)
         given = [name.strip() for name in data.labels.split(",")] if data.labels else []
         if data.regression and given:
             raise ValueError("data.labels names classes, but data.regression=True")
@@ -155,7 +173,7 @@ class TextClassificationTask(classification.SentenceClassificationTask):
                 skipped += 1
                 continue
             label = row[self.label_column] if with_labels else None
-            if with_labels and label is None:
+            if with_labels and label is None and not self.multi_label:  # (null: no labels)
                 raise ValueError(f"{where}: no label in column {self.label_column!r}")
             guid = str(row[id_column]) if id_column else str(index)
             out.append((where, guid, texts[0], texts[1] if self.pair else None, label))
@@ -165,7 +183,33 @@ class TextClassificationTask(classification.SentenceClassificationTask):
             raise ValueError(f"{path} has no rows for the {split} split")
         return out, with_labels
 
+    def _label_names(self, raw, where: str) -> list[str]:
+        """A multi-label cell's names: a JSON list, or a string joined by the separator."""
+        if raw is None:
+            return []
+        if isinstance(raw, list):
+            names = [label_text(item) for item in raw]
+        elif isinstance(raw, str):
+            names = [part.strip() for part in raw.split(self.data.label_separator)]
+        else:
+            raise ValueError(f"{where}: multi-label column {self.label_column!r} holds "
+                             f"{raw!r}; expected a list or a string of labels joined by "
+                             f"{self.data.label_separator!r}")
+        names = [name for name in names if name]
+        if len(set(names)) != len(names):
+            raise ValueError(f"{where}: a label repeats in {names}")
+        return names
+
+    def _raw_names(self, raw, where: str) -> list[str]:
+        """The label names a labelled row gives (one, unless multi-label)."""
+        return self._label_names(raw, where) if self.multi_label else [label_text(raw)]
+
     def _label(self, raw, where: str):
+        if self.multi_label:  # multi-hot over self.labels
+            names = self._label_names(raw, where)
+            for name in names:
+                self._check_known(name, where)
+            return [int(label in names) for label in self.labels]
         if self.is_regression:
             try:
                 score = float(raw)
@@ -178,14 +222,18 @@ class TextClassificationTask(classification.SentenceClassificationTask):
         name = label_text(raw)
         if not name:
             raise ValueError(f"{where}: empty label in column {self.label_column!r}")
+        self._check_known(name, where)
+        return self.labels.index(name)
+
+    def _check_known(self, name: str, where: str) -> None:
         if name not in self.labels:
             source = "data.labels" if self.data.labels else (
                 "the train file's labels" if self.data.train_file else "the checkpoint's labels")
             raise ValueError(f"{where}: label {name!r} is not among {source} {self.labels}")
-        return self.labels.index(name)
 
     def _examples(self, rows: list, labelled: bool) -> list[glue.Example]:
-        return [glue.Example(guid, a, b, self._label(raw, where) if labelled else None)
+        unlabelled = [0] * len(self.labels) if self.multi_label else None  # a multi-hot row
+        return [glue.Example(guid, a, b, self._label(raw, where) if labelled else unlabelled)
                 for where, guid, a, b, raw in rows]
 
     def load(self, tokenizer, *, with_train: bool = True) -> dict:
@@ -211,11 +259,12 @@ class TextClassificationTask(classification.SentenceClassificationTask):
         if data.test_file:
             splits["test"], test_labelled = self._rows(data.test_file, "test", None)
         if self.labels == [] and train_file_rows:  # held-out dev rows' labels count too
-            self.labels = sorted_labels(label_text(row[-1]) for row in train_file_rows
-                                        if label_text(row[-1]))  # an empty one fails below
+            self.labels = sorted_labels(name for where, *_, raw in train_file_rows
+                                        for name in self._raw_names(raw, where)
+                                        if name)  # an empty one fails below
             logging.info("labels from %s: %s", data.train_file, self.labels)
         if self.labels is not None:
-            if len(self.labels) < 2:
+            if len(self.labels) < (1 if self.multi_label else 2):
                 raise ValueError(f"{len(self.labels)} label(s) {self.labels}: a classifier "
                                  "needs at least 2 (data.regression=True for scores)")
             if "f1" in self.metrics and len(self.labels) != 2:
@@ -251,8 +300,9 @@ class TextClassificationTask(classification.SentenceClassificationTask):
                 record = {"id": guid, **self._prediction(logits[i])}
                 if labelled:
                     gold = features.labels[i]
-                    record["gold"] = (float(gold) if self.is_regression
-                                      else self.labels[int(gold)])
+                    record["gold"] = (float(gold) if self.is_regression else
+                                      [n for n, g in zip(self.labels, gold) if g]
+                                      if self.multi_label else self.labels[int(gold)])
                 f.write(json.dumps(record) + "\n")
         return path
 
@@ -260,6 +310,10 @@ class TextClassificationTask(classification.SentenceClassificationTask):
         """What `predict classify` gives for one input (inference.Predictor.classify)."""
         if self.is_regression:
             return {"score": float(logits[0])}
+        if self.multi_label:
+            probabilities = 1 / (1 + np.exp(-logits))
+            return {"labels": [n for n, x in zip(self.labels, logits) if x > 0],
+                    "probabilities": {n: float(p) for n, p in zip(self.labels, probabilities)}}
         probabilities = np.exp(logits - logits.max())
         probabilities /= probabilities.sum()
         best = int(np.argmax(logits))

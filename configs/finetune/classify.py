@@ -29,8 +29,12 @@ def get_config() -> config_dict.ConfigDict:
         # column): the row's index
         labels="",  # label names in index order, comma-separated; "": the train file's, sorted
         regression=False,  # the label is a number; one output, squared error
+        multi_label=False,  # any number of labels a row (a JSON list, or joined by
+        # label_separator); one sigmoid each
+        label_separator="|",
         metrics="",  # comma-separated, the first picks the best epoch; "": accuracy,f1_macro
-        # (classification) or pearson,spearman (regression)
+        # (classification), pearson,spearman (regression), f1_micro,f1_macro,accuracy
+        # (multi-label)
         dev_fraction=0.1,  # without dev_file: the train rows held out as dev
         max_seq_length=128,
         max_train_examples=0,  # > 0: a fixed random subset of the train rows
