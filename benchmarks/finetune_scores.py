@@ -18,6 +18,7 @@ this script's per-task recipe (any `--set=key=value` overrides it). Prints the m
 epoch, the wall time, and `score=<scored metric> target=<T> pass=<bool>` last.
 """
 
+import ast
 import json
 import os
 import tempfile
@@ -175,6 +176,8 @@ def _parse(value: str):
             return kind(value)
         except ValueError:
             pass
+    if value.startswith("("):  # a tuple: seeds=(0,1,2), learning_rates=(5e-5,3e-5)
+        return tuple(ast.literal_eval(value))
     return {"true": True, "false": False}.get(value.lower(), value)
 
 
