@@ -113,8 +113,9 @@ class TextClassificationTask(classification.SentenceClassificationTask):
         given = [name.strip() for name in data.labels.split(",")] if data.labels else []
         if data.regression and given:
             raise ValueError("data.labels names classes, but data.regression=True")
-        if given and (len(given) < 2 or "" in given or len(set(given)) != len(given)):
-            raise ValueError(f"data.labels={data.labels!r}: expected two or more distinct, "
+        fewest = 1 if data.multi_label else 2
+        if given and (len(given) < fewest or "" in given or len(set(given)) != len(given)):
+            raise ValueError(f"data.labels={data.labels!r}: expected {fewest} or more distinct, "
                              "non-empty label names, comma-separated")
         self.labels = None if data.regression else list(given)
         if not data.train_file and not data.dev_file:
@@ -147,10 +148,11 @@ class TextClassificationTask(classification.SentenceClassificationTask):
         if with_labels is None:
             with_labels = self.label_column in columns
         wanted = self.text_columns + ((self.label_column,) if with_labels else ())
-        id_column = self.data.id_column if split != "train" else ""  # train rows need none
+        id_column = self.data.id_column  # train rows' ids name held-out dev rows
         if id_column and id_column not in columns:
-            logging.warning("%s has no id column %r: its rows are named by their index",
-                            path, id_column)
+            if split != "train":
+                logging.warning("%s has no id column %r: its rows are named by their index",
+                                path, id_column)
             id_column = ""
         if id_column:
             wanted += (id_column,)
