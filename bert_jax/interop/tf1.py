@@ -62,6 +62,7 @@ def tf1_config(config: ModelConfig) -> dict:
 def write_tf1_folder(folder: str, config: ModelConfig, tensors: dict, vocab: list[str]) -> str:
     """Hugging Face-named tensors (hf.params_to_hf) -> FOLDER/bert_model.ckpt.{index,data-*},
     bert_config.json and vocab.txt (one token per line, id order), as Google released BERT."""
+    bert_config = tf1_config(config)  # refuses before anything is written
     tf.io.gfile.makedirs(folder)
     variables = {tf_name(name): (value.T if tf_name(name).endswith("/kernel") else value)
                  for name, value in tensors.items()
@@ -71,7 +72,7 @@ def write_tf1_folder(folder: str, config: ModelConfig, tensors: dict, vocab: lis
                       tensor_names=list(variables), shape_and_slices=[""] * len(variables),
                       tensors=[np.ascontiguousarray(v, np.float32) for v in variables.values()])
     with tf.io.gfile.GFile(os.path.join(folder, CONFIG_FILE), "w") as f:
-        json.dump(tf1_config(config), f, indent=2)
+        json.dump(bert_config, f, indent=2)
     with tf.io.gfile.GFile(os.path.join(folder, VOCAB_FILE), "w") as f:
         f.write("".join(token + "\n" for token in vocab))
     return folder
