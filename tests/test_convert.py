@@ -1,6 +1,7 @@
 """The convert entrypoint: HF (safetensors or .bin) and original TF1 BERT folders ->
 self-describing checkpoint -> HF folder; parity with transformers on the way."""
 
+import dataclasses
 import json
 import os
 import subprocess
@@ -400,6 +401,15 @@ def test_tf1_export_refuses_what_the_original_cannot_read(data_dir, tmp_path):
     with pytest.raises(ValueError, match="SentencePieceTokenizer: the original BERT code reads "
                                          "a WordPiece vocab.txt only; export it with --to=hf"):
         convert.export_tf1(_checkpoint_with(tokenizer, tmp_path / "ckpt"), str(tmp_path / "o"))
+    # A LayerNorm epsilon the original cannot express: refused before anything is written.
+    wordpiece = tokenization.WordPieceTokenizer(str(data_dir / "bert_vocab" / "vocab.txt"))
+    loaded = checkpoint.load_model(_checkpoint_with(wordpiece, tmp_path / "wp"))
+    config = dataclasses.replace(loaded.model_config, layer_norm_eps=1e-5)
+    checkpoint.save_model(str(tmp_path / "eps"), 0, loaded.params,
+                          checkpoint.make_meta(0, config, wordpiece))
+    with pytest.raises(ValueError, match="layer_norm_eps=1e-05: the original BERT code fixes"):
+        convert.export_tf1(str(tmp_path / "eps"), str(tmp_path / "eps_tf1"))
+    assert not (tmp_path / "eps_tf1").exists()
 
 
 @pytest.mark.parametrize("name, lowercase", [
