@@ -39,7 +39,7 @@ from bert_jax.interop import hf
 from bert_jax.model import BertEncoder, BertForPreTraining, ModelConfig
 from bert_jax.model.heads import (BertForQuestionAnswering, BertForSequenceClassification,
                                   BertForTokenClassification)
-from bert_jax.tasks import batching, conll, conlleval, glue, squad
+from bert_jax.tasks import batching, classification, conll, conlleval, glue, squad
 from bert_jax.tasks.base import SPANS, TOKENS, task_kind
 from bert_jax.tasks.batching import length_bucket
 from bert_jax.train import checkpoint
@@ -431,16 +431,7 @@ class Predictor:
                                  batch["attention_mask"], config=self.model_config,
                                  num_labels=num_labels)
             logits[indices] = np.asarray(out)[:len(indices)]
-        if labels is None:
-            return [{"score": float(x)} for x in logits[:, 0]]
-        if task.get("multi_label"):  # one sigmoid per label: those above 1/2
-            probs = np.asarray(jax.nn.sigmoid(logits))
-            return [{"labels": [name for name, q in zip(labels, p) if q > 0.5],
-                     "probabilities": {name: float(q) for name, q in zip(labels, p)}}
-                    for p in probs]
-        probs = np.asarray(jax.nn.softmax(logits, axis=-1))
-        return [{"label": labels[int(np.argmax(p))], "score": float(np.max(p)),
-                 "probabilities": {name: float(q) for name, q in zip(labels, p)}} for p in probs]
+        return classification.readable_outputs(logits, labels, bool(task.get("multi_label")))
 
     def answer(self, questions_and_contexts: Sequence, *, top_k: int = 1,
                batch_size: int | None = None) -> list[dict]:

@@ -14,18 +14,12 @@ from bert_jax import inference
 from bert_jax.data import sentences, tokenization
 from bert_jax.tasks import classification, finetune, glue, table_files, text_classification
 from bert_jax.train import checkpoint
-from tests.test_finetune import REPO, _finetune_config, _override
-
-CONFIG = REPO / "configs" / "finetune" / "classify.py"
+from configs.finetune import classify as classify_configs
+from tests.test_finetune import _finetune_config, _override
 
 
 def _classify_config(**overrides):
-    import importlib.util
-
-    spec = importlib.util.spec_from_file_location("classify_config", CONFIG)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return _override(module.get_config(), overrides)
+    return _override(classify_configs.get_config(), overrides)
 
 
 def _mrpc_files(mrpc_dir: str, **overrides):

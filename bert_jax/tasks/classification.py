@@ -62,6 +62,25 @@ def summarize(sums: dict) -> dict:
 OBJECTIVE = losses.Objective(totals=_totals, loss=mean_loss, summarize=summarize)
 
 
+def readable_outputs(logits: np.ndarray, labels: list[str] | None,
+                     multi_label: bool = False) -> list[dict]:
+    """[N, C] logits -> per input what `predict classify` prints: {"label", "score",
+    "probabilities"} (softmax), {"labels": those above 1/2, "probabilities"} (a sigmoid per
+    label), or {"score"} for a regression (labels None)."""
+    logits = np.asarray(logits, np.float64)
+    if labels is None:
+        return [{"score": float(x)} for x in logits[:, 0]]
+    if multi_label:
+        probs = 1 / (1 + np.exp(-logits))
+        return [{"labels": [name for name, q in zip(labels, p) if q > 0.5],
+                 "probabilities": {name: float(q) for name, q in zip(labels, p)}}
+                for p in probs]
+    probs = np.exp(logits - logits.max(axis=-1, keepdims=True))
+    probs /= probs.sum(axis=-1, keepdims=True)
+    return [{"label": labels[int(np.argmax(p))], "score": float(np.max(p)),
+             "probabilities": {name: float(q) for name, q in zip(labels, p)}} for p in probs]
+
+
 # ----------------------------------------------------------------------------------------------
 # Tasks for the shared fine-tuning loop.
 

@@ -296,10 +296,11 @@ class TextClassificationTask(classification.SentenceClassificationTask):
         if jax.process_index() != 0:
             return path
         labelled = split in self.dev_splits
-        logits = np.stack([o["logits"] for o in outputs]).astype(np.float64)
+        readable = classification.readable_outputs(np.stack([o["logits"] for o in outputs]),
+                                                   self.labels, self.multi_label)
         with tf.io.gfile.GFile(path, "w") as f:
             for i, guid in enumerate(features.guids):
-                record = {"id": guid, **self._prediction(logits[i])}
+                record = {"id": guid, **readable[i]}  # as `predict classify` prints it
                 if labelled:
                     gold = features.labels[i]
                     record["gold"] = (float(gold) if self.is_regression else
@@ -307,20 +308,6 @@ class TextClassificationTask(classification.SentenceClassificationTask):
                                       if self.multi_label else self.labels[int(gold)])
                 f.write(json.dumps(record) + "\n")
         return path
-
-    def _prediction(self, logits: np.ndarray) -> dict:
-        """What `predict classify` gives for one input (inference.Predictor.classify)."""
-        if self.is_regression:
-            return {"score": float(logits[0])}
-        if self.multi_label:
-            probabilities = 1 / (1 + np.exp(-logits))
-            return {"labels": [n for n, x in zip(self.labels, logits) if x > 0],
-                    "probabilities": {n: float(p) for n, p in zip(self.labels, probabilities)}}
-        probabilities = np.exp(logits - logits.max())
-        probabilities /= probabilities.sum()
-        best = int(np.argmax(logits))
-        return {"label": self.labels[best], "score": float(probabilities[best]),
-                "probabilities": {n: float(p) for n, p in zip(self.labels, probabilities)}}
 
 
 def _hold_out(rows: list, fraction: float, seed: int) -> tuple[list, list]:
