@@ -6,9 +6,11 @@
     inference.load(glue_checkpoint).classify([("A man sings.", "Someone sings.")])
     inference.load(squad_checkpoint).answer([("Who sings?", "A man sings.")])
     inference.load(conll_checkpoint).tag(["Peter lives in Berlin ."])
+    inference.load(swag_checkpoint).choose([("A man sings.", ["He bows.", "He flies."])])
 
-A fine-tuned checkpoint stores its task (meta["task"]); answer and tag read their windows, label
-list and post-processing settings from it, and each method refuses a checkpoint of another task.
+A fine-tuned checkpoint stores its task (meta["task"]); answer, tag and choose read their
+windows, label list, lengths and post-processing settings from it, and each method refuses a
+checkpoint of another task.
 
 For fill_mask, embed and classify every text becomes `[CLS] text [SEP]` with token type 0.
 Texts are sorted by length and cut into batches of at most `batch_size`; each batch is padded to
@@ -37,10 +39,11 @@ from absl import logging
 from bert_jax.data import tokenization
 from bert_jax.interop import hf
 from bert_jax.model import BertEncoder, BertForPreTraining, ModelConfig
-from bert_jax.model.heads import (BertForQuestionAnswering, BertForSequenceClassification,
-                                  BertForTokenClassification)
-from bert_jax.tasks import batching, classification, conll, conlleval, glue, squad
-from bert_jax.tasks.base import SPANS, TOKENS, task_kind
+from bert_jax.model.heads import (BertForMultipleChoice, BertForQuestionAnswering,
+                                  BertForSequenceClassification, BertForTokenClassification)
+from bert_jax.tasks import batching, classification, conll, conlleval, glue, multiple_choice
+from bert_jax.tasks import squad
+from bert_jax.tasks.base import CHOICES, SPANS, TOKENS, task_kind
 from bert_jax.tasks.batching import length_bucket
 from bert_jax.train import checkpoint
 
@@ -51,6 +54,7 @@ _KIND_NAMES = {
     None: "sentence (pair) classification, as GLUE",
     SPANS: "extractive question answering, as SQuAD",
     TOKENS: "token classification, as CoNLL-2003 NER",
+    CHOICES: "multiple choice, as SWAG",
 }
 
 
@@ -95,6 +99,13 @@ def _embed_step(params, input_ids, attention_mask, *, config, pooling):
 def _classify_step(params, input_ids, token_type_ids, attention_mask, *, config, num_labels):
     """[B, L] inputs -> [B, num_labels] float32 logits of a fine-tuned classifier."""
     return BertForSequenceClassification(config, num_labels).apply(
+        {"params": params}, input_ids, token_type_ids, attention_mask)
+
+
+@functools.partial(jax.jit, static_argnames=("config",))
+def _choice_step(params, input_ids, token_type_ids, attention_mask, *, config):
+    """[B, C, L] inputs -> [B, C] float32 scores of a fine-tuned multiple-choice model."""
+    return BertForMultipleChoice(config).apply(
         {"params": params}, input_ids, token_type_ids, attention_mask)
 
 
@@ -271,7 +282,8 @@ def _tagged(words: list[str], tags: list[str]) -> dict:
 
 class Predictor:
     """A checkpoint's model, params and tokenizer: fill_mask and embed for any checkpoint (with
-    an MLM head for fill_mask); classify, answer or tag for one fine-tuned on that task."""
+    an MLM head for fill_mask); classify, choose, answer or tag for one fine-tuned on that
+    task."""
 
     def __init__(self, model_config: ModelConfig, params: dict,
                  tokenizer: tokenization.Tokenizer, batch_size: int = 32,
@@ -432,6 +444,50 @@ class Predictor:
                                  num_labels=num_labels)
             logits[indices] = np.asarray(out)[:len(indices)]
         return classification.readable_outputs(logits, labels, bool(task.get("multi_label")))
+
+    def choose(self, contexts_and_choices: Sequence, batch_size: int | None = None
+               ) -> list[dict]:
+        """The choice a checkpoint fine-tuned for multiple choice (SWAG) picks for each
+        (context, [choice, ...]) item, as fine-tuning scored them: one `[CLS] context [SEP]
+        choice [SEP]` row per choice, truncated at the run's max_seq_length (pairs
+        longest-first), a softmax over the item's choices. Items may have different numbers
+        of choices (2 or more).
+
+        Returns per item {"choice": the picked index, "text": its text, "score": its
+        probability, "probabilities": one per choice}. batch_size counts items. Raises
+        ValueError for an empty context or choice, fewer than 2 choices, and a checkpoint of
+        another task.
+        """
+        task = self._fine_tuned(CHOICES, "classifier", "choose")
+        if isinstance(contexts_and_choices, (str, dict)):
+            raise TypeError("expected a list of (context, [choice, ...]) items")
+        examples = []
+        for i, item in enumerate(contexts_and_choices):
+            context, choices = item
+            if not isinstance(context, str) or not context.strip():
+                raise ValueError(f"item {i}: the context is empty or not a string")
+            if isinstance(choices, str) or len(choices) < 2:
+                raise ValueError(f"item {i}: expected a list of 2 or more choices, got "
+                                 f"{choices!r}")
+            if not all(isinstance(c, str) and c.strip() for c in choices):
+                raise ValueError(f"item {i}: a choice is empty or not a string: {choices!r}")
+            examples.append(multiple_choice.ChoiceExample(str(i), context, list(choices), None))
+        if not examples:
+            return []
+        length = min(task.get("max_seq_length") or self.max_length, self.max_length)
+        features = multiple_choice.encode(examples, self.tokenizer, length)
+        batch_size = self._batch_size(batch_size)
+        scores: list = [None] * len(examples)
+        for indices in batching.index_groups(features.lengths, batch_size):
+            batch = multiple_choice.pad_batch(
+                features, indices, _row_bucket(len(indices), batch_size), length,
+                [self.tokenizer.cls_id, self.tokenizer.sep_id])
+            out = np.asarray(_choice_step(self.params, batch["input_ids"],
+                                          batch["token_type_ids"], batch["attention_mask"],
+                                          config=self.model_config))  # [B, C]
+            for r, i in enumerate(indices):
+                scores[i] = out[r, :features.num_choices(i)]
+        return multiple_choice.readable_choices(scores, features.choices)
 
     def answer(self, questions_and_contexts: Sequence, *, top_k: int = 1,
                batch_size: int | None = None) -> list[dict]:

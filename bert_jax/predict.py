@@ -8,11 +8,15 @@
     python -m bert_jax.predict qa --checkpoint=SQUAD_FINETUNED --question="Who sings?" \
         --context="A man sings."        # or --input_file with {"question", "context"} lines
     python -m bert_jax.predict ner --checkpoint=CONLL_FINETUNED --text="Peter lives in Berlin ."
+    python -m bert_jax.predict choose --checkpoint=SWAG_FINETUNED --context="A man sings." \
+        --choice="He bows." --choice="He flies."   # or --input_file with {"context", "choices"}
 
 Inputs come from --text (repeatable) and/or --input_file (one per line; blank lines skipped).
 Commands that take pairs (classify) pair the i-th --text with the i-th --text_b, and split an
 input line at its first tab. qa pairs the i-th --question with the i-th --context, and reads
-JSON objects {"question": ..., "context": ...} from --input_file lines.
+JSON objects {"question": ..., "context": ...} from --input_file lines. choose takes one
+--context with its --choice values (2 or more), and JSON objects {"context": ..., "choices":
+[...]} from --input_file lines.
 """
 
 import dataclasses
@@ -29,16 +33,20 @@ flags.DEFINE_string("checkpoint", None, "Checkpoint step folder, root or workdir
 flags.DEFINE_multi_string("text", [], "A text to run on (repeatable).")
 flags.DEFINE_multi_string("text_b", [], "classify: the second text of a pair, one per --text.")
 flags.DEFINE_multi_string("question", [], "qa: a question (repeatable), one per --context.")
-flags.DEFINE_multi_string("context", [], "qa: the passage that answers the --question.")
+flags.DEFINE_multi_string("context", [], "qa: the passage that answers the --question; "
+                          "choose: the context the --choice values continue (once).")
+flags.DEFINE_multi_string("choice", [], "choose: one choice for the --context (2 or more).")
 flags.DEFINE_string("input_file", None, "A file with one input per line (local or gs://); "
                     "classify: a tab between the two texts of a pair; qa: a JSON object with "
-                    "'question' and 'context'.")
+                    "'question' and 'context'; choose: one with 'context' and 'choices'.")
 flags.DEFINE_integer("top_k", None, "fill_mask: predictions per [MASK] (default 5); qa: "
                      "answers per question, listed as 'nbest' when above 1 (default 1).")
 flags.DEFINE_enum("pooling", "cls", list(inference.POOLINGS), "embed: how to pool the tokens.")
-flags.DEFINE_integer("batch_size", 32, "Texts (qa: windows, ner: rows) per device batch.")
+flags.DEFINE_integer("batch_size", 32, "Texts (qa: windows, ner: rows, choose: contexts) per "
+                     "device batch.")
 
-Input = tuple[str, str | None]  # (text, text_b or None); qa: (question, context)
+# (text, text_b or None); qa: (question, context); choose: (context, [choice, ...])
+Input = tuple[str, str | list[str] | None]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -81,6 +89,12 @@ def tag(predictor: inference.Predictor, inputs: list[Input], options) -> list[di
     del options
     texts = [text for text, _ in inputs]
     return [{"text": t, **out} for t, out in zip(texts, predictor.tag(texts))]
+
+
+def choose(predictor: inference.Predictor, inputs: list[Input], options) -> list[dict]:
+    outputs = predictor.choose(inputs)
+    return [{"context": c, "choices": list(choices), **o}
+            for (c, choices), o in zip(inputs, outputs)]
 
 
 def _top_k(options, default: int) -> int:
@@ -133,6 +147,33 @@ def read_questions(questions: list[str], contexts: list[str],
     return inputs
 
 
+def read_choices(contexts: list[str], choices: list[str],
+                 input_file: str | None) -> list[Input]:
+    """(context, choices) of --context with its --choice values, then of each --input_file
+    line."""
+    if len(contexts) > 1:
+        raise app.UsageError(f"--context given {len(contexts)} times: choose takes one "
+                             "--context with its --choice values; put more in --input_file")
+    if contexts and len(choices) < 2:
+        raise app.UsageError(f"--choice given {len(choices)} times: give 2 or more choices "
+                             "for the --context")
+    if choices and not contexts:
+        raise app.UsageError("--choice without --context: give the context they continue")
+    inputs: list[Input] = [(contexts[0], list(choices))] if contexts else []
+    for number, line in _input_lines(input_file):
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError:
+            record = None
+        if not (isinstance(record, dict) and isinstance(record.get("context"), str)
+                and isinstance(record.get("choices"), list)
+                and all(isinstance(c, str) for c in record["choices"])):
+            raise app.UsageError(f"{input_file}:{number}: expected a JSON object with a string "
+                                 "'context' and a list of strings 'choices'")
+        inputs.append((record["context"], record["choices"]))
+    return inputs
+
+
 def _refuse(options, names: tuple[str, ...], why: str) -> None:
     given = [f"--{name}" for name in names if getattr(options, name)]
     if given:
@@ -140,7 +181,8 @@ def _refuse(options, names: tuple[str, ...], why: str) -> None:
 
 
 def _texts(options, pairs: bool = False) -> list[Input]:
-    _refuse(options, ("question", "context"), "for the qa command only")
+    _refuse(options, ("question", "context"), "for the qa (and choose) commands only")
+    _refuse(options, ("choice",), "for the choose command only")
     return read_inputs(options.text, options.text_b, options.input_file, pairs=pairs)
 
 
@@ -150,7 +192,14 @@ def _pairs(options) -> list[Input]:
 
 def _questions(options) -> list[Input]:
     _refuse(options, ("text", "text_b"), "not for qa, which takes --question and --context")
+    _refuse(options, ("choice",), "for the choose command only")
     return read_questions(options.question, options.context, options.input_file)
+
+
+def _choices(options) -> list[Input]:
+    _refuse(options, ("text", "text_b", "question"),
+            "not for choose, which takes --context and --choice")
+    return read_choices(options.context, options.choice, options.input_file)
 
 
 COMMANDS = {
@@ -159,6 +208,7 @@ COMMANDS = {
     "classify": Command(classify, _pairs),
     "qa": Command(answer, _questions),
     "ner": Command(tag, _texts),
+    "choose": Command(choose, _choices),
 }
 
 
@@ -167,8 +217,8 @@ def records(name: str, options) -> list[dict]:
     command = COMMANDS[name]
     inputs = command.read(options)
     if not inputs:
-        raise app.UsageError("no input: give --text (qa: --question and --context; repeatable) "
-                             "or --input_file")
+        raise app.UsageError("no input: give --text (qa: --question and --context; choose: "
+                             "--context and --choice; repeatable) or --input_file")
     predictor = inference.load(options.checkpoint, batch_size=options.batch_size)
     return command.run(predictor, inputs, options)
 

@@ -245,14 +245,16 @@ def expected_param_shapes(config: ModelConfig, *, with_heads: bool) -> dict:
     return module_param_shapes(BertEncoder(unrolled))
 
 
-def module_param_shapes(module, *, masked_positions: bool = False) -> dict:
+def module_param_shapes(module, *, masked_positions: bool = False,
+                        input_shape: tuple[int, ...] = (1, 1)) -> dict:
     """Path -> shape of every parameter of a model module, by abstract initialisation on a
-    one-token batch (`masked_positions`: the module takes them, as BertForPreTraining)."""
+    one-token batch (`masked_positions`: the module takes them, as BertForPreTraining;
+    input_shape (1, 1, 1) for multiple choice's [batch, choices, length])."""
     import flax.linen as nn
     import jax
     import jax.numpy as jnp
 
-    ids = jnp.zeros((1, 1), jnp.int32)
+    ids = jnp.zeros(input_shape, jnp.int32)
     extra = {"masked_positions": ids} if masked_positions else {}
     shapes = jax.eval_shape(lambda: module.init(jax.random.key(0), ids, **extra))["params"]
     flat = jax.tree_util.tree_flatten_with_path(nn.unbox(shapes))[0]

@@ -6,6 +6,7 @@ task has a transformers class with the same head on the same encoder:
     GLUE classification / regression   BertForSequenceClassification  classifier.*   with pooler
     SQuAD extractive QA                BertForQuestionAnswering       qa_outputs.*   no pooler
     CoNLL-2003 NER                     BertForTokenClassification     classifier.*   no pooler
+    multiple choice (SWAG)             BertForMultipleChoice          classifier.*   with pooler
 
 Exports write the label names to config.json's id2label / label2id (problem_type "regression"
 for STS-B), so transformers' pipelines print them, and the whole task entry under TASK_KEY, so
@@ -24,10 +25,10 @@ from absl import logging
 
 from bert_jax.interop import hf
 from bert_jax.model.config import ModelConfig
-from bert_jax.model.heads import (BertForQuestionAnswering, BertForSequenceClassification,
-                                  BertForTokenClassification)
+from bert_jax.model.heads import (BertForMultipleChoice, BertForQuestionAnswering,
+                                  BertForSequenceClassification, BertForTokenClassification)
 from bert_jax.tasks import conlleval
-from bert_jax.tasks.base import SPANS, TOKENS, task_kind
+from bert_jax.tasks.base import CHOICES, SPANS, TOKENS, task_kind
 
 # config.json key holding the fine-tuned task's meta entry (transformers keeps unknown keys).
 TASK_KEY = "bert_jax_task"
@@ -41,6 +42,7 @@ IMPORT_DEFAULTS = {
             "max_query_length": 64, "n_best_size": 20, "max_answer_length": 30,
             "null_score_diff_threshold": 0.0},
     TOKENS: {"max_seq_length": 128},
+    CHOICES: {"max_seq_length": 128},
 }
 
 
@@ -53,6 +55,7 @@ class TaskHead:
     params_key: str  # our head's params: params[KEY]["dense"]
     with_pooler: bool  # transformers' class has the pooler
     make_model: Callable[[ModelConfig, int], object]  # (config, num_labels) -> our module
+    input_shape: tuple[int, ...] = (1, 1)  # the smallest input our module takes
 
 
 HEADS = {
@@ -62,6 +65,9 @@ HEADS = {
                     lambda config, _: BertForQuestionAnswering(config)),
     TOKENS: TaskHead("BertForTokenClassification", "classifier", "classifier", False,
                      BertForTokenClassification),
+    # One score per choice (a dense layer with one output), whatever the number of choices.
+    CHOICES: TaskHead("BertForMultipleChoice", "classifier", "classifier", True,
+                      lambda config, _: BertForMultipleChoice(config), (1, 1, 1)),
 }
 _KIND_BY_ARCHITECTURE = {head.architecture: kind for kind, head in HEADS.items()}
 
@@ -88,7 +94,8 @@ def to_hf(params: dict, config: ModelConfig, task: dict, source: str) -> tuple[d
     if kind is None and labels is None:  # a regression (STS-B): one output, the score
         fields.update(id2label={"0": "LABEL_0"}, label2id={"LABEL_0": 0},
                       problem_type="regression")
-    elif kind != SPANS:  # QA's two outputs (start, end) are transformers' default num_labels
+    elif kind not in (SPANS, CHOICES):  # QA's two outputs (start, end) are transformers'
+        # default num_labels; a choice has one score, which num_labels does not describe
         fields.update(id2label={str(i): name for i, name in enumerate(labels)},
                       label2id={name: i for i, name in enumerate(labels)})
         if kind is None:
@@ -113,10 +120,11 @@ def from_hf(tensors: dict, config: ModelConfig, hf_config: dict, name: str) -> t
     none of ours (the folder it came from)."""
     kind = _KIND_BY_ARCHITECTURE[task_architecture(hf_config)]
     head = HEADS[kind]
-    num_labels = 2 if kind == SPANS else _num_labels(hf_config)
+    num_labels = 2 if kind in (SPANS, CHOICES) else _num_labels(hf_config)
     task = hf_config.get(TASK_KEY) or _task_from_hf_config(hf_config, kind, config, name)
     unrolled = dataclasses.replace(config, scan_layers=False)
-    shapes = hf.module_param_shapes(head.make_model(unrolled, num_labels))
+    shapes = hf.module_param_shapes(head.make_model(unrolled, num_labels),
+                                    input_shape=head.input_shape)
     params = hf.params_by_rules(tensors, _rules(head, config), shapes, config)
     if not head.with_pooler:
         logging.warning("%s has no pooler (transformers' %s has none): imported as zeros, which "
@@ -142,8 +150,8 @@ def _label_names(hf_config: dict, num_labels: int) -> list[str]:
 
 def _task_from_hf_config(hf_config: dict, kind: str | None, config: ModelConfig,
                          name: str) -> dict:
-    if kind == SPANS:
-        task = {"name": name, "kind": SPANS, **IMPORT_DEFAULTS[SPANS]}
+    if kind in (SPANS, CHOICES):
+        task = {"name": name, "kind": kind, **IMPORT_DEFAULTS[kind]}
     elif kind == TOKENS:
         labels = _label_names(hf_config, _num_labels(hf_config))
         for label in labels:

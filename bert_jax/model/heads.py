@@ -151,3 +151,32 @@ class BertForTokenClassification(BertForSequenceClassification):
         sequence_output, _ = self.bert(input_ids, token_type_ids, attention_mask,
                                        deterministic=deterministic)
         return self.classifier(sequence_output, deterministic)  # [B, L, num_labels]
+
+
+class BertForMultipleChoice(nn.Module):
+    """Encoder + one score per choice from its pooled [CLS] output (the BERT paper's SWAG head):
+    [B, C, L] inputs, one `[CLS] context [SEP] choice [SEP]` row per choice -> [B, C] float32
+    logits, a softmax over the choices. Params are {'bert', 'classifier': {dense}} with one
+    output, as transformers' BertForMultipleChoice; any number of choices uses the same head.
+    """
+
+    config: ModelConfig
+
+    def setup(self):
+        self.bert = BertEncoder(self.config)
+        self.classifier = ClassificationHead(self.config, 1)
+
+    def __call__(self, input_ids, token_type_ids=None, attention_mask=None, *,
+                 deterministic: bool = True):
+        if input_ids.ndim != 3:
+            raise ValueError(f"multiple choice takes [batch, choices, length] inputs, got shape "
+                             f"{input_ids.shape}")
+        batch, choices, length = input_ids.shape
+
+        def rows(x):  # every choice of every example is one row of the encoder
+            return None if x is None else x.reshape(batch * choices, length)
+
+        _, pooled_output = self.bert(rows(input_ids), rows(token_type_ids), rows(attention_mask),
+                                     deterministic=deterministic)
+        scores = self.classifier(pooled_output, deterministic)  # [B * C, 1]
+        return scores.reshape(batch, choices)

@@ -1,6 +1,6 @@
 """What the shared fine-tuning loop (`tasks/finetune.py`) needs from a task, and the task lookup.
 
-A task owns everything that differs between GLUE, SQuAD and NER: reading and encoding its data,
+A task owns everything that differs between GLUE, SQuAD, NER, ...: reading and encoding its data,
 the model (encoder + head), the loss sums of a batch, batching, and turning the model's outputs
 on a split back into metrics and prediction files. The loop owns everything they share: the
 checkpoint and tokenizer, the mesh, the optimizer, the jitted steps, epochs, best-epoch selection,
@@ -25,15 +25,16 @@ from bert_jax.model.config import ModelConfig
 from bert_jax.train import losses
 
 
-# meta()["kind"] of the span (SQuAD) and token (NER) tasks; a GLUE classifier's entry has none.
-SPANS, TOKENS = "question_answering", "token_classification"
+# meta()["kind"] of the span (SQuAD), token (NER) and multiple-choice (SWAG) tasks; a sentence
+# classifier's entry (GLUE, classify) has none.
+SPANS, TOKENS, CHOICES = "question_answering", "token_classification", "multiple_choice"
 
 
 def task_kind(task: dict) -> str | None:
-    """SPANS, TOKENS, or None for a GLUE classifier: the kind of a task's meta entry (a
-    fine-tuned checkpoint's meta["task"])."""
+    """SPANS, TOKENS, CHOICES, or None for a sentence classifier: the kind of a task's meta
+    entry (a fine-tuned checkpoint's meta["task"])."""
     kind = task.get("kind")
-    return kind if kind in (SPANS, TOKENS) else None
+    return kind if kind in (SPANS, TOKENS, CHOICES) else None
 
 
 class FinetuneTask(abc.ABC):
@@ -102,7 +103,8 @@ class FinetuneTask(abc.ABC):
         return {"name": self.name}
 
     def init_batch(self, max_seq_length: int) -> dict:
-        """A dummy batch with the model's inputs for parameter initialisation."""
+        """A dummy batch with the model's inputs for parameter initialisation ([1, L]; multiple
+        choice: [1, C, L])."""
         ids = jnp.zeros((1, max_seq_length), jnp.int32)
         return {"input_ids": ids, "token_type_ids": ids, "attention_mask": ids + 1}
 
@@ -123,10 +125,14 @@ def make_task(config) -> FinetuneTask:
         from bert_jax.tasks import text_classification
 
         return text_classification.TextClassificationTask(config.data)
+    if name == "multiple_choice":
+        from bert_jax.tasks import multiple_choice
+
+        return multiple_choice.MultipleChoiceTask(config.data)
     if name == "conll2003":
         from bert_jax.tasks import token_classification
 
         return token_classification.NerFinetuneTask(config.data)
     raise ValueError(f"unknown fine-tuning task {name!r}; expected a GLUE task "
-                     f"({', '.join(sorted(glue.TASKS))}), squad, squad_v2, conll2003 or "
-                     "classify")
+                     f"({', '.join(sorted(glue.TASKS))}), squad, squad_v2, conll2003, classify "
+                     "or multiple_choice")

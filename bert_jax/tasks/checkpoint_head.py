@@ -1,22 +1,23 @@
 """A fine-tuned checkpoint's task head, made ready to score a task (train.num_epochs=0).
 
 The checkpoint must be fine-tuned for the same kind of task: a sentence (pair) classifier for
-GLUE, a span model for SQuAD, a token tagger for NER (tasks.base.task_kind). NER takes
-the checkpoint's tags as its label set (FinetuneTask.labels_from_train). GLUE's labels are
-fixed by the task, and the checkpoint's are matched to them by name: the same names in another
-order (MNLI models list contradiction / entailment / neutral in several orders) put the head's
-output columns in the task's order; other names of the same number (LABEL_0, NEGATIVE, ...)
-are matched by position, with a warning.
+GLUE, a span model for SQuAD, a token tagger for NER, a choice scorer for multiple choice
+(tasks.base.task_kind). NER takes the checkpoint's tags as its label set
+(FinetuneTask.labels_from_train). GLUE's labels are fixed by the task, and the checkpoint's
+are matched to them by name: the same names in another order (MNLI models list contradiction
+/ entailment / neutral in several orders) put the head's output columns in the task's order;
+other names of the same number (LABEL_0, NEGATIVE, ...) are matched by position, with a
+warning.
 """
 
 import numpy as np
 from absl import logging
 
 from bert_jax.interop.hf_tasks import HEADS
-from bert_jax.tasks.base import SPANS, TOKENS, task_kind
+from bert_jax.tasks.base import CHOICES, SPANS, TOKENS, task_kind
 
 _KINDS = {None: "sentence (pair) classification", SPANS: "question answering",
-          TOKENS: "token classification"}
+          TOKENS: "token classification", CHOICES: "multiple choice"}
 
 
 def check_kind(fine_tuned: dict | None, task_meta: dict, where: str) -> None:
@@ -41,7 +42,7 @@ def head_for_task(params: dict, fine_tuned: dict | None, task_meta: dict, where:
         raise ValueError(f"{where} has no {key!r} head (its params hold {sorted(params)})")
     head = {name: np.asarray(value) for name, value in params[key]["dense"].items()}
     have, want = fine_tuned.get("labels"), task_meta.get("labels")
-    if kind == SPANS:
+    if kind in (SPANS, CHOICES):  # no labels: start / end, or one score per choice
         return {key: {"dense": head}}
     if (have is None) != (want is None):
         kinds = ["a regression" if labels is None else "a classifier" for labels in (have, want)]

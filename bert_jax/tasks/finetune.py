@@ -111,8 +111,8 @@ class Run:
     train_step: object
     outputs_step: object
     total_steps: int
-    # Bucket lengths train_step has compiled for (its first step at a new one is not timed).
-    compiled_lengths: set = dataclasses.field(default_factory=set)
+    # Batch shapes train_step has compiled for (its first step at a new one is not timed).
+    compiled_shapes: set = dataclasses.field(default_factory=set)
 
 
 def forward(model, params, batch: dict, rng, deterministic: bool):
@@ -258,7 +258,7 @@ def with_learning_rate(run: Run, learning_rate: float, workdir: str) -> Run:
         run, config=config, workdir=workdir, optimizer=optimizer, schedule=schedule,
         train_step=_train_step(config, run.task, run.model, optimizer, schedule,
                                run.state_shardings, run.mesh, rules),
-        compiled_lengths=set())
+        compiled_shapes=set())
 
 
 def initial_state(run: Run, seed: int) -> TrainState:
@@ -313,12 +313,16 @@ def evaluate(run: Run, params) -> dict:
 
 
 def _step_work(run: Run, batch: dict) -> StepWork:
-    """A fine-tuning step's work: its real rows and tokens (filler rows and padding left out),
-    model FLOPs at the batch's bucket length, and every position it computed."""
-    rows = batch["example_weight"] > 0
-    length = batch["input_ids"].shape[1]
-    tokens = int(batch["attention_mask"][rows].sum())
-    return StepWork(sequences=int(rows.sum()), tokens=tokens,
+    """A fine-tuning step's work: its real rows and tokens (filler rows, padded choices and
+    padding left out), model FLOPs at the batch's bucket length, and every position it
+    computed. A row is one encoder sequence: [B, L] batches have B, multiple choice's
+    [B, C, L] have B * C."""
+    real = batch["example_weight"] > 0  # [B]
+    if "choice_mask" in batch:
+        real = real[:, None] & (batch["choice_mask"] > 0)  # [B, C]
+    length = batch["input_ids"].shape[-1]
+    tokens = int(batch["attention_mask"][real].sum())
+    return StepWork(sequences=int(real.sum()), tokens=tokens,
                     flops=tokens * metrics.flops_per_token(run.model_config, length, 0),
                     padded_tokens=batch["input_ids"].size)
 
@@ -331,8 +335,8 @@ def train_epoch(run: Run, state: TrainState, epoch: int, seed: int, rng, writer,
 
     `save(state)` saves the seed (progress included) every train.checkpoint_every_steps steps
     and before stopping. Logged lines carry the window's rates (loop.Throughput). The first
-    step at each bucket length compiles: it is awaited and left out of them, as are
-    evaluations between epochs.
+    step at each batch shape (bucket length) compiles: it is awaited and left out of them, as
+    are evaluations between epochs.
     """
     cfg = run.config.train
     order_rng = np.random.default_rng([seed, epoch])
@@ -363,8 +367,8 @@ def train_epoch(run: Run, state: TrainState, epoch: int, seed: int, rng, writer,
         _, batch = item
         placed = _global(batch, run.mesh)
         throughput.add_input_wait(time.perf_counter() - wait_start)
-        length = batch["input_ids"].shape[1]
-        if length in run.compiled_lengths:
+        shape = batch["input_ids"].shape  # [B, L]; multiple choice: [B, C, L]
+        if shape in run.compiled_shapes:
             state, step_metrics = run.train_step(state, placed, rng)
             throughput.step_done(_step_work(run, batch))
         else:
@@ -372,7 +376,7 @@ def train_epoch(run: Run, state: TrainState, epoch: int, seed: int, rng, writer,
             with throughput.excluded():
                 state, step_metrics = run.train_step(state, placed, rng)
                 jax.block_until_ready(step_metrics)
-            run.compiled_lengths.add(length)
+            run.compiled_shapes.add(shape)
         step += 1
         progress.batches_done += 1
         # Step N-1's metrics are read only once step N is queued: no host sync per step.

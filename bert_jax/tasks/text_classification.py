@@ -249,7 +249,7 @@ class TextClassificationTask(classification.SentenceClassificationTask):
             if data.dev_file:
                 splits["train"] = train
             else:
-                splits["train"], splits["dev"] = _hold_out(train, data.dev_fraction,
+                splits["train"], splits["dev"] = hold_out(train, data.dev_fraction,
                                                            data.subset_seed)
                 logging.info("no data.dev_file: %d of %s's %d rows held out as dev",
                              len(splits["dev"]), data.train_file, len(train))
@@ -310,7 +310,7 @@ class TextClassificationTask(classification.SentenceClassificationTask):
         return path
 
 
-def _hold_out(rows: list, fraction: float, seed: int) -> tuple[list, list]:
+def hold_out(rows: list, fraction: float, seed: int) -> tuple[list, list]:
     """(train, dev) of rows: a fixed random `fraction` (at least one row) held out, each part in
     the file's order."""
     count = max(1, int(round(fraction * len(rows))))
