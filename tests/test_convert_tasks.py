@@ -357,3 +357,35 @@ def test_fine_tuning_from_an_imported_qa_model_starts_a_fresh_pooler(minilm_fold
     imported = checkpoint.load_model(path).params["bert"]
     np.testing.assert_array_equal(params["bert"]["embeddings"]["token_embed"]["embedding"],
                                   imported["embeddings"]["token_embed"]["embedding"])
+
+
+def test_multiple_choice_model_imports_and_exports(minilm_folder, tmp_path):  # noqa: F811
+    """transformers' BertForMultipleChoice: imported, `choose` gives the softmax of its scores
+    over each item's choices; exported again, transformers loads every tensor unchanged."""
+    torch = require("torch")
+    transformers = require("transformers")
+    folder = _transformers_task_model("BertForMultipleChoice", tmp_path / "swag", minilm_folder)
+    predictor = inference.load(convert.import_hf(folder, str(tmp_path / "ours")))
+    assert predictor.task == {"name": "swag", "kind": base.CHOICES, "max_seq_length": 64}
+    items = [(PAIRS[0][0], [PAIRS[0][1], PAIRS[1][1], PAIRS[2][1]]),
+             (TEXTS[2], [TEXTS[0], TEXTS[1], QUESTION[1]])]
+    tokenizer = transformers.AutoTokenizer.from_pretrained(folder)
+    inputs = tokenizer([c for c, choices in items for _ in choices],
+                       [choice for _, choices in items for choice in choices],
+                       padding=True, return_tensors="pt")
+    inputs = {k: v.reshape(2, 3, -1) for k, v in inputs.items()}  # [items, choices, length]
+    model = transformers.BertForMultipleChoice.from_pretrained(folder).eval()
+    logits = _logits(model, inputs)["logits"]
+    chosen = predictor.choose(items)
+    np.testing.assert_allclose([c["probabilities"] for c in chosen], _softmax(logits), atol=1e-5)
+    assert [c["choice"] for c in chosen] == logits.argmax(-1).tolist()
+
+    convert.export_hf(str(tmp_path / "ours"), str(tmp_path / "back"))
+    exported = _load_exported("AutoModelForMultipleChoice", str(tmp_path / "back"))
+    assert type(exported).__name__ == "BertForMultipleChoice"
+    assert json.loads((tmp_path / "back" / "config.json").read_text())[hf_tasks.TASK_KEY] == (
+        predictor.task)
+    want, got = model.state_dict(), exported.state_dict()
+    assert want.keys() == got.keys()
+    for key in want:
+        assert torch.equal(want[key], got[key]), key

@@ -6,6 +6,7 @@ import csv
 import json
 import pathlib
 
+import jax
 import numpy as np
 import optax
 import pytest
@@ -16,6 +17,7 @@ from bert_jax.tasks import finetune, multiple_choice
 from bert_jax.train import checkpoint
 from configs.finetune import multiple_choice as multiple_choice_configs
 from tests.test_finetune import _override
+from tests.test_predict import _options
 
 SWAG_COLUMNS = ["", "video-id", "fold-ind", "startphrase", "sent1", "sent2", "gold-source",
                 "ending0", "ending1", "ending2", "ending3", "label"]
@@ -113,19 +115,24 @@ def test_padded_choices_change_no_score_and_no_loss(pretrained, data_dir, tmp_pa
     features = task.load(loaded.tokenizer, with_train=False)["dev"]
     assert [features.num_choices(i) for i in range(8)] == [2, 3, 4, 5] * 2
     model = task.make_model(loaded.model_config)
-    import jax
     params = model.init(jax.random.key(0), **task.init_batch(64))["params"]
     params = {**params, "bert": finetune.encoder_params(loaded.params, pretrained)}
 
+    apply = jax.jit(model.apply)
+
     def scores(indices, batch_size):
         batch = multiple_choice.pad_batch(features, indices, batch_size, 64, task._filler)
-        logits = model.apply({"params": params}, batch["input_ids"], batch["token_type_ids"],
-                             batch["attention_mask"])
-        return batch, logits
+        return batch, apply({"params": params}, batch["input_ids"], batch["token_type_ids"],
+                            batch["attention_mask"])
 
     batch, together = scores(list(range(8)), 10)  # 2 filler rows, 5 choices wide
     assert together.shape == (10, 5)
-    alone = [np.asarray(scores([i], 1)[1])[0] for i in range(8)]
+    alone = {}  # the examples with the same number of choices, in a batch of their width
+    for count in (2, 3, 4, 5):
+        same = [i for i in range(8) if features.num_choices(i) == count]
+        out = np.asarray(scores(same, len(same))[1])
+        assert out.shape[1] == count
+        alone.update({i: out[r] for r, i in enumerate(same)})
     for i in range(8):
         np.testing.assert_allclose(np.asarray(together)[i, :features.num_choices(i)], alone[i],
                                    atol=1e-5)
@@ -180,7 +187,11 @@ def test_fine_tunes_predicts_and_scores_its_checkpoint(pretrained, data_dir, tmp
     for mine, theirs in zip(chosen, dev):
         assert mine["choice"] == theirs["choice"] and mine["text"] == theirs["text"]
         np.testing.assert_allclose(mine["probabilities"], theirs["probabilities"], atol=1e-5)
-    cli = predict.records("choose", _Options(checkpoint=best["checkpoint"],
+    with pytest.raises(ValueError, match="item 1: expected a list of 2 or more choices"):
+        predictor.choose([items[0], (items[1][0], items[1][1][:1])])
+    with pytest.raises(ValueError, match="item 0: a choice is empty"):
+        predictor.choose([(items[0][0], ["", *items[0][1]])])
+    cli = predict.records("choose", _options(checkpoint=best["checkpoint"],
                                              context=[items[0][0]], choice=items[0][1]))
     assert cli[0]["choice"] == chosen[0]["choice"] and cli[0]["context"] == items[0][0]
 
@@ -191,10 +202,60 @@ def test_fine_tunes_predicts_and_scores_its_checkpoint(pretrained, data_dir, tmp
     assert scored["best"]["accuracy_test"] == results["best"]["accuracy_test"]
 
 
-class _Options:
-    """The parsed flags of `predict`, as predict.records reads them."""
+def test_bad_files_and_checkpoints_are_named(finetuned, data_dir, tmp_path):
+    tokenizer = _tokenizer(data_dir)
+    good = _next_sentences(data_dir, 3)
 
-    def __init__(self, **values):
-        defaults = dict(text=[], text_b=[], question=[], context=[], choice=[],
-                        input_file=None, top_k=None, batch_size=8)
-        self.__dict__.update({**defaults, **values})
+    def load(rows, name="val.csv", **data):
+        path = tmp_path / name
+        if name.endswith(".jsonl"):
+            path.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
+        else:
+            _write_csv(rows, path)
+        config = _config(**{"data.dev_file": str(path), **{f"data.{k}": v
+                                                            for k, v in data.items()}})
+        return multiple_choice.MultipleChoiceTask(config.data).load(tokenizer, with_train=False)
+
+    def bad(**changes):
+        return [good[0], {**good[1], **changes}, good[2]]
+
+    path = tmp_path / "val.csv"
+    with pytest.raises(ValueError, match=f"{path}:3: label 4 is not the index of one of its 4 "
+                                         r"choices \(0..3\)"):
+        load(bad(label="4"))
+    with pytest.raises(ValueError, match=f"{path}:3: label 'B' in column 'label' is not a "
+                                         "choice index"):
+        load(bad(label="B"))
+    with pytest.raises(ValueError, match=f"{path}:3: choice\\(s\\) \\[2\\] are empty"):
+        load(bad(ending2=" "))
+    with pytest.raises(ValueError, match=f"{path}:3: no context text in column 'sent1'"):
+        load(bad(sent1=""))
+    with pytest.raises(ValueError, match=r"no column\(s\) \['ending3'\]"):
+        load([{k: v for k, v in r.items() if k != "ending3"} for r in good])
+    jsonl = tmp_path / "items.jsonl"
+    items = [{"context": "It rained.", "choices": ["We stayed in.", "We swam."], "label": 0},
+             {"context": "It snowed.", "choices": ["We skied."], "label": 0}]
+    lists = {"start_column": "", "context_column": "context", "choice_columns": "choices"}
+    with pytest.raises(ValueError, match=f"{jsonl}:2: 1 choice\\(s\\); an example needs 2"):
+        load(items, "items.jsonl", **lists)
+    items[1]["choices"] = "We skied."
+    with pytest.raises(ValueError, match=f"{jsonl}:2: column 'choices' holds 'We skied.'; with "
+                                         "one choice column it must hold a list"):
+        load(items, "items.jsonl", **lists)
+    items[1]["choices"], items[1]["label"] = ["We skied.", "We slept."], 1.0
+    with pytest.raises(ValueError, match=f"{jsonl}:2: label 1.0 .* is not a choice index"):
+        load(items, "items.jsonl", **lists)
+
+    # A checkpoint fine-tuned for another kind of task is refused, by name.
+    classifier = finetuned[2]["seeds"]["0"]["checkpoint"]
+    val = _write_csv(good, tmp_path / "val.csv")
+    with pytest.raises(ValueError, match="fine-tuned for sentence \\(pair\\) classification "
+                                         "\\(mrpc\\), not for multiple choice"):
+        finetune.finetune_and_evaluate(
+            _config(init_checkpoint=classifier, **{"data.dev_file": str(val),
+                                                   "data.max_seq_length": 32,
+                                                   "train.num_epochs": 0}),
+            str(tmp_path / "score"))
+    with pytest.raises(ValueError, match="choose needs a checkpoint fine-tuned for multiple "
+                                         "choice, as SWAG.*fine-tuned on mrpc"):
+        inference.load(classifier).choose([("It rained.", ["We stayed in.", "We swam."])])

@@ -93,8 +93,8 @@ def test_text_b_misuse_is_a_usage_error():
 
 def _options(**values) -> types.SimpleNamespace:
     """What the parsed flags give `predict.records`: the flags' defaults and `values`."""
-    names = ("checkpoint", "text", "text_b", "question", "context", "input_file", "top_k",
-             "pooling", "batch_size")
+    names = ("checkpoint", "text", "text_b", "question", "context", "choice", "input_file",
+             "top_k", "pooling", "batch_size")
     defaults = {name: predict.FLAGS[name].default for name in names}
     return types.SimpleNamespace(**{**defaults, **values})
 
@@ -140,7 +140,8 @@ def test_ner_reads_texts_and_lines(ner_checkpoint, tmp_path):  # noqa: F811
 def test_qa_and_text_flags_do_not_mix(tmp_path):
     with pytest.raises(app.UsageError, match="--text: not for qa"):
         predict.records("qa", _options(text=["a"], question=["q"], context=["c"]))
-    with pytest.raises(app.UsageError, match="--question and --context: for the qa command"):
+    with pytest.raises(app.UsageError, match="--question and --context: for the qa \\(and "
+                                             "choose\\) commands only"):
         predict.records("ner", _options(question=["q"], context=["c"]))
     with pytest.raises(app.UsageError, match="one --context per --question"):
         predict.records("qa", _options(question=["q", "r"], context=["c"]))
@@ -150,3 +151,25 @@ def test_qa_and_text_flags_do_not_mix(tmp_path):
     path.write_text('{"question": "q", "context": "c"}\n\n{"question": "q"}\n', encoding="utf-8")
     with pytest.raises(app.UsageError, match=f"{path}:3: expected a JSON object"):
         predict.records("qa", _options(input_file=str(path)))
+
+
+def test_choose_flags_and_lines(tmp_path):
+    """One --context with its --choice values, then JSON lines; misuse named before loading."""
+    path = tmp_path / "items.jsonl"
+    path.write_text('{"context": "c", "choices": ["a", "b", "d"]}\n\n', encoding="utf-8")
+    assert predict.read_choices(["x"], ["y", "z"], str(path)) == [("x", ["y", "z"]),
+                                                                  ("c", ["a", "b", "d"])]
+    with pytest.raises(app.UsageError, match="--context given 2 times: choose takes one"):
+        predict.records("choose", _options(context=["c", "d"], choice=["a", "b"]))
+    with pytest.raises(app.UsageError, match="--choice given 1 times: give 2 or more"):
+        predict.records("choose", _options(context=["c"], choice=["a"]))
+    with pytest.raises(app.UsageError, match="--choice without --context"):
+        predict.records("choose", _options(choice=["a", "b"]))
+    with pytest.raises(app.UsageError, match="--text: not for choose"):
+        predict.records("choose", _options(text=["a"]))
+    with pytest.raises(app.UsageError, match="--choice: for the choose command only"):
+        predict.records("ner", _options(text=["a"], choice=["b"]))
+    path.write_text('{"context": "c", "choices": "a"}\n', encoding="utf-8")
+    with pytest.raises(app.UsageError, match=f"{path}:1: expected a JSON object with a string "
+                                             "'context' and a list of strings 'choices'"):
+        predict.records("choose", _options(input_file=str(path)))
