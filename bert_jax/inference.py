@@ -3,6 +3,7 @@
     predictor = inference.load("gs://bucket/run/checkpoints")    # or a local folder / step
     predictor.fill_mask(["The capital of France is [MASK]."], top_k=5)
     predictor.embed(["A sentence.", "Another one."], pooling="mean")   # np.ndarray [2, H]
+    predictor.token_features(["A sentence."], layers=(-1, -2, -3, -4))  # per token, per layer
     inference.load(glue_checkpoint).classify([("A man sings.", "Someone sings.")])
     inference.load(squad_checkpoint).answer([("Who sings?", "A man sings.")])
     inference.load(conll_checkpoint).tag(["Peter lives in Berlin ."])
@@ -12,11 +13,12 @@ A fine-tuned checkpoint stores its task (meta["task"]); answer, tag and choose r
 windows, label list, lengths and post-processing settings from it, and each method refuses a
 checkpoint of another task.
 
-For fill_mask, embed and classify every text becomes `[CLS] text [SEP]` with token type 0.
-Texts are sorted by length and cut into batches of at most `batch_size`; each batch is padded to
-a length bucket (16, 32, 64, ... capped at the model's max_position_embeddings) and to a
-power-of-two number of rows, so the jitted functions compile once per (rows, length) bucket
-rather than once per input. answer and tag batch their windows or rows the same way.
+For fill_mask, embed, token_features and classify every text becomes `[CLS] text [SEP]` with
+token type 0. Texts are sorted by length and cut into batches of at most `batch_size`; each
+batch is padded to a length bucket (16, 32, 64, ... capped at the model's
+max_position_embeddings) and to a power-of-two number of rows, so the jitted functions compile
+once per (rows, length) bucket rather than once per input. answer and tag batch their windows
+or rows the same way, choose its items.
 
 A text longer than the model allows is truncated to its first max_position_embeddings - 2 tokens,
 with a logged warning; in fill_mask a [MASK] beyond the cut is an error. As in fine-tuning,
@@ -78,6 +80,26 @@ def _fill_mask_step(params, input_ids, attention_mask, masked_positions, *, conf
     probs = jax.nn.softmax(logits.astype(jnp.float32), axis=-1)
     # Only the top k leave the device: [B, P, V] would be ~120 KB per mask for a 30k vocab.
     return jax.lax.top_k(probs, top_k)
+
+
+def _is_hidden_state(module: nn.Module, method_name: str) -> bool:
+    """The modules whose outputs are the hidden states: the embeddings and each layer."""
+    return method_name == "__call__" and (module.name == "embeddings"
+                                          or (module.name or "").startswith("layer_"))
+
+
+@functools.partial(jax.jit, static_argnames=("config", "layers"))
+def _hidden_states_step(params, input_ids, attention_mask, *, config, layers):
+    """[B, L] inputs -> [B, len(layers), L, H] float32: hidden state 0 is the embeddings'
+    output, hidden state i the output of layer i (transformers' hidden_states). The config
+    must be unrolled (scan_layers=False): each layer is then a module of its own."""
+    _, captured = BertEncoder(config).apply(
+        {"params": params}, input_ids, None, attention_mask,
+        capture_intermediates=_is_hidden_state, mutable=["intermediates"])
+    found = captured["intermediates"]
+    states = [found["embeddings"]["__call__"][0]] + [
+        found["encoder"][f"layer_{i}"]["__call__"][0] for i in range(config.num_layers)]
+    return jnp.stack([states[i].astype(jnp.float32) for i in layers], axis=1)
 
 
 @functools.partial(jax.jit, static_argnames=("config", "pooling"))
@@ -297,6 +319,7 @@ class Predictor:
         self.params = jax.device_put(nn.unbox(params))
         self.max_length = model_config.max_position_embeddings
         self.task = task  # a fine-tuned checkpoint's meta["task"] (see tasks/*.meta())
+        self._unrolled_params = None  # token_features' copy of a scanned encoder
 
     @property
     def has_mlm_head(self) -> bool:
@@ -412,6 +435,50 @@ class Predictor:
                                   config=self.model_config, pooling=pooling)  # [B, H]
             out[batch.indices] = np.asarray(vectors)[:len(batch.indices)]
         return out
+
+    def token_features(self, texts: Sequence[str], layers: Sequence[int] = (-1,),
+                       batch_size: int | None = None) -> list[dict]:
+        """Every token's hidden states at `layers`, as the original BERT's extract_features.py
+        gives them (the paper's feature-based approach concatenates the last four: layers
+        (-1, -2, -3, -4)).
+
+        Layers index the num_layers + 1 hidden states as transformers' hidden_states does: 0
+        is the embeddings' output, i the output of layer i, -1 the last layer's. Returns per
+        text {"tokens": its pieces with [CLS] and [SEP], "features": float32 [tokens,
+        len(layers), H]}. A text longer than max_position_embeddings - 2 tokens is truncated
+        to that many, with a logged warning.
+        """
+        texts = _check_texts(texts)
+        count = self.model_config.num_layers + 1
+        layers = tuple(int(i) for i in layers)
+        if not layers or any(not -count <= i < count for i in layers):
+            raise ValueError(f"layers={layers}: expected one or more hidden states in "
+                             f"[{-count}, {count - 1}]: 0 is the embeddings' output, 1 to "
+                             f"{count - 1} the layers', -1 the last layer's")
+        layers = tuple(i % count for i in layers)
+        config, params = self._unrolled_encoder()
+        rows = self._rows(texts, self.tokenizer.encode_batch(texts))
+        out: list = [None] * len(texts)
+        for batch in self._make_batches(rows, batch_size):
+            states = np.asarray(_hidden_states_step(params, batch.input_ids,
+                                                    batch.attention_mask, config=config,
+                                                    layers=layers))  # [B, layers, L, H]
+            for r, i in enumerate(batch.indices):
+                out[i] = {"tokens": [self.tokenizer.id_to_token(t) for t in rows[i]],
+                          "features": states[r, :, :len(rows[i])].transpose(1, 0, 2)}
+        return out
+
+    def _unrolled_encoder(self) -> tuple[ModelConfig, dict]:
+        """(config, encoder params) with one module per layer, so that each layer's output can
+        be read; a scanned checkpoint's stacked layers are split (once)."""
+        config = dataclasses.replace(self.model_config, scan_layers=False, remat_policy="none")
+        params = self._encoder_params()
+        if not self.model_config.scan_layers:
+            return config, params
+        if self._unrolled_params is None:
+            encoder = hf.unstack_layers(params["encoder"], config.num_layers)
+            self._unrolled_params = jax.device_put({**params, "encoder": encoder})
+        return config, self._unrolled_params
 
     def classify(self, texts: Sequence, batch_size: int | None = None) -> list[dict]:
         """Predictions of a fine-tuned (GLUE) checkpoint for texts or (text_a, text_b) pairs.

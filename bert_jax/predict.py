@@ -2,6 +2,8 @@
 
     python -m bert_jax.predict fill_mask --checkpoint=PATH --text="Paris is the [MASK] of France."
     python -m bert_jax.predict embed --checkpoint=PATH --input_file=texts.txt --pooling=mean
+    python -m bert_jax.predict features --checkpoint=PATH --text="A sentence." \
+        --layers=-1,-2,-3,-4            # every token's hidden states, as extract_features.py
     python -m bert_jax.predict classify --checkpoint=FINETUNED --text="A gripping film."
     python -m bert_jax.predict classify --checkpoint=FINETUNED --text="A man sings." \
         --text_b="Someone sings."       # or --input_file with `text<TAB>text_b` lines
@@ -24,6 +26,7 @@ import json
 import sys
 from collections.abc import Callable
 
+import numpy as np
 from absl import app, flags
 
 from bert_jax import inference
@@ -42,6 +45,8 @@ flags.DEFINE_string("input_file", None, "A file with one input per line (local o
 flags.DEFINE_integer("top_k", None, "fill_mask: predictions per [MASK] (default 5); qa: "
                      "answers per question, listed as 'nbest' when above 1 (default 1).")
 flags.DEFINE_enum("pooling", "cls", list(inference.POOLINGS), "embed: how to pool the tokens.")
+flags.DEFINE_list("layers", ["-1"], "features: the hidden states to write per token (0: the "
+                  "embeddings' output, i: layer i's, -1: the last layer's).")
 flags.DEFINE_integer("batch_size", 32, "Texts (qa: windows, ner: rows, choose: contexts) per "
                      "device batch.")
 
@@ -68,6 +73,20 @@ def embed(predictor: inference.Predictor, inputs: list[Input], options) -> list[
     texts = [text for text, _ in inputs]
     vectors = predictor.embed(texts, pooling=options.pooling)  # [N, H]
     return [{"text": t, "embedding": v.tolist()} for t, v in zip(texts, vectors)]
+
+
+def features(predictor: inference.Predictor, inputs: list[Input], options) -> list[dict]:
+    texts = [text for text, _ in inputs]
+    try:
+        layers = [int(i) for i in options.layers]
+    except ValueError:
+        raise app.UsageError(f"--layers={','.join(options.layers)}: expected integers, e.g. "
+                             "-1,-2,-3,-4") from None
+    outputs = predictor.token_features(texts, layers=layers)
+    # Six decimals, as the original extract_features.py writes them.
+    return [{"text": t, "layers": layers, "tokens": o["tokens"],
+             "features": np.round(o["features"].astype(np.float64), 6).tolist()}
+            for t, o in zip(texts, outputs)]
 
 
 def classify(predictor: inference.Predictor, inputs: list[Input], options) -> list[dict]:
@@ -205,6 +224,7 @@ def _choices(options) -> list[Input]:
 COMMANDS = {
     "fill_mask": Command(fill_mask, _texts),
     "embed": Command(embed, _texts),
+    "features": Command(features, _texts),
     "classify": Command(classify, _pairs),
     "qa": Command(answer, _questions),
     "ner": Command(tag, _texts),

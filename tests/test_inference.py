@@ -1,6 +1,7 @@
 """Inference: fill_mask and embed against transformers, answer and tag against the fine-tuning
 loop's own predictions, the predict CLI, and bad input (exports: test_convert_tasks.py)."""
 
+import dataclasses
 import json
 import logging
 import pathlib
@@ -16,7 +17,7 @@ import pytest
 from absl import app
 
 from bert_jax import inference, predict
-from bert_jax.interop import convert
+from bert_jax.interop import convert, hf
 from bert_jax.model.config import ModelConfig
 from bert_jax.model.heads import BertForQuestionAnswering, BertForTokenClassification
 from bert_jax.tasks import base, conll, conlleval, finetune
@@ -310,6 +311,39 @@ def test_length_buckets_are_powers_of_two_capped_at_max_positions():
     assert [inference.length_bucket(n, 512) for n in (1, 16, 17, 100, 300, 512)] == [
         16, 16, 32, 128, 512, 512]
     assert inference.length_bucket(70, MAX_POSITIONS) == MAX_POSITIONS
+
+
+def test_token_features_are_transformers_hidden_states(minilm_folder, minilm_predictor):
+    """extract_features' per-token vectors: hidden state 0 (the embeddings' output) to 6 of
+    all-MiniLM-L6-v2 equal transformers' hidden_states, token by token; a scanned layout of
+    the same weights gives the same features."""
+    torch = require("torch")
+    transformers = require("transformers")
+    texts = [PARAPHRASES[0][0], "Short.", PARAPHRASES[1][1]]
+    tokenizer = transformers.BertTokenizer.from_pretrained(minilm_folder)
+    batch = tokenizer(texts, padding=True, return_tensors="pt")
+    with torch.no_grad():
+        ref = transformers.BertModel.from_pretrained(minilm_folder).eval()(
+            **batch, output_hidden_states=True).hidden_states  # 7 x [N, L, H]
+    layers = (-1, -2, -3, -4, 0, 3)
+    got = minilm_predictor.token_features(texts, layers=layers, batch_size=2)
+    for n, item in enumerate(got):
+        length = int(batch["attention_mask"][n].sum())
+        assert item["tokens"] == tokenizer.convert_ids_to_tokens(batch["input_ids"][n, :length])
+        assert item["features"].shape == (length, len(layers), 384)
+        want = np.stack([ref[i][n, :length].numpy() for i in layers], axis=1)
+        np.testing.assert_allclose(item["features"], want, atol=1e-4, rtol=0)
+
+    params = jax.device_get(minilm_predictor.params)
+    config = dataclasses.replace(minilm_predictor.model_config, scan_layers=True)
+    scanned = inference.Predictor(
+        config, {**params, "encoder": hf.stack_layers(params["encoder"], config.num_layers)},
+        minilm_predictor.tokenizer)
+    for mine, theirs in zip(scanned.token_features(texts, layers=(-1, 3)), got):
+        np.testing.assert_allclose(mine["features"], theirs["features"][:, [0, 5]], atol=1e-5)
+    for bad in ((7,), (-8,), ()):
+        with pytest.raises(ValueError, match=r"in \[-7, 6\]: 0 is the embeddings' output"):
+            minilm_predictor.token_features(texts, layers=bad)
 
 
 def test_embedding_does_not_depend_on_batch_or_padding(random_predictor):

@@ -6,6 +6,7 @@ import subprocess
 import sys
 import types
 
+import numpy as np
 import pytest
 from absl import app
 
@@ -71,6 +72,26 @@ def test_classify_checks_pairs_against_the_task(classifier):
     assert len(older.classify(["a", ("a", "b")])) == 2
 
 
+def test_features_writes_each_tokens_hidden_states(classifier):
+    """predict features: the tokens and, per token, the hidden states --layers names, as
+    Predictor.token_features gives them (six decimals)."""
+    texts = ["A man sings.", "Someone is playing a guitar on the stage tonight."]
+    records = predict.records("features", _options(checkpoint=classifier, text=texts,
+                                                   layers=["-1", "0"]))
+    expected = inference.load(classifier).token_features(texts, layers=(-1, 0))
+    for record, text, want in zip(records, texts, expected):
+        assert record["text"] == text and record["layers"] == [-1, 0]
+        assert record["tokens"] == want["tokens"] and record["tokens"][0] == "[CLS]"
+        assert np.asarray(record["features"]).shape == (len(want["tokens"]), 2, HIDDEN)
+        np.testing.assert_allclose(record["features"], want["features"], atol=1e-6)
+        json.dumps(record)  # JSON-ready
+    with pytest.raises(app.UsageError, match="--layers=last: expected integers"):
+        predict.records("features", _options(checkpoint=classifier, text=texts,
+                                              layers=["last"]))
+    with pytest.raises(ValueError, match=r"layers=\(2,\): .* in \[-2, 1\]: 0 is the "):
+        predict.records("features", _options(checkpoint=classifier, text=texts, layers=["2"]))
+
+
 def test_input_lines_split_at_the_first_tab_only_for_pair_commands(tmp_path):
     path = tmp_path / "inputs.txt"
     path.write_text("one\ttwo\tthree\n\n  \nsingle\n", encoding="utf-8")
@@ -94,7 +115,7 @@ def test_text_b_misuse_is_a_usage_error():
 def _options(**values) -> types.SimpleNamespace:
     """What the parsed flags give `predict.records`: the flags' defaults and `values`."""
     names = ("checkpoint", "text", "text_b", "question", "context", "choice", "input_file",
-             "top_k", "pooling", "batch_size")
+             "top_k", "pooling", "layers", "batch_size")
     defaults = {name: predict.FLAGS[name].default for name in names}
     return types.SimpleNamespace(**{**defaults, **values})
 
