@@ -153,17 +153,26 @@ def read_questions(questions: list[str], contexts: list[str],
         raise app.UsageError(f"--question given {len(questions)} times but --context "
                              f"{len(contexts)} times: give one --context per --question")
     inputs: list[Input] = list(zip(questions, contexts))
+    records = _json_records(input_file, lambda r: isinstance(r.get("question"), str)
+                            and isinstance(r.get("context"), str),
+                            "string fields 'question' and 'context'")
+    return inputs + [(r["question"], r["context"]) for r in records]
+
+
+def _json_records(input_file: str | None, is_valid, expected: str) -> list[dict]:
+    """The JSON object on each non-blank line of --input_file; one that is not, or that
+    is_valid refuses, is a usage error naming its line and what was `expected`."""
+    records = []
     for number, line in _input_lines(input_file):
         try:
             record = json.loads(line)
         except json.JSONDecodeError:
             record = None
-        if not (isinstance(record, dict) and isinstance(record.get("question"), str)
-                and isinstance(record.get("context"), str)):
-            raise app.UsageError(f"{input_file}:{number}: expected a JSON object with string "
-                                 "fields 'question' and 'context'")
-        inputs.append((record["question"], record["context"]))
-    return inputs
+        if not (isinstance(record, dict) and is_valid(record)):
+            raise app.UsageError(f"{input_file}:{number}: expected a JSON object with "
+                                 f"{expected}")
+        records.append(record)
+    return records
 
 
 def read_choices(contexts: list[str], choices: list[str],
@@ -179,18 +188,11 @@ def read_choices(contexts: list[str], choices: list[str],
     if choices and not contexts:
         raise app.UsageError("--choice without --context: give the context they continue")
     inputs: list[Input] = [(contexts[0], list(choices))] if contexts else []
-    for number, line in _input_lines(input_file):
-        try:
-            record = json.loads(line)
-        except json.JSONDecodeError:
-            record = None
-        if not (isinstance(record, dict) and isinstance(record.get("context"), str)
-                and isinstance(record.get("choices"), list)
-                and all(isinstance(c, str) for c in record["choices"])):
-            raise app.UsageError(f"{input_file}:{number}: expected a JSON object with a string "
-                                 "'context' and a list of strings 'choices'")
-        inputs.append((record["context"], record["choices"]))
-    return inputs
+    records = _json_records(input_file, lambda r: isinstance(r.get("context"), str)
+                            and isinstance(r.get("choices"), list)
+                            and all(isinstance(c, str) for c in r["choices"]),
+                            "a string 'context' and a list of strings 'choices'")
+    return inputs + [(r["context"], r["choices"]) for r in records]
 
 
 def _refuse(options, names: tuple[str, ...], why: str) -> None:

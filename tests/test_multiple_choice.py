@@ -2,7 +2,6 @@
 pairs, padded choices that change nothing, fine-tuning with predictions that `predict choose`
 reproduces, scoring the checkpoint, and errors that name the row."""
 
-import csv
 import json
 import pathlib
 
@@ -18,6 +17,7 @@ from bert_jax.train import checkpoint
 from configs.finetune import multiple_choice as multiple_choice_configs
 from tests.test_finetune import _override
 from tests.test_predict import _options
+from tests.test_text_classification import _write_as
 
 SWAG_COLUMNS = ["", "video-id", "fold-ind", "startphrase", "sent1", "sent2", "gold-source",
                 "ending0", "ending1", "ending2", "ending3", "label"]
@@ -54,14 +54,6 @@ def _next_sentences(data_dir, count: int, seed: int = 0) -> list[dict]:
     return rows
 
 
-def _write_csv(rows: list[dict], path: pathlib.Path) -> pathlib.Path:
-    with open(path, "w", encoding="utf-8", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=list(rows[0]))
-        writer.writeheader()
-        writer.writerows(rows)
-    return path
-
-
 def _tokenizer(data_dir):
     return tokenization.load_tokenizer(f"wordpiece:{data_dir}/bert_vocab/vocab.txt")
 
@@ -71,7 +63,7 @@ def test_swag_csv_gives_the_papers_pairs(data_dir, tmp_path):
     label the right ending's index; SWAG's unnamed index column and quoted fields read."""
     rows = _next_sentences(data_dir, 12)
     rows[0]["sent1"] = 'He said, "stay", and left.'  # commas and quotes inside a CSV field
-    path = _write_csv(rows, tmp_path / "val.csv")
+    path = _write_as(rows, tmp_path / "val.csv")
     tokenizer = _tokenizer(data_dir)
     task = multiple_choice.MultipleChoiceTask(_config(**{"data.dev_file": str(path)}).data)
     features = task.load(tokenizer, with_train=False)["dev"]
@@ -103,8 +95,7 @@ def test_padded_choices_change_no_score_and_no_loss(pretrained, data_dir, tmp_pa
         choices = ([choices[label]] + [c for k, c in enumerate(choices) if k != label]
                    + [rows[(i + 1) % 8]["sent1"]])[:keep]
         items.append({"context": row["sent1"], "choices": choices[::-1], "answer": keep - 1})
-    path = tmp_path / "items.jsonl"
-    path.write_text("".join(json.dumps(item) + "\n" for item in items), encoding="utf-8")
+    path = _write_as(items, tmp_path / "items.jsonl")
     config = _config(**{"init_checkpoint": pretrained, "data.dev_file": str(path),
                         "data.context_column": "context", "data.start_column": "",
                         "data.choice_columns": "choices", "data.label_column": "answer",
@@ -150,7 +141,7 @@ def test_fine_tunes_predicts_and_scores_its_checkpoint(pretrained, data_dir, tmp
     prediction files, the checkpoint's task is multiple choice, `predict choose` gives the
     prediction file's probabilities, and scoring the checkpoint alone gives its best epoch."""
     rows = _next_sentences(data_dir, 96, seed=1)
-    files = {name: str(_write_csv(part, tmp_path / f"{name}.csv")) for name, part in
+    files = {name: str(_write_as(part, tmp_path / f"{name}.csv")) for name, part in
              (("train", rows[:64]), ("val", rows[64:80]), ("test", rows[80:]))}
     common = {"data.train_file": files["train"], "data.dev_file": files["val"],
               "data.test_file": files["test"], "data.max_seq_length": 48,
@@ -208,10 +199,7 @@ def test_bad_files_and_checkpoints_are_named(finetuned, data_dir, tmp_path):
 
     def load(rows, name="val.csv", **data):
         path = tmp_path / name
-        if name.endswith(".jsonl"):
-            path.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
-        else:
-            _write_csv(rows, path)
+        _write_as(rows, path)
         config = _config(**{"data.dev_file": str(path), **{f"data.{k}": v
                                                             for k, v in data.items()}})
         return multiple_choice.MultipleChoiceTask(config.data).load(tokenizer, with_train=False)
@@ -248,7 +236,7 @@ def test_bad_files_and_checkpoints_are_named(finetuned, data_dir, tmp_path):
 
     # A checkpoint fine-tuned for another kind of task is refused, by name.
     classifier = finetuned[2]["seeds"]["0"]["checkpoint"]
-    val = _write_csv(good, tmp_path / "val.csv")
+    val = _write_as(good, tmp_path / "val.csv")
     with pytest.raises(ValueError, match="fine-tuned for sentence \\(pair\\) classification "
                                          "\\(mrpc\\), not for multiple choice"):
         finetune.finetune_and_evaluate(

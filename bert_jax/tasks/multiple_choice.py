@@ -21,10 +21,11 @@ choice is `sent2` (the start of the next sentence, data.start_column) followed b
 Batches are [B, C, L]: C is the most choices of an example in the batch; an example with fewer
 has padded choices that the loss and the predictions leave out (`choice_mask`).
 
-Without data.dev_file, data.dev_fraction of the train rows is held out as dev. A data.test_file
-is predicted with the best epoch, and scored after every epoch too (accuracy_test) when it has
-the label column. Prediction files are JSON lines in the file's order: {"id", "choice" (index),
-"text", "score", "probabilities"} and, on labelled splits, "gold".
+The splits are those of classification on one's own files (own_files.py): data.dev_fraction of
+the train rows held out as dev without a data.dev_file; a data.test_file predicted with the best
+epoch, and scored after every epoch too (accuracy_test) when it has the label column. Prediction
+files are JSON lines in the file's order: {"id", "choice" (index), "text", "score",
+"probabilities"} and, on labelled splits, "gold".
 """
 
 from __future__ import annotations
@@ -40,8 +41,7 @@ import tensorflow as tf
 from absl import logging
 
 from bert_jax.model.heads import BertForMultipleChoice
-from bert_jax.tasks import base, batching, classification, glue, table_files
-from bert_jax.tasks import text_classification
+from bert_jax.tasks import base, batching, classification, glue, own_files, table_files
 
 NAME = "multiple_choice"
 # The score of a padded choice: its softmax weight is 0 (finite, so that a filler row whose
@@ -137,7 +137,7 @@ def readable_choices(logits: list[np.ndarray], choices: list[list[str]]) -> list
     return out
 
 
-class MultipleChoiceTask(base.FinetuneTask):
+class MultipleChoiceTask(own_files.OwnFilesSplits, base.FinetuneTask):
     """Choices scored on the pooled output of `[CLS] context [SEP] choice [SEP]` rows."""
 
     name = NAME
@@ -146,7 +146,7 @@ class MultipleChoiceTask(base.FinetuneTask):
 
     def __init__(self, data_config):
         data = self.data = data_config
-        column = text_classification.column_list
+        column = own_files.column_list
         self.context_column = column(data.context_column, "context_column", (1,))[0]
         self.choice_columns = tuple(name.strip() for name in data.choice_columns.split(",")
                                     if name.strip())
@@ -155,22 +155,8 @@ class MultipleChoiceTask(base.FinetuneTask):
                              "column that holds a list of choices")
         self.start_column = data.start_column.strip()
         self.label_column = column(data.label_column, "label_column", (1,))[0]
-        if not data.train_file and not data.dev_file:
-            raise ValueError("data.train_file (and data.dev_file, or a data.dev_fraction of the "
-                             "train file) must be set: the files to fine-tune on")
-        if not data.dev_file and not 0 < data.dev_fraction < 1:
-            raise ValueError(f"without data.dev_file, data.dev_fraction={data.dev_fraction} "
-                             "must be in (0, 1): the share of train rows held out as dev")
+        self.check_files()
         self._filler: list[int] = []
-        self._labelled_test = False
-
-    @property
-    def dev_splits(self) -> list[str]:
-        return ["dev", "test"] if self._labelled_test else ["dev"]
-
-    @property
-    def prediction_splits(self) -> list[str]:
-        return ["test"] if self.data.test_file and not self._labelled_test else []
 
     # -- reading
 
@@ -249,25 +235,7 @@ class MultipleChoiceTask(base.FinetuneTask):
     def load(self, tokenizer, *, with_train: bool = True) -> dict:
         data = self.data
         self._filler = [tokenizer.cls_id, tokenizer.sep_id]
-        splits = {}
-        if with_train or not data.dev_file:
-            if not data.train_file:
-                raise ValueError("data.train_file is empty: it is required to train, and to "
-                                 "hold out dev rows when data.dev_file is empty")
-            train, _ = self._examples(data.train_file, "train", True)
-            if data.dev_file:
-                splits["train"] = train
-            else:
-                splits["train"], splits["dev"] = text_classification.hold_out(
-                    train, data.dev_fraction, data.subset_seed)
-                logging.info("no data.dev_file: %d of %s's %d rows held out as dev",
-                             len(splits["dev"]), data.train_file, len(train))
-            if not with_train:
-                del splits["train"]
-        if data.dev_file:
-            splits["dev"], _ = self._examples(data.dev_file, "dev", True)
-        if data.test_file:
-            splits["test"], self._labelled_test = self._examples(data.test_file, "test", None)
+        splits, _ = self.read_splits(self._examples, with_train)
         features = {}
         for split, examples in splits.items():
             if split == "train":

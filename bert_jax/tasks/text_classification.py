@@ -41,7 +41,7 @@ import tensorflow as tf
 from absl import logging
 from sklearn import metrics as sk_metrics
 
-from bert_jax.tasks import classification, glue, table_files
+from bert_jax.tasks import classification, glue, own_files, table_files
 
 NAME = "classify"
 METRICS = {**glue.METRICS,
@@ -55,15 +55,6 @@ KIND_METRICS = {"classification": ("accuracy", "f1_macro", "f1", "f1_micro",
 DEFAULT_METRICS = {"classification": ("accuracy", "f1_macro"),
                    "regression": ("pearson", "spearman"),
                    "multi-label classification": ("f1_micro", "f1_macro", "accuracy")}
-
-
-def column_list(value: str, key: str, allowed: tuple[int, ...]) -> tuple[str, ...]:
-    """A comma-separated config value as names; its count must be one of `allowed`."""
-    names = tuple(name.strip() for name in value.split(",") if name.strip())
-    if len(names) not in allowed:
-        raise ValueError(f"data.{key}={value!r} names {len(names)} column(s); expected "
-                         f"{' or '.join(map(str, allowed))}, comma-separated")
-    return names
 
 
 def metric_names(value: str, kind: str) -> tuple[str, ...]:
@@ -93,7 +84,7 @@ def label_text(value) -> str:
     return value.strip() if isinstance(value, str) else json.dumps(value)
 
 
-class TextClassificationTask(classification.SentenceClassificationTask):
+class TextClassificationTask(own_files.OwnFilesSplits, classification.SentenceClassificationTask):
     """One's own labelled files, classified (or regressed) by a head on the pooled output."""
 
     name = NAME
@@ -101,8 +92,8 @@ class TextClassificationTask(classification.SentenceClassificationTask):
     def __init__(self, data_config):
         super().__init__(data_config)
         data = data_config
-        self.text_columns = column_list(data.text_columns, "text_columns", (1, 2))
-        self.label_column = column_list(data.label_column, "label_column", (1,))[0]
+        self.text_columns = own_files.column_list(data.text_columns, "text_columns", (1, 2))
+        self.label_column = own_files.column_list(data.label_column, "label_column", (1,))[0]
         self.pair = len(self.text_columns) == 2
         if data.regression and data.multi_label:
             raise ValueError("data.regression and data.multi_label are both set: choose one")
@@ -118,25 +109,11 @@ class TextClassificationTask(classification.SentenceClassificationTask):
             raise ValueError(f"data.labels={data.labels!r}: expected {fewest} or more distinct, "
                              "non-empty label names, comma-separated")
         self.labels = None if data.regression else list(given)
-        if not data.train_file and not data.dev_file:
-            raise ValueError("data.train_file (and data.dev_file, or a data.dev_fraction of the "
-                             "train file) must be set: the files to fine-tune on")
-        if not data.dev_file and not 0 < data.dev_fraction < 1:
-            raise ValueError(f"without data.dev_file, data.dev_fraction={data.dev_fraction} "
-                             "must be in (0, 1): the share of train rows held out as dev")
-        self._labelled_test = False
+        self.check_files()
 
     @property
     def labels_from_train(self) -> bool:  # scoring a checkpoint takes its labels instead
         return not self.data.regression and not self.data.labels
-
-    @property
-    def dev_splits(self) -> list[str]:
-        return ["dev", "test"] if self._labelled_test else ["dev"]
-
-    @property
-    def prediction_splits(self) -> list[str]:
-        return ["test"] if self.data.test_file and not self._labelled_test else []
 
     # -- reading
 
@@ -240,26 +217,7 @@ class TextClassificationTask(classification.SentenceClassificationTask):
 
     def load(self, tokenizer, *, with_train: bool = True) -> dict:
         data = self.data
-        splits, train_file_rows = {}, []
-        if with_train or not data.dev_file:
-            if not data.train_file:
-                raise ValueError("data.train_file is empty: it is required to train, and to "
-                                 "hold out dev rows when data.dev_file is empty")
-            train = train_file_rows = self._rows(data.train_file, "train", True)[0]
-            if data.dev_file:
-                splits["train"] = train
-            else:
-                splits["train"], splits["dev"] = hold_out(train, data.dev_fraction,
-                                                           data.subset_seed)
-                logging.info("no data.dev_file: %d of %s's %d rows held out as dev",
-                             len(splits["dev"]), data.train_file, len(train))
-            if not with_train:
-                del splits["train"]
-        if data.dev_file:
-            splits["dev"], _ = self._rows(data.dev_file, "dev", True)
-        test_labelled = False
-        if data.test_file:
-            splits["test"], test_labelled = self._rows(data.test_file, "test", None)
+        splits, train_file_rows = self.read_splits(self._rows, with_train)
         if self.labels == [] and train_file_rows:  # held-out dev rows' labels count too
             self.labels = sorted_labels(name for where, *_, raw in train_file_rows
                                         for name in self._raw_names(raw, where)
@@ -272,10 +230,9 @@ class TextClassificationTask(classification.SentenceClassificationTask):
             if "f1" in self.metrics and len(self.labels) != 2:
                 raise ValueError(f"data.metrics names f1 (binary), but there are "
                                  f"{len(self.labels)} labels; use f1_macro")
-        self._labelled_test = test_labelled
         features = {}
         for split, rows in splits.items():
-            examples = self._examples(rows, split != "test" or test_labelled)
+            examples = self._examples(rows, split != "test" or self._labelled_test)
             if split == "train":
                 examples = glue.subsample(examples, data.max_train_examples, data.subset_seed)
             features[split] = self.encode(examples, tokenizer)
@@ -308,14 +265,3 @@ class TextClassificationTask(classification.SentenceClassificationTask):
                                       if self.multi_label else self.labels[int(gold)])
                 f.write(json.dumps(record) + "\n")
         return path
-
-
-def hold_out(rows: list, fraction: float, seed: int) -> tuple[list, list]:
-    """(train, dev) of rows: a fixed random `fraction` (at least one row) held out, each part in
-    the file's order."""
-    count = max(1, int(round(fraction * len(rows))))
-    if count >= len(rows):
-        raise ValueError(f"data.dev_fraction={fraction} of {len(rows)} rows leaves none to train")
-    held = set(np.random.default_rng(seed).choice(len(rows), count, replace=False).tolist())
-    return ([r for i, r in enumerate(rows) if i not in held],
-            [r for i, r in enumerate(rows) if i in held])

@@ -18,15 +18,9 @@ from configs.finetune import common
 
 def get_config() -> config_dict.ConfigDict:
     config = common.base_config(text_classification.NAME)
-    config.data = common.data_section(
-        train_file="",  # local or gs://
-        dev_file="",  # "": hold out dev_fraction of the train rows instead
-        test_file="",  # "": none; predicted with the best epoch, scored too when labelled
-        format="auto",  # auto (from the extension) | csv | tsv | jsonl
+    config.data = common.data_section(**common.own_files_keys(
         text_columns="text",  # one column, or two comma-separated (a pair)
         label_column="label",
-        id_column="",  # names the rows of the prediction files; "" (or a file without the
-        # column): the row's index
         labels="",  # label names in index order, comma-separated; "": the train file's, sorted
         regression=False,  # the label is a number; one output, squared error
         multi_label=False,  # any number of labels a row (a JSON list, or joined by
@@ -35,11 +29,8 @@ def get_config() -> config_dict.ConfigDict:
         metrics="",  # comma-separated, the first picks the best epoch; "": accuracy,f1_macro
         # (classification), pearson,spearman (regression), f1_micro,f1_macro,accuracy
         # (multi-label)
-        dev_fraction=0.1,  # without dev_file: the train rows held out as dev
         max_seq_length=128,
-        max_train_examples=0,  # > 0: a fixed random subset of the train rows
-        subset_seed=0,  # picks that subset and the held-out dev rows
         skip_empty=False,  # skip (with a counted warning) instead of failing on empty texts
-    )
+    ))
     config.lock()
     return config

@@ -71,3 +71,20 @@ def data_section(**task_keys) -> config_dict.ConfigDict:
         # bert_jax/tasks/batching.py for the measured difference.
         length_buckets="coarse",
     ))
+
+
+def own_files_keys(**task_keys) -> dict:
+    """The `data` keys of a task on one's own files (bert_jax/tasks/own_files.py), then the
+    task's own."""
+    return dict(
+        train_file="",  # local or gs://
+        dev_file="",  # "": hold out dev_fraction of the train rows instead
+        test_file="",  # "": none; predicted with the best epoch, scored too when labelled
+        format="auto",  # auto (from the extension) | csv | tsv | jsonl
+        id_column="",  # names the rows of the prediction files; "" (or a file without the
+        # column): the row's index
+        dev_fraction=0.1,  # without dev_file: the train rows held out as dev
+        max_train_examples=0,  # > 0: a fixed random subset of the train rows
+        subset_seed=0,  # picks that subset and the held-out dev rows
+        **task_keys,
+    )

@@ -18,22 +18,14 @@ from configs.finetune import common
 
 def get_config() -> config_dict.ConfigDict:
     config = common.base_config(multiple_choice.NAME)
-    config.data = common.data_section(
-        train_file="",  # local or gs://
-        dev_file="",  # "": hold out dev_fraction of the train rows instead
-        test_file="",  # "": none; predicted with the best epoch, scored too when labelled
-        format="auto",  # auto (from the extension) | csv | tsv | jsonl
+    config.data = common.data_section(**common.own_files_keys(
         context_column="sent1",  # the first text of every pair
         start_column="sent2",  # put before every choice ("": the choices are whole texts)
         # One column per choice, comma-separated, or one column holding a list of choices.
         choice_columns="ending0,ending1,ending2,ending3",
         label_column="label",  # the right choice's index, from 0
-        id_column="",  # names the rows of the prediction files; "": the row's index
-        dev_fraction=0.1,  # without dev_file: the train rows held out as dev
         max_seq_length=128,  # per choice: [CLS] context [SEP] choice [SEP]
-        max_train_examples=0,  # > 0: a fixed random subset of the train rows
-        subset_seed=0,  # picks that subset and the held-out dev rows
-    )
+    ))
     config.train.batch_size = 16  # examples; each is one row per choice
     config.train.eval_batch_size = 32
     config.lock()
