@@ -8,7 +8,6 @@ import importlib.util
 import json
 import logging
 import math
-import os
 import pathlib
 import random
 import re
@@ -17,7 +16,6 @@ import subprocess
 import sys
 import threading
 import time
-import types
 
 import flax
 import jax

@@ -5,7 +5,7 @@ import os
 import pytest
 
 from bert_jax.data import sentences, sources
-from bert_jax.data.sources import HostShard, Position
+from bert_jax.data.sources import HostShard
 
 
 def test_split_sentences_keeps_abbreviations_initials_and_dialogue():

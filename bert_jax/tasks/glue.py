@@ -308,8 +308,9 @@ def truncate_pair(len_a: int, len_b: int, budget: int) -> tuple[int, int]:
 
 
 def encode(examples: Sequence[Example], tokenizer: tokenization.Tokenizer, max_seq_length: int,
-           is_regression: bool = False) -> Features:
-    """Tokenizes examples (in one batch call per side) into [CLS] A [SEP] (B [SEP]) rows."""
+           is_regression: bool = False, unit: str = "examples") -> Features:
+    """Tokenizes examples (in one batch call per side) into [CLS] A [SEP] (B [SEP]) rows; the
+    truncation warning counts them as `unit`."""
     if max_seq_length < 4:
         raise ValueError(f"max_seq_length must be at least 4, got {max_seq_length}")
     ids_a = tokenizer.encode_batch([e.text_a for e in examples])
@@ -335,8 +336,8 @@ def encode(examples: Sequence[Example], tokenizer: tokenization.Tokenizer, max_s
         input_ids.append(np.asarray(row, np.int32))
         type_ids.append(np.asarray(types, np.int32))
     if truncated:
-        logging.warning("%d of %d examples are longer than max_seq_length=%d tokens and were "
-                        "truncated%s", truncated, len(examples), max_seq_length,
+        logging.warning("%d of %d %s are longer than max_seq_length=%d tokens and were "
+                        "truncated%s", truncated, len(examples), unit, max_seq_length,
                         " (pairs longest-first)" if any(paired) else "")
     dtype = np.float32 if is_regression else np.int32
     labels = np.asarray([0 if e.label is None else e.label for e in examples], dtype)

@@ -84,7 +84,7 @@ def encode(examples: list[ChoiceExample], tokenizer, max_seq_length: int) -> Cho
     """One `[CLS] context [SEP] choice [SEP]` row per choice (glue.encode's pairs)."""
     pairs = [glue.Example(f"{e.guid} choice {k}", e.context, choice, None)
              for e in examples for k, choice in enumerate(e.choices)]
-    rows = glue.encode(pairs, tokenizer, max_seq_length)
+    rows = glue.encode(pairs, tokenizer, max_seq_length, unit="choices (context and choice)")
     starts = np.cumsum([0] + [len(e.choices) for e in examples])
     labels = np.asarray([0 if e.label is None else e.label for e in examples], np.int32)
     return ChoiceFeatures(rows, starts, labels, [e.guid for e in examples],
