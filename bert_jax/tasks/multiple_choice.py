@@ -119,7 +119,6 @@ def pad_batch(features: ChoiceFeatures, indices: list[int], batch_size: int,
         batch["choice_mask"][r, :counts[r]] = 1
         batch["label"][r] = features.labels[i]
         batch["example_weight"][r] = 1.0
-    batch["choice_mask"][len(indices):] = 1  # filler rows: weight 0, every score finite
     return batch
 
 
