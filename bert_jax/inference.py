@@ -530,6 +530,9 @@ class Predictor:
             raise TypeError("expected a list of (context, [choice, ...]) items")
         examples = []
         for i, item in enumerate(contexts_and_choices):
+            if isinstance(item, str) or len(item) != 2:
+                raise ValueError(f"item {i}: expected a (context, [choice, ...]) pair, got "
+                                 f"{item!r}")
             context, choices = item
             if not isinstance(context, str) or not context.strip():
                 raise ValueError(f"item {i}: the context is empty or not a string")

@@ -182,6 +182,8 @@ def test_fine_tunes_predicts_and_scores_its_checkpoint(pretrained, data_dir, tmp
         predictor.choose([items[0], (items[1][0], items[1][1][:1])])
     with pytest.raises(ValueError, match="item 0: a choice is empty"):
         predictor.choose([(items[0][0], ["", *items[0][1]])])
+    with pytest.raises(ValueError, match=r"item 0: expected a \(context, \[choice, ...\]\) "):
+        predictor.choose(["What comes next?"])
     cli = predict.records("choose", _options(checkpoint=best["checkpoint"],
                                              context=[items[0][0]], choice=items[0][1]))
     assert cli[0]["choice"] == chosen[0]["choice"] and cli[0]["context"] == items[0][0]

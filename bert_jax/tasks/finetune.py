@@ -2,8 +2,9 @@
 
     results = finetune.finetune_and_evaluate(config, workdir)   # what the entrypoint calls
 
-The loop is the same for every task (GLUE, SQuAD, NER); what differs (data, head, loss sums,
-metrics, prediction files) comes from the task object, `base.make_task(config)`.
+The loop is the same for every task (GLUE, SQuAD, NER, multiple choice, ...); what differs
+(data, head, loss sums, metrics, prediction files) comes from the task object,
+`base.make_task(config)`.
 
 WORKDIR/
   results.json           dev metrics per epoch of every seed, `best` (best epoch of the best
