@@ -335,7 +335,13 @@ def test_bad_task_models_are_named(minilm_folder, tmp_path):  # noqa: F811
 
 def test_unknown_head_is_named_and_the_encoder_imported(minilm_folder, tmp_path,  # noqa: F811
                                                         caplog):
-    folder = _transformers_task_model("BertForMultipleChoice", tmp_path / "choice", minilm_folder)
+    # A class of someone's own (a classifier's tensors under another name): its head is not
+    # one of ours.
+    folder = _transformers_task_model("BertForSequenceClassification", tmp_path / "custom",
+                                      minilm_folder)
+    config_file = pathlib.Path(folder) / "config.json"
+    config = json.loads(config_file.read_text())
+    config_file.write_text(json.dumps({**config, "architectures": ["BertForCustomHead"]}))
     with caplog.at_level(logging.WARNING):
         path = convert.import_hf(folder, str(tmp_path / "ours"))
     assert "2 tensor(s)" in caplog.text
