@@ -23,6 +23,7 @@ epoch, the wall time, and `score=<scored metric> target=<T> pass=<bool>` last.
 """
 
 import ast
+import csv
 import json
 import os
 import tempfile
@@ -121,8 +122,6 @@ def next_sentence_files(cache_dir: str, examples: tuple[int, int, int] = (2000, 
     and part, the right one at a random position. Per book the first 80% of its paragraphs give
     train, the next 10% dev, the last 10% test; `examples` are drawn from the pooled parts.
     SWAG's CSV columns (sent1, sent2, ending0-3, label). Returns the data.*_file overrides."""
-    import csv
-
     folder = os.path.join(cache_dir, "next_sentence")
     os.makedirs(folder, exist_ok=True)
     pairs = {"train": [], "dev": [], "test": []}  # (book, sentence, next sentence)
@@ -164,8 +163,6 @@ def similarity_choice_score(files: dict) -> float:
     """Test accuracy of picking the ending whose TF-IDF vector (words, fitted on the train
     file's texts) is most similar (cosine) to the context's: a baseline that reads words but
     not their order or meaning."""
-    import csv
-
     from sklearn.feature_extraction.text import TfidfVectorizer
 
     def read(name):

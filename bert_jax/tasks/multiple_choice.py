@@ -31,6 +31,7 @@ files are JSON lines in the file's order: {"id", "choice" (index), "text", "scor
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import os
 
@@ -74,9 +75,10 @@ class ChoiceFeatures:
     def num_choices(self, i: int) -> int:
         return int(self.starts[i + 1] - self.starts[i])
 
-    @property
+    @functools.cached_property
     def lengths(self) -> np.ndarray:
-        """[N] the longest row of each example: what its batch is padded to."""
+        """[N] the longest row of each example: what its batch is padded to (computed once:
+        every batch reads it)."""
         return np.maximum.reduceat(self.rows.lengths, self.starts[:-1])
 
 
@@ -180,16 +182,16 @@ class MultipleChoiceTask(own_files.OwnFilesSplits, base.FinetuneTask):
         return choices
 
     def _label(self, value, where: str, num_choices: int) -> int:
-        text = value.strip() if isinstance(value, str) else value
-        if isinstance(text, str) and text.isdigit():
-            text = int(text)
-        if not isinstance(text, int) or isinstance(text, bool):
+        index = value.strip() if isinstance(value, str) else value
+        if isinstance(index, str) and index.isdigit():
+            index = int(index)
+        if not isinstance(index, int) or isinstance(index, bool):
             raise ValueError(f"{where}: label {value!r} in column {self.label_column!r} is not "
                              "a choice index (0, 1, ...)")
-        if not 0 <= text < num_choices:
-            raise ValueError(f"{where}: label {text} is not the index of one of its "
+        if not 0 <= index < num_choices:
+            raise ValueError(f"{where}: label {index} is not the index of one of its "
                              f"{num_choices} choices (0..{num_choices - 1})")
-        return text
+        return index
 
     def _examples(self, path: str, split: str, with_labels: bool | None
                   ) -> tuple[list[ChoiceExample], bool]:
