@@ -214,6 +214,53 @@ def test_gelu_is_the_exact_erf_gelu_and_saves_one_tensor_for_backward():
     assert len(saved) == 1 and saved[0].dtype == jnp.bfloat16
 
 
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
+def test_layer_norm_is_flax_layer_norm_and_keeps_only_its_input_for_backward(dtype):
+    config = ModelConfig.from_size("tiny", dtype=dtype)
+    ours = layers.LayerNorm(config)
+    flax_norm = nn.LayerNorm(epsilon=config.layer_norm_eps, dtype=config.compute_dtype,
+                             param_dtype=config.params_dtype)
+    keys = jax.random.split(jax.random.key(0), 4)
+    x = (jax.random.normal(keys[0], (4, 24, config.hidden_size)) * 3.0 + 1.0).astype(dtype)
+    params = nn.unbox(ours.init(keys[1], x))
+    assert jax.tree.map(jnp.shape, params) == jax.tree.map(
+        jnp.shape, flax_norm.init(keys[1], x))  # same tree: checkpoints and converters unchanged
+    params = {"params": {"scale": 1.0 + 0.3 * jax.random.normal(keys[2], (config.hidden_size,)),
+                         "bias": 0.3 * jax.random.normal(keys[3], (config.hidden_size,))}}
+    # Forward: flax's float32 operations in flax's order, so the same values bit for bit.
+    out = jax.jit(ours.apply)(params, x)
+    assert out.dtype == jnp.dtype(dtype)
+    np.testing.assert_array_equal(np.asarray(out, np.float32),
+                                  np.asarray(jax.jit(flax_norm.apply)(params, x), np.float32))
+
+    # Backward: the gradients of every input against autodiff through flax's, in float32 math.
+    weights = jax.random.normal(keys[0], x.shape)
+
+    def gradients(module, inputs):
+        loss = lambda p, v: jnp.sum(module.apply(p, v).astype(jnp.float32) * weights)
+        return jax.jit(jax.grad(loss, argnums=(0, 1)))(params, inputs)
+
+    ours_grads = gradients(ours, x)
+    flax_grads = gradients(nn.LayerNorm(epsilon=config.layer_norm_eps, dtype=jnp.float32),
+                           x.astype(jnp.float32))
+    tolerance = 1e-5 if dtype == "float32" else 1e-2  # bf16: dx rounded to bf16
+    for got, want in zip(jax.tree.leaves(ours_grads), jax.tree.leaves(flax_grads)):
+        np.testing.assert_allclose(np.asarray(got, np.float32), want,
+                                   rtol=tolerance, atol=tolerance * np.abs(want).max())
+    assert ours_grads[1].dtype == x.dtype
+
+    # Reverse mode keeps x (in its dtype) and two float32 numbers a row: no float32 tensor the
+    # size of x (flax's keeps three: x^2, x - mean and the normalised x).
+    _, backward = jax.vjp(lambda v: ours.apply(params, v), x)
+    saved = [leaf for leaf in jax.tree_util.tree_leaves(backward) if hasattr(leaf, "shape")]
+    assert [leaf.dtype for leaf in saved if leaf.shape == x.shape] == [x.dtype]
+    assert all(leaf.size <= x.size // config.hidden_size for leaf in saved
+               if leaf.shape != x.shape and leaf.ndim == x.ndim)
+    _, flax_backward = jax.vjp(lambda v: flax_norm.apply(params, v), x)
+    assert sum(leaf.shape == x.shape and leaf.dtype == jnp.float32
+               for leaf in jax.tree_util.tree_leaves(flax_backward)) >= 2
+
+
 def test_dropout_is_active_only_when_not_deterministic(tiny_params):
     ids = _random_ids(np.random.default_rng(4), (2, 12))
     model = _jitted_apply(_tiny())

@@ -31,16 +31,73 @@ def constrain(x, names: tuple[str | None, ...]):
     return nn.with_logical_constraint(x, names)
 
 
-def layer_norm(config: ModelConfig, name: str) -> nn.LayerNorm:
-    # flax computes LayerNorm statistics in float32 whatever the compute dtype.
-    return nn.LayerNorm(
-        epsilon=config.layer_norm_eps,
-        dtype=config.compute_dtype,
-        param_dtype=config.params_dtype,
-        scale_init=partitioned(nn.initializers.ones, ("embed",)),
-        bias_init=partitioned(nn.initializers.zeros, ("embed",)),
-        name=name,
-    )
+def layer_norm(config: ModelConfig, name: str) -> "LayerNorm":
+    return LayerNorm(config, name=name)
+
+
+class LayerNorm(nn.Module):
+    """LayerNorm over the last axis, statistics in float32 whatever the compute dtype.
+
+    The parameters (`scale`, `bias`, float32), their logical names and the forward values are
+    flax's nn.LayerNorm's (E[x^2] - E[x]^2 variance, the same float32 operations in the same
+    order); the backward pass is the rule below, which keeps far less for it.
+    """
+
+    config: ModelConfig
+
+    @nn.compact
+    def __call__(self, x):
+        cfg = self.config
+        features = (x.shape[-1],)
+        scale = self.param("scale", partitioned(nn.initializers.ones, ("embed",)), features,
+                           cfg.params_dtype)
+        bias = self.param("bias", partitioned(nn.initializers.zeros, ("embed",)), features,
+                          cfg.params_dtype)
+        return normalize(x, scale, bias, cfg.layer_norm_eps, jnp.dtype(cfg.compute_dtype))
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(3, 4))
+def normalize(x, scale, bias, epsilon: float, dtype):
+    """(x - mean) / sqrt(var + epsilon) * scale + bias over the last axis, in float32, as dtype.
+
+    Reverse mode through flax's LayerNorm keeps three float32 tensors the size of x (x^2,
+    x - mean, the normalised x) and reads them back: 12 bytes an element where the rule below
+    keeps x itself (2 bytes in bf16) and two float32 numbers a row, and recomputes the
+    normalised x in the backward kernel, which is memory-bound either way.
+    """
+    return _normalize_forward(x, scale, bias, epsilon, dtype)[0]
+
+
+def _normalize_forward(x, scale, bias, epsilon, dtype):
+    x32 = x.astype(jnp.float32)
+    mean = jnp.mean(x32, axis=-1, keepdims=True)
+    # max(0, .): E[x^2] - E[x]^2 can round below zero.
+    var = jnp.maximum(0.0, jnp.mean(jnp.square(x32), axis=-1, keepdims=True) - jnp.square(mean))
+    inv_std = jax.lax.rsqrt(var + epsilon)
+    y = (x32 - mean) * (inv_std * _per_feature(scale, x)) + _per_feature(bias, x)
+    return y.astype(dtype), (x, mean, inv_std, scale, bias)
+
+
+def _per_feature(param, x):  # [H] -> [1, ..., 1, H] float32, to broadcast against x
+    return param.astype(jnp.float32).reshape((1,) * (x.ndim - 1) + param.shape)
+
+
+def _normalize_backward(epsilon, dtype, saved, dy):
+    # With n = (x - mean) * inv_std and g = dy * scale, d/dx = inv_std (g - E[g] - n E[g n]).
+    del epsilon, dtype
+    x, mean, inv_std, scale, bias = saved
+    normalised = (x.astype(jnp.float32) - mean) * inv_std
+    dy32 = dy.astype(jnp.float32)
+    rows = tuple(range(x.ndim - 1))
+    g = dy32 * _per_feature(scale, x)
+    dx = inv_std * (g - jnp.mean(g, axis=-1, keepdims=True)
+                    - normalised * jnp.mean(g * normalised, axis=-1, keepdims=True))
+    dscale = jnp.sum(dy32 * normalised, axis=rows)
+    dbias = jnp.sum(dy32, axis=rows)
+    return dx.astype(x.dtype), dscale.astype(scale.dtype), dbias.astype(bias.dtype)
+
+
+normalize.defvjp(_normalize_forward, _normalize_backward)
 
 
 def _dense_weights(module: nn.Module, in_shape: tuple[int, ...], features: tuple[int, ...],
