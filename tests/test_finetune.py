@@ -207,6 +207,13 @@ def test_hidden_size_other_than_the_config_expects(pretrained, mrpc_dir, tmp_pat
         finetune.build(config, str(tmp_path))
 
 
+def test_float16_training_is_refused(pretrained, mrpc_dir, tmp_path):
+    config = _finetune_config(pretrained, mrpc_dir, **{"model.dtype": "float16"})
+    with pytest.raises(ValueError, match="model.dtype=float16: training in float16 needs loss "
+                                         "scaling"):
+        finetune.build(config, str(tmp_path))
+
+
 def _encoder_checkpoint(root, model_config: ModelConfig, params_config: ModelConfig, tokenizer):
     params = BertEncoder(params_config).init(jax.random.key(0), np.zeros((1, 8), np.int32))
     params = jax.tree_util.tree_map(np.asarray, nn.unbox(params["params"]))

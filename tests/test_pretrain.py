@@ -515,6 +515,16 @@ def test_every_model_config_field_is_a_run_config_key():
     assert model_config.hidden_size == 128  # the rest still from the named size
 
 
+@pytest.mark.parametrize("key", ["model.dtype", "model.param_dtype"])
+def test_float16_training_is_refused_but_not_a_dtype_that_is_no_float(data_dir, tmp_path, key):
+    with pytest.raises(ValueError, match=f"{key}=float16: training in float16 needs loss "
+                                         "scaling"):
+        loop.train_and_evaluate(_config({**_small_overrides(data_dir), key: "float16"}),
+                                str(tmp_path))
+    with pytest.raises(ValueError, match="dtype='int8' is not a floating-point type"):
+        ModelConfig(dtype="int8")
+
+
 def test_unknown_config_key_is_rejected(data_dir, tmp_path):
     with pytest.raises(AttributeError, match="num_step"):
         _get_config("tiny").train.num_step = 5

@@ -62,7 +62,10 @@ class ModelConfig:
                 f"{ATTENTION_IMPLEMENTATIONS}"
             )
         for name in ("dtype", "param_dtype"):
-            jnp.dtype(getattr(self, name))  # raises TypeError on an unknown dtype name
+            dtype = jnp.dtype(getattr(self, name))  # raises TypeError on an unknown dtype name
+            if not jnp.issubdtype(dtype, jnp.floating):
+                raise ValueError(f"{name}={getattr(self, name)!r} is not a floating-point type; "
+                                 "expected float32, bfloat16 or float16")
 
     @property
     def head_dim(self) -> int:

@@ -156,6 +156,7 @@ def build(config, workdir: str) -> Run:
     loaded = checkpoint.load_model(config.init_checkpoint)
     where = config.init_checkpoint
     model_config = finetune_model_config(loaded.model_config, config.model, where)
+    setup_lib.check_training_dtypes(model_config)
     # Host copies: every seed device_puts fresh buffers, which its train steps then donate.
     encoder = jax.device_get(encoder_params(loaded.params, where))
     if hf.is_zero_pooler(encoder):

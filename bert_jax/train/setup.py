@@ -8,6 +8,7 @@ import uuid
 
 import flax.linen as nn
 import jax
+import jax.numpy as jnp
 import numpy as np
 import tensorflow as tf
 from absl import logging
@@ -93,6 +94,18 @@ class RunSetup:
         return self.pipeline_config.mode == "nsp"
 
 
+def check_training_dtypes(model_config: ModelConfig) -> None:
+    """Refuses float16 for training: its gradients underflow without loss scaling, which the
+    train step does not do. Inference (predict, embed) may use it; training takes bfloat16,
+    whose range is float32's, or float32."""
+    for name in ("dtype", "param_dtype"):
+        if jnp.dtype(getattr(model_config, name)) == jnp.float16:
+            raise ValueError(
+                f"model.{name}=float16: training in float16 needs loss scaling, which bert_jax "
+                "does not do (small gradients would flush to zero); use bfloat16 (TPUs, "
+                "A100/H100 and later GPUs) or float32")
+
+
 def check_batch_divides(batch_size: int, grad_accum_steps: int, mesh) -> None:
     data_parallel = mesh_lib.data_parallel_size(mesh)
     if batch_size % (grad_accum_steps * data_parallel) or batch_size % jax.process_count():
@@ -131,6 +144,7 @@ def build(config, tokenizer, model_config: ModelConfig | None = None) -> RunSetu
     `model_config` when another checkpoint fixes it (warm_start), else from config.model.
     """
     model_config = model_config or model_config_for(config.model, tokenizer)
+    check_training_dtypes(model_config)
     pipeline_config = pipeline.PipelineConfig.from_config(config.data)
     if pipeline_config.max_seq_length > model_config.max_position_embeddings:
         raise ValueError(f"data.max_seq_length={pipeline_config.max_seq_length} exceeds "
