@@ -25,6 +25,12 @@
 # optimized HLO (large512_cudnn.hlo), which names the profile's fusions; BERT-Base prints its
 # forward/backward/update split.
 #
+# An A/B against an earlier tree in the same lease (one machine, one autotune cache): unpack that
+# tree into a folder git ignores, e.g. `git archive REV bert_jax benchmarks | tar -x -C .ab/REV`
+# (with `/.ab/` in .git/info/exclude), name `.ab` in the device call's carry, and run the suite
+# (or benchmarks/train_step.py) once from the repository root and once from inside .ab/REV: the
+# rows import the package from the folder they run in.
+#
 # Needs jax with a GPU backend, flax, optax, absl-py and ml_collections; nothing else of the package
 # (no TensorFlow: the step runs on synthetic batches). Where ml_collections is missing and pip
 # cannot reach an index, bring its wheel (pure Python) and install it to a folder on PYTHONPATH:
