@@ -31,15 +31,11 @@ def constrain(x, names: tuple[str | None, ...]):
     return nn.with_logical_constraint(x, names)
 
 
-def layer_norm(config: ModelConfig, name: str) -> "LayerNorm":
-    return LayerNorm(config, name=name)
-
-
 class LayerNorm(nn.Module):
     """LayerNorm over the last axis, statistics in float32 whatever the compute dtype.
 
-    The parameters (`scale`, `bias`, float32), their logical names and the forward values are
-    flax's nn.LayerNorm's (E[x^2] - E[x]^2 variance, the same float32 operations in the same
+    The parameters (`scale`, `bias`), their logical names and the forward values are flax's
+    nn.LayerNorm's (E[x^2] - E[x]^2 variance, the same float32 operations in the same
     order); the backward pass is the rule below, which keeps far less for it.
     """
 
@@ -54,6 +50,10 @@ class LayerNorm(nn.Module):
         bias = self.param("bias", partitioned(nn.initializers.zeros, ("embed",)), features,
                           cfg.params_dtype)
         return normalize(x, scale, bias, cfg.layer_norm_eps, jnp.dtype(cfg.compute_dtype))
+
+
+def layer_norm(config: ModelConfig, name: str) -> LayerNorm:
+    return LayerNorm(config, name=name)
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(3, 4))
