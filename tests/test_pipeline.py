@@ -186,6 +186,69 @@ def test_whole_word_masking_never_splits_a_word(gutenberg, tokenizer):
     assert 0.13 < fraction < 0.155  # never more than asked, beyond max(1, round(.)) rounding
 
 
+def _sentences_of_a_book(data_dir, count):
+    """`count` lines of real prose, one sentence-ish line each, from a staged book."""
+    book = sorted((data_dir / "gutenberg").glob("*.txt"))[0].read_text(encoding="utf-8")
+    lines = [" ".join(line.split()) for line in book.splitlines() if len(line.split()) > 4]
+    return lines[200:200 + count]
+
+
+@pytest.mark.parametrize("mode", ["nsp", "full_sentences"])
+def test_documents_without_tokens_are_skipped_and_counted(tmp_path, data_dir, tokenizer, mode):
+    # A BOM, zero-width spaces and soft hyphens encode to no tokens at all: the documents made
+    # of them vanish after tokenization, and must neither be drawn for a NotNext segment (an
+    # empty draw crashed the input thread) nor add a document separator to a row.
+    lines = _sentences_of_a_book(data_dir, 24)
+    empty = ["\ufeff", "\u200b\u200b", "\u00ad"]
+    documents = [lines[:6], empty, lines[6:12], empty[:1], lines[12:18], empty, lines[18:]]
+    (tmp_path / "corpus.txt").write_text("\n\n".join("\n".join(d) for d in documents) + "\n",
+                                          encoding="utf-8")
+    assert tokenizer.encode_batch(empty) == [[], [], []]
+    config = pipeline.PipelineConfig(f"text:{tmp_path}/corpus.txt", max_seq_length=48,
+                                     mode=mode, eval_fraction=0.0)
+    by_position = _documents_by_position(f"text:{tmp_path}/corpus.txt")
+    for seed in range(4):
+        examples = list(pipeline.iter_examples(config, tokenizer, seed=seed))
+        assert len(examples) > 5
+        for example, positions in examples:
+            ids = example.ids.tolist()
+            assert not any(ids[k] == ids[k + 1] == tokenizer.sep_id for k in range(len(ids) - 1))
+            # Provenance still names the right documents: A's head is its document's text.
+            origin = example.origin if mode == "nsp" else example.origin[0]
+            document = by_position[positions[origin.a_doc]]
+            a = sum(tokenizer.encode_batch(document[origin.a_first:origin.a_end]), [])
+            assert a and _is_slice(ids[1:4], a)
+        if mode == "nsp":
+            assert {IS_NEXT, NOT_NEXT} == {e.label for e, _ in examples}
+    it = pipeline.make_pretraining_iterator(config, tokenizer, batch_size=2, seed=0,
+                                            process_index=0, process_count=1)
+    next(it)
+    it.close()
+    assert it.skipped["document without tokens skipped"] >= 3
+
+
+def test_a_chunk_of_one_document_still_draws_half_not_next(tmp_path, data_dir, tokenizer):
+    # One long document (no blank line): no other document to draw B from, so B comes from
+    # elsewhere in it, never from A nor from the sentence that follows A.
+    lines = _sentences_of_a_book(data_dir, 400)
+    (tmp_path / "one.txt").write_text("\n".join(lines) + "\n", encoding="utf-8")
+    config = pipeline.PipelineConfig(f"text:{tmp_path}/one.txt", max_seq_length=64,
+                                     eval_fraction=0.0)
+    examples = [e for e, _ in pipeline.iter_examples(config, tokenizer, seed=0)]
+    not_next = [e.origin for e in examples if e.label == NOT_NEXT]
+    assert 0.35 < len(not_next) / len(examples) < 0.65
+    for seg in not_next:
+        assert seg.a_doc == seg.b_doc == 0
+        outside_a = seg.b_end <= seg.a_first or seg.b_first > seg.a_end
+        assert outside_a, seg  # not A, and not A's continuation (which starts at a_end)
+    it = pipeline.make_pretraining_iterator(config, tokenizer, batch_size=2, seed=0,
+                                            process_index=0, process_count=1)
+    next(it)
+    it.close()
+    assert it.skipped.get(
+        "nsp NotNext segment from the same document (a chunk of one document)", 0) > 0
+
+
 def test_full_sentences_separate_documents_once_and_never_end_on_a_separator():
     # Rows of at most 10 tokens between [CLS] and [SEP]; documents of sentences (lengths):
     # d0 (4, 4), d1 (3), d2 (2). d1's sentence does not fit after d0 and its separator, so the

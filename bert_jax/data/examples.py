@@ -119,12 +119,19 @@ def _nsp_document(
         if j == n - 1:
             j = n  # the last sentence alone could not form a pair later
         a_end = int(rng.integers(i + 1, j)) if j - i >= 2 else i + 1
-        is_random_next = rng.random() < 0.5 and chunk.num_docs > 1
+        is_random_next = rng.random() < 0.5
+        if is_random_next and chunk.num_docs == 1:
+            # No other document to draw B from (one document of a megabyte or more, or the last
+            # of an epoch): B comes from elsewhere in this one, when there is text outside A
+            # and what follows it, as the original does for a one-document corpus.
+            is_random_next = i > 0 or a_end < n - 1
+            if is_random_next:
+                skips.add("nsp NotNext segment from the same document (a chunk of one document)")
         if is_random_next:
             if a_end == n - 1:
                 a_end = n  # putting back only the last sentence would strand it
             a = chunk.tokens(d, i, a_end)
-            b_doc, b_first, b_end = _random_segment(chunk, d, target - len(a), rng)
+            b_doc, b_first, b_end = _random_segment(chunk, d, target - len(a), rng, i, a_end)
             segments = Segments(d, i, a_end, b_doc, b_first, b_end)
             i = a_end  # the unused sentences go back, as in the original
         else:
@@ -146,13 +153,25 @@ def _nsp_document(
 
 
 def _random_segment(
-    chunk: TokenizedChunk, d: int, target_b: int, rng: np.random.Generator
+    chunk: TokenizedChunk, d: int, target_b: int, rng: np.random.Generator, a_first: int,
+    a_end: int,
 ) -> tuple[int, int, int]:
-    """Sentences of another document of the chunk, from a random start, up to ~target_b tokens."""
-    other = int(rng.integers(0, chunk.num_docs - 1))
-    other += other >= d  # uniform over the other documents
-    lengths = chunk.doc_lengths(other)
-    first = int(rng.integers(0, len(lengths)))
+    """Sentences of another document of the chunk, from a random start, up to ~target_b tokens.
+
+    In a chunk of one document they come from document d itself, starting before A (and
+    stopping where A starts) or after the sentence that follows A, which the caller checked
+    exists.
+    """
+    if chunk.num_docs == 1:
+        other, n = d, len(chunk.doc_lengths(d))
+        before, after = a_first, max(0, n - a_end - 1)
+        pick = int(rng.integers(0, before + after))
+        first, limit = (pick, a_first) if pick < before else (a_end + 1 + pick - before, n)
+    else:
+        other = int(rng.integers(0, chunk.num_docs - 1))
+        other += other >= d  # uniform over the other documents
+        first, limit = int(rng.integers(0, len(chunk.doc_lengths(other)))), None
+    lengths = chunk.doc_lengths(other)[:limit]
     # Take sentences until target_b tokens are reached (at least one sentence).
     cumulative = np.cumsum(lengths[first:])
     end = first + 1 + int(np.searchsorted(cumulative, max(target_b, 1)))

@@ -165,26 +165,34 @@ class _ExampleStream:
 
     def _make_chunk(self, epoch, index, docs, positions) -> _Chunk:
         rng = np.random.default_rng([self.seed, self.host, _SPLITS[self.split], epoch, index])
-        tokenized = self._tokenize(docs)
+        tokenized, kept = self._tokenize(docs)
         examples = examples_lib.make_examples(tokenized, self.options, rng, self.skips)
         order = rng.permutation(len(examples))
-        return _Chunk(epoch, positions[0], index, [examples[i] for i in order], positions)
+        return _Chunk(epoch, positions[0], index, [examples[i] for i in order],
+                      [positions[d] for d in kept])
 
-    def _tokenize(self, docs: list[list[str]]) -> TokenizedChunk:
-        """All sentences of the chunk in one batched tokenizer call, as one flat id array."""
+    def _tokenize(self, docs: list[list[str]]) -> tuple[TokenizedChunk, np.ndarray]:
+        """All sentences of the chunk in one batched tokenizer call, as one flat id array, and
+        the indices of the documents it keeps: those with at least one token."""
         flat, lengths = _encode_flat(self.tokenizer, [s for doc in docs for s in doc])  # [T], [S]
         doc_of_sentence = np.repeat(np.arange(len(docs)), [len(d) for d in docs])  # [S]
         keep = lengths > 0  # sentences with no tokens (e.g. only control characters) vanish
         lengths, doc_of_sentence = lengths[keep], doc_of_sentence[keep]
-        too_long = int(np.count_nonzero(lengths > self.config.max_seq_length))
+        # A row holds max_seq_length - 3 tokens of text in nsp ([CLS] A [SEP] B [SEP]), - 2 in
+        # full_sentences: a longer sentence loses its tail.
+        room = self.config.max_seq_length - (3 if self.config.mode == examples_lib.NSP else 2)
+        too_long = int(np.count_nonzero(lengths > room))
         if too_long:
             self.skips.add("sentence longer than max_seq_length truncated", n=too_long)
         per_doc = np.bincount(doc_of_sentence, minlength=len(docs))  # [D]
+        kept = np.flatnonzero(per_doc)
+        if len(kept) < len(docs):  # else an empty one could be drawn for a NotNext segment
+            self.skips.add("document without tokens skipped", n=len(docs) - len(kept))
         return TokenizedChunk(
             flat,
             np.concatenate([[0], np.cumsum(lengths)]),
-            np.concatenate([[0], np.cumsum(per_doc)]),
-        )
+            np.concatenate([[0], np.cumsum(per_doc[kept])]),
+        ), kept
 
 
 def _encode_flat(tokenizer, texts: list[str]) -> tuple[np.ndarray, np.ndarray]:
