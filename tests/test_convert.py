@@ -1,6 +1,7 @@
 """The convert entrypoint: HF (safetensors or .bin) and original TF1 BERT folders ->
 self-describing checkpoint -> HF folder; parity with transformers on the way."""
 
+import copy
 import dataclasses
 import json
 import os
@@ -460,6 +461,25 @@ def bin_checkpoint(random_model, tmp_path_factory):
 def test_torch_bin_folder_imports_with_transformers_outputs(random_model, bin_checkpoint):
     _, batch, reference = random_model
     _assert_same_outputs(_our_outputs(bin_checkpoint, batch), reference)
+
+
+def test_bfloat16_safetensors_folder_imports_as_its_float32_values(random_model, tmp_path):
+    # numpy has no bfloat16, so safetensors.numpy cannot read such a file (KeyError 'BF16').
+    torch = require("torch")
+    model, batch, _ = random_model
+    bf16 = copy.deepcopy(model).to(torch.bfloat16)
+    folder = tmp_path / "bf16"
+    bf16.save_pretrained(str(folder))
+    _write_vocab(folder)
+    assert "model.safetensors" in {p.name for p in folder.iterdir()}
+    imported = convert.import_hf(str(folder), str(tmp_path / "ckpt"))
+    # The same model with its weights rounded to bfloat16, in float32: the imported values.
+    rounded = copy.deepcopy(model)
+    with torch.no_grad():
+        for parameter in rounded.parameters():
+            parameter.copy_(parameter.to(torch.bfloat16).float())
+    assert any(not torch.equal(a, b) for a, b in zip(rounded.parameters(), model.parameters()))
+    _assert_same_outputs(_our_outputs(imported, batch), _transformers_outputs(rounded, batch))
 
 
 def test_exported_pretraining_model_gives_transformers_our_outputs(random_model, bin_checkpoint,

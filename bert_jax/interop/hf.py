@@ -356,7 +356,42 @@ def read_hf_weights(folder: str) -> dict:
     if weights_path.endswith(".bin"):
         return torch_bin.load_state_dict(weights_path)
     with tf.io.gfile.GFile(weights_path, "rb") as f:
-        return load_safetensors(f.read())
+        data = f.read()
+    header = _safetensors_header(data, weights_path)
+    if any(entry.get("dtype") == "BF16" for entry in header.values() if isinstance(entry, dict)):
+        return _bfloat16_safetensors(data, header)
+    return load_safetensors(data)
+
+
+def _safetensors_header(data: bytes, path: str) -> dict:
+    """The JSON header of a safetensors file: {name: {dtype, shape, data_offsets}}."""
+    if len(data) < 8:
+        raise ValueError(f"{path} is not a safetensors file: {len(data)} bytes")
+    size = int.from_bytes(data[:8], "little")
+    try:
+        return json.loads(data[8:8 + size])
+    except (ValueError, UnicodeDecodeError) as e:
+        raise ValueError(f"{path} is not a safetensors file: its header is not JSON ({e})") from e
+
+
+def _bfloat16_safetensors(data: bytes, header: dict) -> dict:
+    """Tensors of a safetensors file that holds bfloat16 ones (numpy has no bfloat16, so
+    safetensors.numpy cannot load it), each as float32, as the .bin path does."""
+    import ml_dtypes
+
+    dtypes = {"BF16": ml_dtypes.bfloat16, "F16": np.float16, "F32": np.float32,
+              "F64": np.float64, "I64": np.int64, "I32": np.int32, "I16": np.int16,
+              "I8": np.int8, "U8": np.uint8, "BOOL": np.bool_}
+    start = 8 + int.from_bytes(data[:8], "little")
+    tensors = {}
+    for name, entry in header.items():
+        if name == "__metadata__":
+            continue
+        begin, end = entry["data_offsets"]
+        array = np.frombuffer(data[start + begin:start + end], dtype=dtypes[entry["dtype"]])
+        array = array.reshape(entry["shape"])
+        tensors[name] = array.astype(np.float32) if entry["dtype"] == "BF16" else array
+    return tensors
 
 
 def _hf_weights_path(folder: str) -> str:
