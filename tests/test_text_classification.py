@@ -240,6 +240,29 @@ def test_bad_files_and_settings_are_named(data_dir, tmp_path):
         _task(tmp_path, train_file="", dev_file="")
 
 
+def test_rows_are_named_by_the_line_they_start_on_and_json_lines_end_at_newlines(tmp_path):
+    from bert_jax.tasks import table_files
+
+    # A record whose quoted field spans lines 3-5 is named by line 3, where it starts.
+    (tmp_path / "multi.csv").write_text('text,label\nfour,neg\n"one\ntwo\nthree",pos,extra\n',
+                                        encoding="utf-8")
+    with pytest.raises(ValueError, match=r"multi.csv:3: 3 CSV fields, expected 2"):
+        table_files.read_rows(str(tmp_path / "multi.csv"))
+    (tmp_path / "ok.csv").write_text('text,label\n"one\ntwo",pos\n\nthree,neg\n',
+                                     encoding="utf-8")
+    assert [where for where, _ in table_files.read_rows(str(tmp_path / "ok.csv"))] == [
+        f"{tmp_path}/ok.csv:2", f"{tmp_path}/ok.csv:5"]
+    # Line and paragraph separators and NEL, raw inside JSON strings (json.dumps with
+    # ensure_ascii=False writes them so): not record ends.
+    texts = ["line\u2028break", "para\u2029graph", "next\u0085line"]
+    (tmp_path / "raw.jsonl").write_text(
+        "".join(json.dumps({"text": t, "label": 1}, ensure_ascii=False) + "\n" for t in texts),
+        encoding="utf-8")
+    rows = table_files.read_rows(str(tmp_path / "raw.jsonl"))
+    assert [(where.rsplit(":", 1)[1], row["text"]) for where, row in rows] == [
+        ("1", texts[0]), ("2", texts[1]), ("3", texts[2])]
+
+
 def _entity_types(data_dir, count: int) -> list[dict]:
     """CoNLL-2003 train sentences labelled with the entity types they mention (from the gold
     tags; none for some): a real multi-label task."""

@@ -62,19 +62,21 @@ def _delimited_rows(path: str, text: str, fmt: str) -> list[tuple[str, dict]]:
         reader = csv.reader(io.StringIO(text, newline=""))
     else:
         reader = csv.reader(io.StringIO(text, newline=""), delimiter="\t", quoting=csv.QUOTE_NONE)
-    header, rows = None, []
+    header, rows, first_line = None, [], 1
     try:
         for fields in reader:
+            # A quoted field may span lines: a record is named by the line it starts on.
+            line, first_line = first_line, reader.line_num + 1
             if not any(field.strip() for field in fields):
                 continue
             if header is None:
                 header = [name.strip() for name in fields]
                 repeated = sorted({name for name in header if header.count(name) > 1})
                 if repeated:
-                    raise ValueError(f"{path}:{reader.line_num}: the header names column(s) "
+                    raise ValueError(f"{path}:{line}: the header names column(s) "
                                      f"{repeated} more than once")
                 continue
-            where = f"{path}:{reader.line_num}"
+            where = f"{path}:{line}"
             if len(fields) != len(header):
                 raise ValueError(f"{where}: {len(fields)} {fmt.upper()} fields, expected "
                                  f"{len(header)} (the header's {header})")
@@ -95,7 +97,9 @@ def _json_rows(path: str, text: str) -> list[tuple[str, dict]]:
         rows = [(f"{path}[{i}]", item) for i, item in enumerate(items)]
     else:
         rows = []
-        for number, line in enumerate(text.splitlines(), start=1):
+        # Records end at "\n" only: str.splitlines would also split at U+2028, U+2029 and
+        # U+0085, which json.dumps(ensure_ascii=False) writes raw inside strings.
+        for number, line in enumerate(text.split("\n"), start=1):
             if not line.strip():
                 continue
             try:
