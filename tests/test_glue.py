@@ -261,3 +261,20 @@ def test_submission_format(tmp_path):
     path = tmp_path / "STS-B.tsv"
     glue.write_submission(str(path), glue.get_task("stsb"), ["4"], np.array([3.14159]))
     assert path.read_text() == "index\tprediction\n4\t3.142\n"
+
+
+def test_files_on_another_filesystem_read_and_write_through_gfile(glue_dir):
+    # TensorFlow's in-memory filesystem stands in for gs://: what os.path and open() cannot
+    # reach, tf.io.gfile can; the BOM of MRPC's files is dropped there too.
+    tf = pytest.importorskip("tensorflow")
+    task = glue.get_task("mrpc")
+    remote = "ram://glue_gfile_test"
+    tf.io.gfile.makedirs(f"{remote}/MRPC")
+    tf.io.gfile.copy(f"{glue_dir}/MRPC/dev.tsv", f"{remote}/MRPC/dev.tsv", overwrite=True)
+    assert glue.has_split(task, "dev", source="tsv", directory=remote)
+    assert not glue.has_split(task, "test", source="tsv", directory=remote)
+    assert (glue.load_examples(task, "dev", directory=remote)
+            == glue.load_examples(task, "dev", directory=glue_dir))
+    glue.write_submission(f"{remote}/out/MRPC.tsv", task, ["0", "1"], np.array([1, 0]))
+    with tf.io.gfile.GFile(f"{remote}/out/MRPC.tsv") as f:
+        assert f.read() == "index\tprediction\n0\t1\n1\t0\n"

@@ -19,12 +19,14 @@ from __future__ import annotations
 
 import csv
 import dataclasses
+import io
 import math
 import os
 from collections.abc import Iterator, Sequence
 
 import numpy as np
 import scipy.stats
+import tensorflow as tf
 from absl import logging
 from sklearn import metrics as sk_metrics
 
@@ -138,9 +140,10 @@ def read_tsv(path: str) -> tuple[list[str] | None, list[tuple[int, list[str]]]]:
     utf-8-sig drops MRPC's BOM; QUOTE_NONE keeps quotes as text. A CoLA-style file (no header)
     is recognised by its first row: a header's first field is a column name, never a label.
     """
-    with open(path, encoding="utf-8-sig", newline="") as f:
-        reader = csv.reader(f, delimiter="\t", quoting=csv.QUOTE_NONE)
-        rows = [(reader.line_num, fields) for fields in reader if fields]
+    with tf.io.gfile.GFile(path, "rb") as f:  # local, gs://, ...
+        text = f.read().decode("utf-8-sig")
+    reader = csv.reader(io.StringIO(text, newline=""), delimiter="\t", quoting=csv.QUOTE_NONE)
+    rows = [(reader.line_num, fields) for fields in reader if fields]
     if not rows:
         raise ValueError(f"{path} is empty")
     first = rows[0][1]
@@ -263,7 +266,7 @@ def load_examples(task: GlueTask, split: str, *, source: str = "tsv", directory:
 def has_split(task: GlueTask, split: str, *, source: str, directory: str) -> bool:
     if split not in task.splits:
         return False
-    return source == "tfds" or os.path.exists(split_path(task, split, directory))
+    return source == "tfds" or tf.io.gfile.exists(split_path(task, split, directory))
 
 
 def subsample(examples: list[Example], max_examples: int, seed: int) -> list[Example]:
@@ -406,8 +409,8 @@ METRICS = {
 def write_submission(path: str, task: GlueTask, guids: Sequence[str],
                      predictions: np.ndarray) -> None:
     """A GLUE submission file: `index<TAB>prediction`, labels as the task's label strings."""
-    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
-    with open(path, "w", encoding="utf-8") as f:
+    tf.io.gfile.makedirs(os.path.dirname(path) or ".")
+    with tf.io.gfile.GFile(path, "w") as f:  # local or gs://, as every other output
         f.write("index\tprediction\n")
         for guid, prediction in zip(guids, predictions):
             value = (f"{float(prediction):.3f}" if task.is_regression
