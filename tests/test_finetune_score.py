@@ -131,3 +131,17 @@ def test_squad_scores_every_question_of_the_dev_file(squad_checkpoints, data_dir
     predictions = json.loads(pathlib.Path(scored["predictions"]["dev"]).read_text())
     assert sorted(predictions) == sorted(q["id"] for q in questions) and len(questions) == 16
     assert 0.0 <= scored["best"]["f1"] <= 100.0
+
+
+def test_head_labels_match_by_name_then_whatever_the_case_else_by_position():
+    from bert_jax.tasks.checkpoint_head import label_order
+
+    glue_mnli = ["contradiction", "entailment", "neutral"]
+    assert label_order(["entailment", "neutral", "contradiction"], glue_mnli) == [2, 0, 1]
+    # transformers' MNLI heads often name them in capitals: matched, not taken by position
+    # (which would swap contradiction and entailment here).
+    assert label_order(["CONTRADICTION", "NEUTRAL", "ENTAILMENT"], glue_mnli) == [0, 2, 1]
+    assert label_order(["LABEL_0", "LABEL_1", "LABEL_2"], glue_mnli) is None
+    assert label_order(["b", "a", "c"], ["a", "b", "c"]) == [1, 0, 2]  # exact names first
+    # Names that differ only in case within one list cannot be matched that way.
+    assert label_order(["Neutral", "neutral", "x"], ["neutral", "NEUTRAL", "x"]) is None

@@ -4,10 +4,10 @@ The checkpoint must be fine-tuned for the same kind of task: a sentence (pair) c
 GLUE, a span model for SQuAD, a token tagger for NER, a choice scorer for multiple choice
 (tasks.base.task_kind). NER takes the checkpoint's tags as its label set
 (FinetuneTask.labels_from_train). GLUE's labels are fixed by the task, and the checkpoint's
-are matched to them by name: the same names in another order (MNLI models list contradiction
-/ entailment / neutral in several orders) put the head's output columns in the task's order;
-other names of the same number (LABEL_0, NEGATIVE, ...) are matched by position, with a
-warning.
+are matched to them by name, in any case: the same names in another order (MNLI models list
+contradiction / entailment / neutral in several orders) put the head's output columns in the
+task's order; other names of the same number (LABEL_0, NEGATIVE, ...) are matched by
+position, with a warning.
 """
 
 import numpy as np
@@ -54,10 +54,21 @@ def head_for_task(params: dict, fine_tuned: dict | None, task_meta: dict, where:
     if have is not None and len(have) != len(want):
         raise ValueError(f"{where} has {len(have)} labels {have}; {task_meta['name']} has "
                          f"{len(want)}: {want}")
-    if have is not None and set(have) == set(want):
-        order = [have.index(name) for name in want]  # the task's label i is column order[i]
+    order = None if have is None else label_order(have, want)
+    if order is not None:  # the task's label i is the head's column order[i]
         head = {"kernel": head["kernel"][..., order], "bias": head["bias"][order]}
     elif have is not None:
         logging.warning("%s's labels %s are not %s's %s: matched by position", where, have,
                         task_meta["name"], want)
     return {key: {"dense": head}}
+
+
+def label_order(have: list, want: list) -> list[int] | None:
+    """Where each of `want`'s labels is in `have`, matched by name, or else by name whatever
+    the case (transformers' MNLI heads name CONTRADICTION, NEUTRAL, ENTAILMENT, GLUE
+    contradiction, entailment, neutral); None when the names do not match one to one."""
+    for key in (str, lambda name: str(name).casefold()):
+        keyed_have, keyed_want = [key(n) for n in have], [key(n) for n in want]
+        if len(set(keyed_have)) == len(have) and sorted(keyed_have) == sorted(keyed_want):
+            return [keyed_have.index(name) for name in keyed_want]
+    return None
