@@ -525,6 +525,14 @@ def test_float16_training_is_refused_but_not_a_dtype_that_is_no_float(data_dir, 
         ModelConfig(dtype="int8")
 
 
+@pytest.mark.parametrize("key", ["eval.every_steps", "checkpoint.every_steps",
+                                 "train.log_every_steps", "train.num_steps"])
+def test_an_interval_of_zero_steps_is_refused_before_training(data_dir, tmp_path, key):
+    with pytest.raises(ValueError, match=f"{key}=0: expected a number of steps >= 1"):
+        loop.train_and_evaluate(_config({**_small_overrides(data_dir), key: 0}), str(tmp_path))
+    assert not (tmp_path / "checkpoints").exists()
+
+
 def test_unknown_config_key_is_rejected(data_dir, tmp_path):
     with pytest.raises(AttributeError, match="num_step"):
         _get_config("tiny").train.num_step = 5

@@ -149,6 +149,7 @@ def build(config, workdir: str) -> Run:
     if not config.init_checkpoint:
         raise ValueError("config.init_checkpoint is required: the checkpoint to fine-tune "
                          "(its architecture and tokenizer are used even with random_init)")
+    setup_lib.check_step_intervals({"train.log_every_steps": config.train.log_every_steps})
     if config.data.length_buckets not in batching.LENGTH_BUCKETS:  # before any loading
         raise ValueError(f"data.length_buckets={config.data.length_buckets!r}; expected one of "
                          f"{batching.LENGTH_BUCKETS}")

@@ -176,6 +176,11 @@ class Trainer:
 
     def __init__(self, config, workdir: str):
         setup_lib.check_workdir_writable(workdir)
+        setup_lib.check_step_intervals({
+            "train.num_steps": config.train.num_steps,
+            "train.log_every_steps": config.train.log_every_steps,
+            "eval.every_steps": config.eval.every_steps,
+            "checkpoint.every_steps": config.checkpoint.every_steps})
         self.config = config
         self.workdir = workdir
         self.warm_start = None

@@ -106,6 +106,15 @@ def check_training_dtypes(model_config: ModelConfig) -> None:
                 "A100/H100 and later GPUs) or float32")
 
 
+def check_step_intervals(intervals: dict) -> None:
+    """Every {config key: value} interval is a whole number of steps, at least 1 (checked
+    before anything compiles: a 0 would otherwise stop the run after its first step)."""
+    for key, value in intervals.items():
+        if not isinstance(value, int) or value < 1:
+            raise ValueError(f"{key}={value!r}: expected a number of steps >= 1 (at most "
+                             "train.num_steps: the run also evaluates and saves at its end)")
+
+
 def check_batch_divides(batch_size: int, grad_accum_steps: int, mesh) -> None:
     data_parallel = mesh_lib.data_parallel_size(mesh)
     if batch_size % (grad_accum_steps * data_parallel) or batch_size % jax.process_count():
