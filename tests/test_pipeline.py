@@ -46,6 +46,9 @@ def test_config_from_run_config_and_defaults():
     assert config.num_predictions == 80
     assert pipeline.PipelineConfig("builtin").num_predictions == 20
     assert masking.default_max_predictions(256) == 40
+    # BERT's 20 and 80 are for its 15%; another rate scales with the length there too.
+    assert masking.default_max_predictions(128, 0.3) == 40
+    assert masking.default_max_predictions(512, 0.4) == 206
     with pytest.raises(ValueError, match="pack"):
         pipeline.PipelineConfig("builtin", mode="nsp", pack=True)
     with pytest.raises(ValueError, match="mode"):
@@ -104,6 +107,18 @@ def test_masking_statistics(nsp_batches, tokenizer):
     assert abs(is_random.mean() - 0.1) < 0.01
     assert abs(unchanged.mean() - 0.1) < 0.01
     assert not np.isin(now[is_random], sorted(tokenizer.special_ids)).any()
+
+
+def test_a_prediction_cap_far_below_the_masking_rate_is_warned(caplog):
+    with caplog.at_level("WARNING"):
+        pipeline.PipelineConfig("text:x", max_seq_length=512, max_predictions_per_seq=20)
+    assert ("data.max_predictions_per_seq=20 caps masking at 3.9% of a full row of 512 tokens, "
+            "where data.masked_lm_prob=0.15 asks for ~77") in caplog.text
+    caplog.clear()
+    with caplog.at_level("WARNING"):
+        pipeline.PipelineConfig("text:x", max_seq_length=128, max_predictions_per_seq=20)
+        pipeline.PipelineConfig("text:x", max_seq_length=512, max_predictions_per_seq=76)
+    assert "caps masking" not in caplog.text
 
 
 def test_is_next_is_half(nsp_batches):

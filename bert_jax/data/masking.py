@@ -10,11 +10,10 @@ MASK_PROB, RANDOM_PROB = 0.8, 0.1  # of the selected tokens; the remaining 10% s
 
 
 def default_max_predictions(max_seq_length: int, masked_lm_prob: float = 0.15) -> int:
-    """BERT's defaults: 20 at 128 and 80 at 512; otherwise ~masked_lm_prob * length, rounded up."""
-    if max_seq_length == 128:
-        return 20
-    if max_seq_length == 512:
-        return 80
+    """BERT's defaults at its masking rate: 20 at 128 and 80 at 512; otherwise (other lengths,
+    other rates) ~masked_lm_prob * length, rounded up."""
+    if masked_lm_prob == 0.15 and max_seq_length in (128, 512):
+        return {128: 20, 512: 80}[max_seq_length]
     return max(1, int(np.ceil(max_seq_length * masked_lm_prob)) + 1)
 
 

@@ -68,6 +68,15 @@ class PipelineConfig:
             raise ValueError(f"data.masked_lm_prob={self.masked_lm_prob} not in (0, 1)")
         if not 0.0 <= self.eval_fraction < 1.0:
             raise ValueError(f"data.eval_fraction={self.eval_fraction} not in [0, 1)")
+        asked = self.masked_lm_prob * self.max_seq_length
+        if self.max_predictions_per_seq and self.max_predictions_per_seq < 0.9 * asked:
+            # E.g. the second phase at 512 with the first phase's 20: ~4% of tokens masked.
+            log.warning(
+                "data.max_predictions_per_seq=%d caps masking at %.1f%% of a full row of %d "
+                "tokens, where data.masked_lm_prob=%g asks for ~%d; raise it (BERT used 80 at "
+                "512) or leave it unset for that default", self.max_predictions_per_seq,
+                100 * self.max_predictions_per_seq / self.max_seq_length, self.max_seq_length,
+                self.masked_lm_prob, round(asked))
 
     @property
     def num_predictions(self) -> int:
