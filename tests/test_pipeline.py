@@ -264,6 +264,58 @@ def test_a_chunk_of_one_document_still_draws_half_not_next(tmp_path, data_dir, t
         "nsp NotNext segment from the same document (a chunk of one document)", 0) > 0
 
 
+def _whole_words_as_the_original(ids, maskable, n, word_start, rng):
+    """The original's create_masked_lm_predictions selection, row by row: words (a maskable
+    token that does not start a word continues the one before) in a random order, each taken
+    when its tokens still fit in n, skipped when not."""
+    draws = rng.random(ids.shape)  # [B, L]: the k-th word of a row (specials count) gets [b, k]
+    selected = np.zeros(ids.shape, bool)
+    for b in range(len(ids)):
+        words, keys, k = [], [], -1
+        for i in range(ids.shape[1]):
+            continues = (i > 0 and maskable[b, i] and maskable[b, i - 1]
+                         and not word_start[ids[b, i]])
+            if not continues:
+                k += 1
+            if not maskable[b, i]:
+                continue
+            if continues:
+                words[-1].append(i)
+            else:
+                words.append([i])
+                keys.append(draws[b, k])
+        words = [w for _, w in sorted(zip(keys, words), key=lambda pair: pair[0])]
+        count = 0
+        for w in words:
+            if count >= n[b]:
+                break
+            if count + len(w) > n[b]:
+                continue
+            selected[b, w] = True
+            count += len(w)
+    return selected
+
+
+def test_whole_word_selection_skips_a_word_that_does_not_fit_and_goes_on(tokenizer, gutenberg):
+    config = pipeline.PipelineConfig(gutenberg, max_seq_length=48, eval_fraction=0.0)
+    rows = [e.ids for e, _ in zip((e for e, _ in pipeline.iter_examples(
+        config, tokenizer, seed=1)), range(64))]
+    ids = np.zeros((len(rows), 48), np.int32)
+    for b, row in enumerate(rows):
+        ids[b, :len(row)] = row
+    tables = masking.MaskingTables.from_tokenizer(tokenizer)
+    maskable = tables.maskable[ids] & (ids > 0)
+    word_start = tables.word_start
+    for seed in range(5):
+        n = np.random.default_rng(100 + seed).integers(1, 9, len(ids))
+        got = masking._select_whole_words(ids, maskable, n, tables, np.random.default_rng(seed))
+        want = _whole_words_as_the_original(ids, maskable, n, word_start,
+                                            np.random.default_rng(seed))
+        np.testing.assert_array_equal(got, want)
+        assert np.all(got.sum(1) <= n)
+    assert (want.sum(1) == n).mean() > 0.9  # skipping fills nearly every row to its n
+
+
 def test_full_sentences_separate_documents_once_and_never_end_on_a_separator():
     # Rows of at most 10 tokens between [CLS] and [SEP]; documents of sentences (lengths):
     # d0 (4, 4), d1 (3), d2 (2). d1's sentence does not fit after d0 and its separator, so the

@@ -82,7 +82,8 @@ def _select_whole_words(
     input_ids: np.ndarray, maskable: np.ndarray, n: np.ndarray, tables: MaskingTables,
     rng: np.random.Generator,
 ) -> np.ndarray:
-    """[B, L] bool: whole words in a random order while their tokens fit in n (never split)."""
+    """[B, L] bool: whole words in a random order, each taken if its tokens still fit in n (never
+    split) and skipped if not, as the original's create_masked_lm_predictions does."""
     batch, length = input_ids.shape
     starts = tables.word_start[input_ids] | ~maskable  # [B, L]; specials/padding: own "words"
     # A piece right after a special token starts a word too: truncation can cut a word's head.
@@ -90,17 +91,41 @@ def _select_whole_words(
     starts[:, 0] = True
     word = np.cumsum(starts, axis=1) - 1  # [B, L] word index of every token
     keys = np.where(maskable, np.take_along_axis(rng.random((batch, length)), word, axis=1), 2.0)
-    # A stable sort by word key keeps each word's tokens adjacent and in order.
+    # A stable sort by word key keeps each word's tokens adjacent and in order; the words of a
+    # row then come in a random order, its specials and padding (key 2) last.
     order = np.argsort(keys, axis=1, kind="stable")  # [B, L]
     sorted_word = np.take_along_axis(word, order, axis=1)  # [B, L]
-    last = np.ones((batch, length), bool)
-    last[:, :-1] = sorted_word[:, 1:] != sorted_word[:, :-1]
-    # A word is taken when its last token ranks below n: then all its tokens do, and no word
-    # after one that did not fit can fit (ranks only grow), so the count never exceeds n.
-    taken = last & (np.arange(length)[None, :] < n[:, None])  # [B, L], in sorted order
+    first = np.ones((batch, length), bool)
+    first[:, 1:] = sorted_word[:, 1:] != sorted_word[:, :-1]
+    slot = np.cumsum(first, axis=1) - 1  # [B, L] rank of each token's word in that order
     rows = np.broadcast_to(np.arange(batch)[:, None], (batch, length))
+    size = np.bincount((rows * length + slot).ravel(),  # [B, slots] tokens of the slot's word
+                       minlength=batch * length).reshape(batch, length)
+    slot_word = np.zeros((batch, length), np.int64)  # [B, slots] that word's index
+    slot_word[rows[first], slot[first]] = sorted_word[first]
+    eligible = np.zeros((batch, length), bool)  # [B, slots] a word of maskable tokens
+    eligible[rows[first], slot[first]] = np.take_along_axis(keys, order, axis=1)[first] < 2.0
+    size = np.where(eligible, size, 0)
+
+    # Words are taken in order while they fit; most rows fill with that prefix (vectorised).
+    fits = np.cumsum(size, axis=1) <= n[:, None]
+    prefix = np.argmin(fits, axis=1) + np.all(fits, axis=1) * length  # [B] first word not taken
+    take = eligible & (np.arange(length)[None, :] < prefix[:, None])
+    left = n - np.sum(np.where(take, size, 0), axis=1)  # [B]
+    # Then later words that still fit, a slot at a time, only while some row has room for one
+    # (the smallest eligible word at or after each slot: its suffix minimum).
+    smallest_after = np.minimum.accumulate(np.where(eligible, size, length + 1)[:, ::-1],
+                                           axis=1)[:, ::-1]
+    for k in range(int(prefix.min()), length):
+        # No room at k means none later: the suffix minimum only grows, `left` stays.
+        room = (left > 0) & (smallest_after[:, k] <= left)
+        if not room.any():
+            break
+        taken = room & (k >= prefix) & eligible[:, k] & (size[:, k] <= left)
+        take[:, k] |= taken
+        left -= np.where(taken, size[:, k], 0)
     word_taken = np.zeros((batch, length), bool)  # [B, words]
-    word_taken[rows[taken], sorted_word[taken]] = True
+    word_taken[rows[take], slot_word[take]] = True
     return np.take_along_axis(word_taken, word, axis=1) & maskable
 
 
