@@ -286,6 +286,23 @@ def test_two_processes_equal_one_process_then_restore_on_one_device(data_dir, tm
     assert continued["step"] == STEPS + 1 and np.isfinite(continued["loss"])
 
 
+def test_a_tensor_axis_across_processes_is_refused_before_training(data_dir, tmp_path):
+    """Each process reads its own rows: with tensor=2 over 2 one-device processes, the two
+    would hold the same batch rows with different examples in them. Refused, naming why."""
+    flags = [f"--config.{k}={v}" for k, v in overrides(data_dir).items()]
+    flags += ["--config.mesh.data=1", "--config.mesh.fsdp=1", "--config.mesh.tensor=2"]
+    env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
+    proc = subprocess.run(
+        [sys.executable, "launch/local.py", "--num_processes=2", "--devices_per_process=1",
+         "--init_timeout=300", "--", sys.executable, "-m", "bert_jax.pretrain",
+         "--config=configs/pretrain.py:tiny", f"--workdir={tmp_path / 'run'}", *flags],
+        cwd=REPO, env=dict(env, PYTHONPATH=REPO), capture_output=True, text=True, timeout=600)
+    assert proc.returncode != 0
+    assert ("mesh data=1 x fsdp=1 x tensor=2: processes [0, 1] would hold the same batch rows "
+            "0..") in proc.stdout, proc.stdout[-4000:]
+    assert not (tmp_path / "run" / "checkpoints").exists()
+
+
 def _encoder_checkpoint(data_dir, root) -> str:
     """A tiny encoder-only checkpoint (uncased WordPiece), as a single-process converter writes."""
     import flax.linen as nn

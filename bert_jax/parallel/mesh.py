@@ -97,6 +97,27 @@ def data_parallel_size(mesh) -> int:
     return mesh.shape["data"] * mesh.shape["fsdp"]
 
 
+def check_processes_hold_their_own_rows(mesh, batch_size: int) -> None:
+    """Each process reads its own examples (batch_size / processes of them) and places them on
+    its devices, so no two processes' devices may hold the same batch rows: a mesh axis outside
+    the batch axes (tensor, say) that spans processes would make their different rows
+    replicas of one another, silently. One process is always fine."""
+    if len({d.process_index for d in mesh.devices.flat}) == 1:
+        return
+    holders: dict = {}
+    for device, index in batch_sharding(mesh).devices_indices_map((batch_size,)).items():
+        holders.setdefault(index[0].indices(batch_size)[:2], set()).add(device.process_index)
+    shared = sorted((rows, sorted(p)) for rows, p in holders.items() if len(p) > 1)
+    if shared:
+        (start, stop), processes = shared[0]
+        sizes = " x ".join(f"{name}={size}" for name, size in mesh.shape.items())
+        raise ValueError(
+            f"mesh {sizes}: processes {processes} would hold the same batch rows {start}..{stop} "
+            f"on their devices, but each process reads its own examples. Only the batch axes "
+            f"(data, fsdp) may span processes: keep the tensor axis within one process (e.g. "
+            f"one process per node driving all its GPUs: launch/slurm.py --mode=per_node)")
+
+
 def global_batch(local_batch: dict, mesh) -> dict:
     """This host's numpy batch -> global jax.Arrays sharded over the batch axes."""
     sharding = batch_sharding(mesh)

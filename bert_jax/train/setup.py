@@ -123,6 +123,7 @@ def check_batch_divides(batch_size: int, grad_accum_steps: int, mesh) -> None:
             f"micro-batches over {data_parallel} data-parallel devices and "
             f"{jax.process_count()} processes"
         )
+    mesh_lib.check_processes_hold_their_own_rows(mesh, batch_size // grad_accum_steps)
 
 
 def boxed_init_fn(model, optimizer, pipeline_config: pipeline.PipelineConfig):
