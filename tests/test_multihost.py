@@ -6,8 +6,10 @@ batches, then restores that checkpoint in 1 process with 1 device and trains on.
 the 1-process runs are this file's `__main__`.
 """
 
+import importlib.util
 import json
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -301,6 +303,63 @@ def test_a_tensor_axis_across_processes_is_refused_before_training(data_dir, tmp
     assert ("mesh data=1 x fsdp=1 x tensor=2: processes [0, 1] would hold the same batch rows "
             "0..") in proc.stdout, proc.stdout[-4000:]
     assert not (tmp_path / "run" / "checkpoints").exists()
+
+
+def _launcher():
+    spec = importlib.util.spec_from_file_location("launch_local",
+                                                  os.path.join(REPO, "launch", "local.py"))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_sigterm_to_one_process_stops_both_at_one_step_and_saves(data_dir, tmp_path):
+    """A preemption notice that reaches one host only (or the hosts a step apart): every
+    process stops after the same step and the checkpoint is written there. Before, the
+    signalled one stopped to save while the other had queued the next step, and both hung."""
+    workdir = tmp_path / "run"
+    settings = {**overrides(data_dir, num_steps=100_000), "train.log_every_steps": 1,
+                "checkpoint.every_steps": 5}
+    command = [sys.executable, "-m", "bert_jax.pretrain", "--config=configs/pretrain.py:tiny",
+               f"--workdir={workdir}", *[f"--config.{k}={v}" for k, v in settings.items()]]
+    base = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
+    envs = _launcher().process_envs(2, 1, free_port(), init_timeout=300)
+    logs = [open(tmp_path / f"process_{i}.log", "w") for i in range(2)]
+    workers = [subprocess.Popen(command, cwd=REPO, env={**base, **env, "PYTHONPATH": REPO},
+                                stdout=log, stderr=subprocess.STDOUT)
+               for env, log in zip(envs, logs)]
+    try:
+        deadline = time.monotonic() + 300
+        while max(_logged_steps(workdir), default=0) < 8:  # past the first checkpoint
+            assert all(w.poll() is None for w in workers), "a process ended early"
+            assert time.monotonic() < deadline, "no step 8 within 300 s"
+            time.sleep(0.05)
+        workers[1].send_signal(signal.SIGTERM)
+        codes = [w.wait(timeout=120) for w in workers]
+    finally:
+        for worker, log in zip(workers, logs):
+            worker.kill()
+            log.close()
+    output = "".join((tmp_path / f"process_{i}.log").read_text()[-3000:] for i in range(2))
+    assert codes == [0, 0], output
+    reached = max(_logged_steps(workdir))
+    saved = sorted(int(p.name) for p in (workdir / "checkpoints").iterdir() if p.name.isdigit())
+    assert saved[-1] == reached > 8, (saved, reached)
+    assert sorted(os.listdir(workdir / "checkpoints" / str(reached) / "data")) == [
+        "commit_success.txt", "process_0-of-2.json", "process_1-of-2.json"]
+
+
+def _logged_steps(workdir) -> list[int]:
+    path = workdir / "metrics.jsonl"
+    steps = []
+    for line in path.read_text().splitlines() if path.exists() else []:
+        try:
+            entry = json.loads(line)
+        except json.JSONDecodeError:  # a line being written
+            continue
+        if entry["split"] == "train":
+            steps.append(entry["step"])
+    return steps
 
 
 def _encoder_checkpoint(data_dir, root) -> str:

@@ -58,7 +58,7 @@ from bert_jax.tasks import progress as progress_lib
 from bert_jax.train import checkpoint, metrics, optim, steps
 from bert_jax.train import setup as setup_lib
 from bert_jax.train.loop import (MetricWriter, PreemptionFlag, StepWork, Throughput,
-                                 host_step_metrics)
+                                 host_step_metrics, with_stop_vote)
 from bert_jax.train.state import TrainState
 
 # ----------------------------------------------------------------------------------------------
@@ -241,7 +241,7 @@ def _train_step(config, task, model, optimizer, schedule, shardings, mesh, rules
         objective=task.objective)
     return setup_lib.with_mesh_and_rules(
         types.SimpleNamespace(mesh=mesh, rules=rules),
-        jax.jit(train, in_shardings=(shardings, mesh_lib.batch_sharding(mesh),
+        jax.jit(with_stop_vote(train), in_shardings=(shardings, mesh_lib.batch_sharding(mesh),
                                      mesh_lib.replicated(mesh)),
                 out_shardings=(shardings, mesh_lib.replicated(mesh)), donate_argnums=0))
 
@@ -355,7 +355,7 @@ def train_epoch(run: Run, state: TrainState, epoch: int, seed: int, rng, writer,
         nonlocal pending
         if pending is None:
             return
-        values = host_step_metrics(*pending, cfg.skip_nonfinite_updates)
+        values = host_step_metrics(*pending, cfg.skip_nonfinite_updates, preemption)
         progress.add_step(values)
         if pending[0] % cfg.log_every_steps == 0:
             writer.write(pending[0], {**values, **throughput.report(pending[0])})
@@ -368,7 +368,7 @@ def train_epoch(run: Run, state: TrainState, epoch: int, seed: int, rng, writer,
         if item is None:
             break
         _, batch = item
-        placed = _global(batch, run.mesh)
+        placed = preemption.vote_into(_global(batch, run.mesh), run.mesh)
         throughput.add_input_wait(time.perf_counter() - wait_start)
         shape = batch["input_ids"].shape  # [B, L]; multiple choice: [B, C, L]
         if shape in run.compiled_shapes:
@@ -385,11 +385,11 @@ def train_epoch(run: Run, state: TrainState, epoch: int, seed: int, rng, writer,
         # Step N-1's metrics are read only once step N is queued: no host sync per step.
         settle()
         pending = (step, step_metrics)
-        if preemption.requested or (every > 0 and step % every == 0):
+        if preemption.stop or (every > 0 and step % every == 0):
             settle()  # never save unchecked parameters
             with throughput.excluded():
                 save(state)
-            if preemption.requested:
+            if preemption.stop:
                 return state, None
     settle()
     return state, progress.train_means()

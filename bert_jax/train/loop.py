@@ -9,6 +9,7 @@ import signal
 import time
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 import tensorflow as tf
 from absl import logging
@@ -23,13 +24,25 @@ class NonFiniteLossError(FloatingPointError):
     pass
 
 
+STOP_VOTE = "stop_vote"  # the batch entry (and step metric) that carries the processes' votes
+
+
 class PreemptionFlag:
     """Set by SIGTERM; the loop (pre-training's, fine-tuning's) saves at the next step boundary
-    and exits cleanly."""
+    and exits cleanly.
+
+    With several processes, every one must stop at the same step: a process that stops to save
+    while another has already queued the next step (whose collectives need the first) hangs
+    both, and the checkpoint is lost. So each step carries every process's flag as a vote
+    (`vote_into`, read back by `host_step_metrics`), and all stop once a step's votes, which
+    they all read at the same point of the loop, hold one. One process stops at once.
+    """
 
     def __init__(self):
         self.requested = False
         self._previous = None
+        self._agreed = False
+        self._vote_rows: dict = {}  # mesh -> this process's rows of the vote array
 
     def __enter__(self):
         try:
@@ -46,6 +59,43 @@ class PreemptionFlag:
     def __exit__(self, *exc):
         if self._previous is not None:
             signal.signal(signal.SIGTERM, self._previous)
+
+    @property
+    def stop(self) -> bool:
+        """Whether to stop now: this process's SIGTERM alone, or every process's agreement."""
+        return self.requested if jax.process_count() == 1 else self._agreed
+
+    def vote_into(self, batch: dict, mesh) -> dict:
+        """The placed batch plus this process's vote: one row per data-parallel shard it
+        holds, of a [data x fsdp] array the step reduces to its maximum."""
+        sharding = mesh_lib.batch_sharding(mesh)
+        size = mesh_lib.data_parallel_size(mesh)
+        if mesh not in self._vote_rows:
+            self._vote_rows[mesh] = len({index[0].indices(size)[:2] for index in
+                                         sharding.addressable_devices_indices_map((size,)).values()})
+        votes = np.full((self._vote_rows[mesh],), int(self.requested), np.int32)
+        return {**batch, STOP_VOTE: jax.make_array_from_process_local_data(sharding, votes,
+                                                                           (size,))}
+
+    def count(self, vote: float | None) -> None:
+        """A step's votes, read back on the host: any one stops every process."""
+        if vote is not None and vote > 0:
+            self._agreed = True
+
+
+def with_stop_vote(train_step):
+    """train_step(state, batch, rng) that also takes the batch's STOP_VOTE entry, if any, and
+    returns its maximum as the STOP_VOTE metric (the step itself never sees it)."""
+
+    def step(state, batch, rng):
+        batch = dict(batch)
+        votes = batch.pop(STOP_VOTE, None)
+        state, step_metrics = train_step(state, batch, rng)
+        if votes is not None:
+            step_metrics = {**step_metrics, STOP_VOTE: jnp.max(votes)}
+        return state, step_metrics
+
+    return step
 
 
 class MetricWriter:
@@ -221,7 +271,7 @@ class Trainer:
             steps.train_step, sums_fn=sums_fn, optimizer=s.optimizer, schedule=s.schedule,
             grad_accum_steps=self.config.train.grad_accum_steps)
         self.train_step = setup_lib.with_mesh_and_rules(s, jax.jit(
-            train, in_shardings=(s.state_shardings, batch_sharding, replicated),
+            with_stop_vote(train), in_shardings=(s.state_shardings, batch_sharding, replicated),
             out_shardings=(s.state_shardings, replicated), donate_argnums=0))
         self.eval_step = setup_lib.with_mesh_and_rules(s, jax.jit(
             functools.partial(steps.eval_step, sums_fn=sums_fn),
@@ -308,6 +358,7 @@ class Trainer:
         history, pending, last_logged = [], None, {}
         pauses = {}  # "evaluate"/"save" -> seconds the latest one took, for the ETA
         with PreemptionFlag() as preemption:
+            self._preemption = preemption
             # The prefetch thread starts now and fills its queue while the first step compiles.
             self.train_data.start()
             for step in range(start_step, cfg.num_steps):
@@ -320,7 +371,7 @@ class Trainer:
                     history.append(self._checked(*pending))
                 pending = (step + 1, step_metrics)
                 done = step + 1
-                stop = preemption.requested or done == cfg.num_steps
+                stop = preemption.stop or done == cfg.num_steps
                 if done % cfg.log_every_steps == 0 or stop:
                     history.append(self._checked(*pending))
                     pending = None
@@ -367,7 +418,8 @@ class Trainer:
         if throughput is not None:
             throughput.add_input_wait(time.perf_counter() - wait_start)
             throughput.step_done(self._step_work)
-        return self.train_step(state, batch, self.rng)
+        return self.train_step(state, self._preemption.vote_into(batch, self.setup.mesh),
+                               self.rng)
 
     def _first_step(self, state: TrainState, throughput: Throughput):
         """The first step compiles and waits for the pipeline's first chunk: timed on its own,
@@ -381,7 +433,8 @@ class Trainer:
         return state, step_metrics
 
     def _checked(self, step: int, step_metrics) -> dict:
-        return host_step_metrics(step, step_metrics, self.config.train.skip_nonfinite_updates)
+        return host_step_metrics(step, step_metrics, self.config.train.skip_nonfinite_updates,
+                                 self._preemption)
 
     def close(self):
         self.writer.close()
@@ -389,10 +442,15 @@ class Trainer:
         self.checkpointer.close()
 
 
-def host_step_metrics(step: int, step_metrics, skip_nonfinite: bool) -> dict:
+def host_step_metrics(step: int, step_metrics, skip_nonfinite: bool,
+                      preemption: PreemptionFlag | None = None) -> dict:
     """A step's metrics as floats on the host; a non-finite step (whose update the train step
-    did not apply) raises unless `skip_nonfinite`, and is then logged."""
+    did not apply) raises unless `skip_nonfinite`, and is then logged. The processes' stop
+    vote goes to `preemption`, not into the metrics."""
     values = {k: float(v) for k, v in jax.device_get(step_metrics).items()}
+    vote = values.pop(STOP_VOTE, None)
+    if preemption is not None:
+        preemption.count(vote)
     if values.pop("nonfinite") > 0:
         if not skip_nonfinite:
             raise NonFiniteLossError(
