@@ -147,6 +147,11 @@ def test_empty_sentence_is_an_error_unless_skipped(tmp_path):
         glue.load_examples(task, "train", directory=str(tmp_path))
     kept = glue.load_examples(task, "train", directory=str(tmp_path), skip_empty=True)
     assert [e.text_a for e in kept] == ["good film", "bad film"]
+    # Not on a test split: a submission without that row's prediction would be refused.
+    _write(tmp_path / "SST-2" / "test.tsv", "index\tsentence\n0\tgood film\n1\t \n")
+    with pytest.raises(ValueError, match=r"test.tsv:3: empty sentence in column 'sentence'; "
+                                         r"data.skip_empty does not apply to test"):
+        glue.load_examples(task, "test", directory=str(tmp_path), skip_empty=True)
 
 
 def test_sentence_without_tokens_is_an_error(tokenizer):

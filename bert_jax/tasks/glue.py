@@ -202,9 +202,12 @@ def read_examples(task: GlueTask, path: str, split: str, skip_empty: bool = Fals
                              f"columns are {sorted(row)}")
         try:
             texts = [_check_text(row[c], where, c) for c in task.text_columns]
-        except ValueError:
+        except ValueError as e:
             if not skip_empty:
                 raise
+            if not with_labels:  # the GLUE server takes a submission only with every row
+                raise ValueError(f"{e}; data.skip_empty does not apply to {split}: a "
+                                 f"submission needs a prediction for every test row") from None
             skipped += 1
             continue
         label = parse_label(task, row[task.label_column], where) if with_labels else None
