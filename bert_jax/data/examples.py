@@ -123,7 +123,8 @@ def _nsp_document(
         if is_random_next and chunk.num_docs == 1:
             # No other document to draw B from (one document of a megabyte or more, or the last
             # of an epoch): B comes from elsewhere in this one, when there is text outside A
-            # and what follows it, as the original does for a one-document corpus.
+            # and what follows it (the original draws from anywhere in the one document of a
+            # one-document corpus).
             is_random_next = i > 0 or a_end < n - 1
             if is_random_next:
                 skips.add("nsp NotNext segment from the same document (a chunk of one document)")

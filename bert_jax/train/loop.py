@@ -234,6 +234,7 @@ class Trainer:
         self.config = config
         self.workdir = workdir
         self.warm_start = None
+        self._preemption = PreemptionFlag()  # run() enters its own, which takes SIGTERM
         if config.init_checkpoint:
             own = checkpoint.train_checkpoints_root(workdir)
             self.warm_start = warm_start.load(
