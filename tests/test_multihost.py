@@ -252,18 +252,27 @@ def _run(args, devices, timeout=900):
     return proc
 
 
+def _pretrain_command(workdir, settings: dict) -> list[str]:
+    return [sys.executable, "-m", "bert_jax.pretrain", "--config=configs/pretrain.py:tiny",
+            f"--workdir={workdir}", *[f"--config.{k}={v}" for k, v in settings.items()]]
+
+
+def _on_two_processes(command: list[str], devices_per_process: int, timeout: int = 900):
+    """`command` as 2 local processes (launch/local.py), its output captured."""
+    env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
+    return subprocess.run(
+        [sys.executable, "launch/local.py", "--num_processes=2",
+         f"--devices_per_process={devices_per_process}", "--init_timeout=300", "--", *command],
+        cwd=REPO, env=dict(env, PYTHONPATH=REPO), capture_output=True, text=True,
+        timeout=timeout)
+
+
 @pytest.mark.slow
 def test_two_processes_equal_one_process_then_restore_on_one_device(data_dir, tmp_path):
     workdir = str(tmp_path / "two_processes")
-    flags = [f"--config.{k}={v}" for k, v in overrides(data_dir).items()]
     # Each process stands for one slice (a GPU node): data parallelism across them over "DCN".
-    flags.append("--config.mesh.dcn_data=2")
-    env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
-    proc = subprocess.run(
-        [sys.executable, "launch/local.py", "--num_processes=2", "--devices_per_process=4",
-         "--init_timeout=300", "--", sys.executable, "-m", "bert_jax.pretrain",
-         "--config=configs/pretrain.py:tiny", f"--workdir={workdir}", *flags],
-        cwd=REPO, env=dict(env, PYTHONPATH=REPO), capture_output=True, text=True, timeout=900)
+    settings = {**overrides(data_dir), "mesh.dcn_data": 2}
+    proc = _on_two_processes(_pretrain_command(workdir, settings), devices_per_process=4)
     assert proc.returncode == 0, proc.stdout[-6000:]
     assert "[process 1]" in proc.stdout and "4 local of 8 devices" in proc.stdout
     data_dir_of_step = os.path.join(workdir, "checkpoints", str(STEPS), "data")
@@ -291,14 +300,9 @@ def test_two_processes_equal_one_process_then_restore_on_one_device(data_dir, tm
 def test_a_tensor_axis_across_processes_is_refused_before_training(data_dir, tmp_path):
     """Each process reads its own rows: with tensor=2 over 2 one-device processes, the two
     would hold the same batch rows with different examples in them. Refused, naming why."""
-    flags = [f"--config.{k}={v}" for k, v in overrides(data_dir).items()]
-    flags += ["--config.mesh.data=1", "--config.mesh.fsdp=1", "--config.mesh.tensor=2"]
-    env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
-    proc = subprocess.run(
-        [sys.executable, "launch/local.py", "--num_processes=2", "--devices_per_process=1",
-         "--init_timeout=300", "--", sys.executable, "-m", "bert_jax.pretrain",
-         "--config=configs/pretrain.py:tiny", f"--workdir={tmp_path / 'run'}", *flags],
-        cwd=REPO, env=dict(env, PYTHONPATH=REPO), capture_output=True, text=True, timeout=600)
+    settings = {**overrides(data_dir), "mesh.data": 1, "mesh.fsdp": 1, "mesh.tensor": 2}
+    proc = _on_two_processes(_pretrain_command(tmp_path / "run", settings),
+                             devices_per_process=1, timeout=600)
     assert proc.returncode != 0
     assert ("mesh data=1 x fsdp=1 x tensor=2: processes [0, 1] would hold the same batch rows "
             "0..") in proc.stdout, proc.stdout[-4000:]
@@ -320,8 +324,7 @@ def test_sigterm_to_one_process_stops_both_at_one_step_and_saves(data_dir, tmp_p
     workdir = tmp_path / "run"
     settings = {**overrides(data_dir, num_steps=100_000), "train.log_every_steps": 1,
                 "checkpoint.every_steps": 5}
-    command = [sys.executable, "-m", "bert_jax.pretrain", "--config=configs/pretrain.py:tiny",
-               f"--workdir={workdir}", *[f"--config.{k}={v}" for k, v in settings.items()]]
+    command = _pretrain_command(workdir, settings)
     base = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
     envs = _launcher().process_envs(2, 1, free_port(), init_timeout=300)
     logs = [open(tmp_path / f"process_{i}.log", "w") for i in range(2)]
@@ -393,12 +396,8 @@ def test_fine_tuning_on_two_processes_equals_one_process(data_dir, tmp_path):
     init = _encoder_checkpoint(data_dir, tmp_path / "encoder")
     command = [sys.executable, "-m", "bert_jax.finetune", "--config=configs/finetune/glue.py:mrpc",
                f"--config.init_checkpoint={init}", *FINETUNE_FLAGS]
-    env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
     two = tmp_path / "two_processes"
-    proc = subprocess.run(
-        [sys.executable, "launch/local.py", "--num_processes=2", "--devices_per_process=2",
-         "--init_timeout=300", "--", *command, f"--workdir={two}"],
-        cwd=REPO, env=dict(env, PYTHONPATH=REPO), capture_output=True, text=True, timeout=900)
+    proc = _on_two_processes([*command, f"--workdir={two}"], devices_per_process=2)
     assert proc.returncode == 0, proc.stdout[-6000:]
     assert "process 1 of 2: 2 local of 4 devices" in proc.stdout
     one = tmp_path / "one_process"

@@ -42,7 +42,7 @@ class PreemptionFlag:
         self.requested = False
         self._previous = None
         self._agreed = False
-        self._vote_rows: dict = {}  # mesh -> this process's rows of the vote array
+        self._vote_layout: dict = {}  # mesh -> (sharding, size, this process's rows) of votes
 
     def __enter__(self):
         try:
@@ -68,12 +68,13 @@ class PreemptionFlag:
     def vote_into(self, batch: dict, mesh) -> dict:
         """The placed batch plus this process's vote: one row per data-parallel shard it
         holds, of a [data x fsdp] array the step reduces to its maximum."""
-        sharding = mesh_lib.batch_sharding(mesh)
-        size = mesh_lib.data_parallel_size(mesh)
-        if mesh not in self._vote_rows:
-            self._vote_rows[mesh] = len({index[0].indices(size)[:2] for index in
-                                         sharding.addressable_devices_indices_map((size,)).values()})
-        votes = np.full((self._vote_rows[mesh],), int(self.requested), np.int32)
+        if mesh not in self._vote_layout:  # worked out once per mesh, not at every step
+            sharding, size = mesh_lib.batch_sharding(mesh), mesh_lib.data_parallel_size(mesh)
+            rows = len({index[0].indices(size)[:2] for index in
+                        sharding.addressable_devices_indices_map((size,)).values()})
+            self._vote_layout[mesh] = sharding, size, rows
+        sharding, size, rows = self._vote_layout[mesh]
+        votes = np.full((rows,), int(self.requested), np.int32)
         return {**batch, STOP_VOTE: jax.make_array_from_process_local_data(sharding, votes,
                                                                            (size,))}
 
