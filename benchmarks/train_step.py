@@ -19,13 +19,15 @@ from ml_collections import config_dict
 
 from bert_jax.data import masking
 from bert_jax.model import BertForPreTraining, ModelConfig
-from bert_jax.train import metrics, optim, steps
+from bert_jax.train import loss_scale, metrics, optim, steps
 from bert_jax.train.state import TrainState
 
 _SIZE = flags.DEFINE_string("size", "base", "Model size: tiny, mini, small, medium, base, large.")
 _SEQ_LEN = flags.DEFINE_integer("seq_len", 128, "Sequence length.")
 _BATCH = flags.DEFINE_integer("batch", 8, "Sequences per step.")
-_DTYPE = flags.DEFINE_enum("dtype", "float32", ["float32", "bfloat16"], "Compute dtype.")
+_DTYPE = flags.DEFINE_enum(
+    "dtype", "float32", ["float32", "bfloat16", "float16"],
+    "Compute dtype (parameters stay float32; float16 trains with a dynamic loss scale).")
 _STEPS = flags.DEFINE_integer("steps", 10, "Timed steps (after 2 warm-up steps).")
 _REMAT = flags.DEFINE_string("remat", "none", "Remat policy: none, full, dots, dots_no_batch.")
 _SCAN = flags.DEFINE_bool("scan", False, "nn.scan over layers.")
@@ -129,7 +131,9 @@ def main(argv):
 
     params = nn.unbox(params)
     state = TrainState(step=jnp.zeros((), jnp.int32), params=params,
-                       opt_state=optimizer.init(params))
+                       opt_state=optimizer.init(params),
+                       loss_scale=loss_scale.for_training(model_config, config_dict.ConfigDict(
+                           dict(loss_scale_initial=2.0 ** 15, loss_scale_growth_interval=2000))))
     rng = steps.root_rng(1, _PRNG_IMPL.value)
     if _HLO_FILE.value:
         with open(_HLO_FILE.value, "w") as file:

@@ -71,6 +71,11 @@ def get_config(arg: str = "base") -> config_dict.ConfigDict:
         prng_impl="threefry2x32",
         log_every_steps=100,
         skip_nonfinite_updates=False,
+        # model.dtype=float16 only (V100, T4): the dynamic loss scale starts here, halves when
+        # the gradients overflow (that step is skipped) and doubles after growth_interval
+        # finite steps in a row (bert_jax/train/loss_scale.py).
+        loss_scale_initial=2.0 ** 15,
+        loss_scale_growth_interval=2000,
     ))
     config.optimizer = config_dict.ConfigDict(dict(
         name="adamw",  # adamw | lamb

@@ -207,13 +207,6 @@ def test_hidden_size_other_than_the_config_expects(pretrained, mrpc_dir, tmp_pat
         finetune.build(config, str(tmp_path))
 
 
-def test_float16_training_is_refused(pretrained, mrpc_dir, tmp_path):
-    config = _finetune_config(pretrained, mrpc_dir, **{"model.dtype": "float16"})
-    with pytest.raises(ValueError, match="model.dtype=float16: training in float16 needs loss "
-                                         "scaling"):
-        finetune.build(config, str(tmp_path))
-
-
 def _encoder_checkpoint(root, model_config: ModelConfig, params_config: ModelConfig, tokenizer):
     params = BertEncoder(params_config).init(jax.random.key(0), np.zeros((1, 8), np.int32))
     params = jax.tree_util.tree_map(np.asarray, nn.unbox(params["params"]))
@@ -246,6 +239,24 @@ def test_tokenizer_larger_than_the_embedding_table(vocab_tokenizer, mrpc_dir, tm
     with pytest.raises(ValueError, match="its tokenizer has 30522 tokens but the token embedding "
                                          "has 1000 rows"):
         finetune.build(_finetune_config(path, mrpc_dir), str(tmp_path / "run"))
+
+
+def test_bfloat16_checkpoint_fine_tunes_with_float32_parameters(vocab_tokenizer, mrpc_dir,
+                                                                 tmp_path):
+    """Parameters take the run's model.param_dtype (float32), not the checkpoint's: AdamW's
+    small updates would round away in bfloat16."""
+    stored = ModelConfig.from_size("tiny", hidden_size=HIDDEN, num_layers=1, num_heads=2,
+                                   max_position_embeddings=64, param_dtype="bfloat16")
+    path = _encoder_checkpoint(tmp_path / "ckpt", stored, stored, vocab_tokenizer)
+    want = _flat(checkpoint.load_model(path).params)
+    assert {value.dtype.name for value in want.values()} == {"bfloat16"}
+    run = finetune.build(_finetune_config(path, mrpc_dir), str(tmp_path / "run"))
+    assert run.model_config.param_dtype == "float32"
+    got = _flat(finetune.initial_state(run, seed=0).params["bert"])
+    assert got.keys() == want.keys()
+    for name, value in got.items():
+        assert value.dtype == np.float32, name
+        np.testing.assert_array_equal(value, want[name].astype(np.float32), err_msg=name)
 
 
 def test_missing_init_checkpoint(mrpc_dir, tmp_path):
@@ -302,11 +313,13 @@ def test_checkpoint_of_a_cudnn_run_predicts_and_fine_tunes_here(pretrained, mrpc
     from bert_jax import inference
 
     loaded = checkpoint.load_model(pretrained)
-    gpu_config = dataclasses.replace(loaded.model_config, attention_implementation="cudnn")
-    checkpoint.save_model(str(tmp_path / "gpu"), loaded.step, loaded.params,
-                          checkpoint.make_meta(loaded.step, gpu_config, loaded.tokenizer))
+    bf16_config = dataclasses.replace(loaded.model_config, dtype="bfloat16")  # as a GPU run's
+    gpu_config = dataclasses.replace(bf16_config, attention_implementation="cudnn")
+    for name, config in (("xla", bf16_config), ("gpu", gpu_config)):
+        checkpoint.save_model(str(tmp_path / name), loaded.step, loaded.params,
+                              checkpoint.make_meta(loaded.step, config, loaded.tokenizer))
     text = ["the [MASK] was dark ."]
-    want = inference.load(pretrained).fill_mask(text)
+    want = inference.load(str(tmp_path / "xla")).fill_mask(text)
     assert inference.load(str(tmp_path / "gpu")).fill_mask(text) == want
     run = finetune.build(_finetune_config(str(tmp_path / "gpu"), mrpc_dir,
                                           **{"model.remat_policy": "full"}), str(tmp_path / "ft"))

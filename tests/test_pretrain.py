@@ -380,9 +380,9 @@ def test_gradient_accumulation_equals_one_large_batch(data_dir):
 # --- 4. Non-finite steps ------------------------------------------------------------------------
 
 
-def _step_setup(data_dir):
+def _step_setup(data_dir, overrides: dict | None = None):
     """A run setup, one real batch and a fresh state; the step is jitted per optimizer."""
-    config = _config(_small_overrides(data_dir))
+    config = _config({**_small_overrides(data_dir), **(overrides or {})})
     tokenizer = tokenization.load_tokenizer(config.data.tokenizer)
     s = setup_lib.build(config, tokenizer)
     data = pipeline.make_pretraining_iterator(s.pipeline_config, tokenizer, batch_size=8, seed=0)
@@ -515,12 +515,13 @@ def test_every_model_config_field_is_a_run_config_key():
     assert model_config.hidden_size == 128  # the rest still from the named size
 
 
-@pytest.mark.parametrize("key", ["model.dtype", "model.param_dtype"])
-def test_float16_training_is_refused_but_not_a_dtype_that_is_no_float(data_dir, tmp_path, key):
-    with pytest.raises(ValueError, match=f"{key}=float16: training in float16 needs loss "
-                                         "scaling"):
-        loop.train_and_evaluate(_config({**_small_overrides(data_dir), key: "float16"}),
-                                str(tmp_path))
+def test_float16_parameters_are_refused_for_training_and_a_dtype_that_is_no_float(data_dir,
+                                                                                  tmp_path):
+    # float16 compute trains, with a loss scale (tests/test_loss_scale.py); parameters do not.
+    with pytest.raises(ValueError, match="model.param_dtype=float16: training keeps its "
+                                         "parameters in float32"):
+        loop.train_and_evaluate(_config({**_small_overrides(data_dir), "model.dtype": "float16",
+                                         "model.param_dtype": "float16"}), str(tmp_path))
     with pytest.raises(ValueError, match="dtype='int8' is not a floating-point type"):
         ModelConfig(dtype="int8")
 

@@ -251,8 +251,20 @@ def fused_attention(query, key, value, mask, implementation):
         key_lengths = jnp.sum(mask[:, 0, 0, :], axis=-1, dtype=jnp.int32)
         return jax.nn.dot_product_attention(
             query, key, value, key_value_seq_lengths=key_lengths, implementation="cudnn")
+    dtype = query.dtype
+    query, key, value = _float32_on_cpu_if_float16(query, key, value)
     return jax.nn.dot_product_attention(query, key, value, mask=mask,
-                                        implementation=implementation)
+                                        implementation=implementation).astype(dtype)
+
+
+def _float32_on_cpu_if_float16(*operands):
+    """The attention score's float16 operands as float32 on CPU: XLA:CPU has no float16 x
+    float16 -> float32 product, which the scores take. float32 operands give the same products
+    (float16's are exact in float32) and the same float32 sums; only CPUs pay for the wider
+    operands, and no one trains in float16 there but tests."""
+    if operands[0].dtype != jnp.float16 or jax.default_backend() != "cpu":
+        return operands
+    return tuple(x.astype(jnp.float32) for x in operands)
 
 
 class SelfAttention(nn.Module):
@@ -303,6 +315,7 @@ class SelfAttention(nn.Module):
     def _attention_with_dropout(self, query, key, value, mask):
         cfg = self.config
         scale = jnp.float32(cfg.head_dim) ** -0.5
+        query, key = _float32_on_cpu_if_float16(query, key)
         logits = jnp.einsum(
             "bqnk,bsnk->bnqs", query, key, preferred_element_type=jnp.float32
         ) * scale  # [B, N, L, L] float32

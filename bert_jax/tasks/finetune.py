@@ -56,6 +56,7 @@ from bert_jax.parallel import rules as rules_lib
 from bert_jax.tasks import base, batching, checkpoint_head
 from bert_jax.tasks import progress as progress_lib
 from bert_jax.train import checkpoint, metrics, optim, steps
+from bert_jax.train import loss_scale as loss_scale_lib
 from bert_jax.train import setup as setup_lib
 from bert_jax.train.loop import (MetricWriter, PreemptionFlag, StepWork, Throughput,
                                  host_step_metrics, with_stop_vote)
@@ -78,7 +79,7 @@ def encoder_params(params: dict, where: str) -> dict:
 
 def finetune_model_config(base: ModelConfig, model_section, where: str) -> ModelConfig:
     """The checkpoint's architecture (and layer layout: scan_layers) with the run's numerics:
-    dropout, compute dtype, remat and attention kernel."""
+    dropout, compute and parameter dtypes, remat and attention kernel."""
     if model_section.hidden_size is not None and model_section.hidden_size != base.hidden_size:
         raise ValueError(
             f"checkpoint {where} has hidden_size {base.hidden_size} but the config expects "
@@ -86,6 +87,7 @@ def finetune_model_config(base: ModelConfig, model_section, where: str) -> Model
     return dataclasses.replace(base, hidden_dropout=model_section.hidden_dropout,
                                attention_dropout=model_section.attention_dropout,
                                dtype=model_section.dtype,
+                               param_dtype=model_section.param_dtype,
                                remat_policy=model_section.remat_policy,
                                attention_implementation=model_section.attention_implementation)
 
@@ -201,12 +203,13 @@ def build(config, workdir: str) -> Run:
                                                total_steps)
     model = task.make_model(model_config)
     init_batch = task.init_batch(config.data.max_seq_length)
+    initial_loss_scale = loss_scale_lib.for_training(model_config, cfg)
 
     def init_boxed(rng):
         params = model.init(rng, init_batch["input_ids"], init_batch["token_type_ids"],
                             init_batch["attention_mask"])["params"]
         return TrainState(step=jnp.zeros((), jnp.int32), params=params,
-                          opt_state=optimizer.init(params))
+                          opt_state=optimizer.init(params), loss_scale=initial_loss_scale)
 
     boxed = jax.eval_shape(init_boxed, jax.random.key(0))
     shardings = mesh_lib.logical_shardings(boxed, mesh, rules)
@@ -275,12 +278,20 @@ def initial_state(run: Run, seed: int) -> TrainState:
     params = dict(state.params)
     bert = dict(params["bert"])
     for key, value in run.init_encoder.items():
-        bert[key] = jax.device_put(value, run.state_shardings.params["bert"][key])
+        bert[key] = _placed_like(value, bert[key])
     params["bert"] = bert
     for key, value in (run.init_head or {}).items():
-        params[key] = jax.device_put(value, run.state_shardings.params[key])
+        params[key] = _placed_like(value, params[key])
     opt_state = jax.jit(run.optimizer.init, out_shardings=run.state_shardings.opt_state)(params)
-    return TrainState(step=state.step, params=params, opt_state=opt_state)
+    return state.replace(params=params, opt_state=opt_state)
+
+
+def _placed_like(loaded, fresh):
+    """A checkpoint's host arrays with the dtypes and shardings of the fresh state's (the run's
+    model.param_dtype, whatever the checkpoint stored)."""
+    return jax.tree_util.tree_map(
+        lambda value, like: jax.device_put(np.asarray(value).astype(like.dtype), like.sharding),
+        loaded, fresh)
 
 
 # ----------------------------------------------------------------------------------------------

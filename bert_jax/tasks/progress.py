@@ -17,7 +17,6 @@ import json
 import os
 
 import jax
-import numpy as np
 import tensorflow as tf
 from absl import logging
 from jax.experimental import multihost_utils
@@ -48,11 +47,16 @@ class SeedProgress:
         """One step's train metrics into the epoch's sums (in step order, so a resumed epoch
         sums to the same floats)."""
         for name, value in values.items():
+            if name == "grad_norm" and values.get("overflow"):
+                continue  # float16 gradients that overflowed (skipped): an infinite norm
             self.train_sums[name] = self.train_sums.get(name, 0.0) + value
         self.train_steps += 1
 
     def train_means(self) -> dict:
-        return {name: total / self.train_steps for name, total in self.train_sums.items()}
+        """Means over the epoch's steps; the gradient norm's over those that did not overflow."""
+        overflowed = self.train_sums.get("overflow", 0.0)
+        return {name: total / max(self.train_steps - (overflowed if name == "grad_norm" else 0), 1)
+                for name, total in self.train_sums.items()}
 
     def end_epoch(self, record: dict, best: dict) -> None:
         self.epochs.append(record)
@@ -77,7 +81,7 @@ class ProgressCheckpointer:
         step = self._checkpointer.latest_step()
         if step is None:
             return None
-        params, opt_state, saved, meta = self._checkpointer.restore(step, abstract_state)
+        state, saved, meta = self._checkpointer.restore(step, abstract_state)
         check_same_run(meta["run_config"], self.run_config, f"{self.root}/{step}")
         if saved is None:
             raise ValueError(f"{self.root}/{step} was saved by another number of processes; "
@@ -85,8 +89,7 @@ class ProgressCheckpointer:
         progress = SeedProgress(**saved)
         logging.info("%s resumes at step %d (epoch %d, %d of its batches done)",
                      self.seed_dir, step, progress.epoch, progress.batches_done)
-        step_array = jax.device_put(np.int32(step), abstract_state.step.sharding)
-        return TrainState(step=step_array, params=params, opt_state=opt_state), progress
+        return state, progress
 
     def save(self, state: TrainState, progress: SeedProgress) -> None:
         """Starts an async save (the arrays reach host memory before it returns)."""

@@ -5,6 +5,7 @@ step; each step holds the Orbax items:
   params     the model parameters (StandardSave)
   opt_state  optimizer state (training only)
   data       the data iterator states, one JSON file per process (training only)
+  loss_scale the dynamic loss scale and its counter (training with float16 compute only)
   meta       JSON: step, model config, run config, and the tokenizer's files (base64), so the
              checkpoint describes itself: inference and fine-tuning need only its path.
 Orbax writes each step to a temporary folder and renames it when complete, so a killed save
@@ -26,8 +27,10 @@ from absl import logging
 
 from bert_jax.data import tokenization
 from bert_jax.model.config import ModelConfig
+from bert_jax.train.state import TrainState
 
 PARAMS, OPT_STATE, DATA, META = "params", "opt_state", "data", "meta"
+LOSS_SCALE = "loss_scale"
 # What a BERT encoder holds; a converted encoder-only checkpoint has these at the top level.
 ENCODER_KEYS = ("embeddings", "encoder", "pooler")
 
@@ -208,6 +211,11 @@ def load_model(path: str) -> LoadedModel:
     )
 
 
+def _loss_scale_arrays(loss_scale) -> dict:
+    """The loss scale's arrays (or their abstract shapes) as the item Orbax saves."""
+    return {"scale": loss_scale.scale, "good_steps": loss_scale.good_steps}
+
+
 class TrainCheckpointer:
     """Periodic async saves of a training run and automatic resume from the latest step."""
 
@@ -222,45 +230,71 @@ class TrainCheckpointer:
             # Handlers named up front: a fresh process can read item metadata before any save.
             item_handlers={PARAMS: ocp.StandardCheckpointHandler(),
                            OPT_STATE: ocp.StandardCheckpointHandler(),
-                           DATA: PerProcessJsonHandler(), META: ocp.JsonCheckpointHandler()},
+                           DATA: PerProcessJsonHandler(), META: ocp.JsonCheckpointHandler(),
+                           LOSS_SCALE: ocp.StandardCheckpointHandler()},
         )
 
     def latest_step(self) -> int | None:
         return self._manager.latest_step()
 
-    def save(self, step: int, state, data_state: dict, meta: dict) -> None:
+    def save(self, step: int, state: TrainState, data_state: dict, meta: dict) -> None:
         """Starts an async save; the arrays are copied to host memory before this returns.
 
         `data_state` is this process's iterator state; every process saves its own.
         """
-        self._manager.save(step, args=ocp.args.Composite(**{
+        items = {
             PARAMS: ocp.args.StandardSave(state.params),
             OPT_STATE: ocp.args.StandardSave(state.opt_state),
             DATA: PerProcessJsonSave(data_state),
             META: ocp.args.JsonSave(meta),
-        }))
+        }
+        if state.loss_scale is not None:
+            items[LOSS_SCALE] = ocp.args.StandardSave(_loss_scale_arrays(state.loss_scale))
+        self._manager.save(step, args=ocp.args.Composite(**items))
 
-    def restore(self, step: int, abstract_state) -> tuple[object, dict, dict | None, dict]:
-        """(params, opt_state, data_state, meta) restored onto the shardings of abstract_state.
+    def restore(self, step: int, abstract_state: TrainState
+                ) -> tuple[TrainState, dict | None, dict]:
+        """(state, data_state, meta) restored onto the shardings of abstract_state.
 
         data_state is this process's iterator state, or None when the checkpoint was written by
         another number of processes (each host's state belongs to that host's part of the data).
+        A run with a loss scale (float16 compute) takes the checkpoint's, or starts its scale
+        afresh when the checkpoint was written without one.
 
         Checks every parameter's stored shape first, so a workdir of another model fails with
         the parameter named instead of a deep Orbax error.
         """
         stored = self._manager.item_metadata(step)[PARAMS]
         check_same_shapes(stored, abstract_state.params, where=f"{self.root}/{step}")
-        restored = self._manager.restore(step, args=ocp.args.Composite(**{
+        items = {
             PARAMS: ocp.args.StandardRestore(abstract_state.params),
             OPT_STATE: ocp.args.StandardRestore(abstract_state.opt_state),
             DATA: PerProcessJsonRestore(),
             META: ocp.args.JsonRestore(),
-        }))
+        }
+        abstract_scale = abstract_state.loss_scale
+        scale_saved = tf.io.gfile.isdir(os.path.join(self.root, str(step), LOSS_SCALE))
+        if abstract_scale is not None and scale_saved:
+            items[LOSS_SCALE] = ocp.args.StandardRestore(_loss_scale_arrays(abstract_scale))
+        restored = self._manager.restore(step, args=ocp.args.Composite(**items))
         data = restored[DATA]
         data_state = (data["states"][jax.process_index()]
                       if data["process_count"] == jax.process_count() else None)
-        return restored[PARAMS], restored[OPT_STATE], data_state, restored[META]
+        loss_scale = None
+        if abstract_scale is not None:
+            if scale_saved:
+                loss_scale = abstract_scale.replace(**restored[LOSS_SCALE])
+            else:
+                logging.warning("checkpoint %s/%d holds no loss scale (written without float16 "
+                                "compute): the scale starts at %g", self.root, step,
+                                abstract_scale.initial)
+                loss_scale = jax.device_put(abstract_scale.restart(), jax.tree_util.tree_map(
+                    lambda leaf: leaf.sharding, abstract_scale))
+        meta = restored[META]
+        state = TrainState(step=jax.device_put(np.int32(meta["step"]), abstract_state.step.sharding),
+                           params=restored[PARAMS], opt_state=restored[OPT_STATE],
+                           loss_scale=loss_scale)
+        return state, data_state, meta
 
     def wait(self) -> None:
         self._manager.wait_until_finished()

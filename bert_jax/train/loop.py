@@ -4,6 +4,7 @@ import contextlib
 import dataclasses
 import functools
 import json
+import math
 import os
 import signal
 import time
@@ -17,6 +18,7 @@ from absl import logging
 from bert_jax.data import pipeline
 from bert_jax.parallel import mesh as mesh_lib
 from bert_jax.train import checkpoint, losses, metrics, setup as setup_lib, steps, warm_start
+from bert_jax.train import loss_scale as loss_scale_lib
 from bert_jax.train.state import TrainState
 
 
@@ -219,7 +221,16 @@ def _peak_flops(dtype: str) -> float:
 
 
 def _mean_metrics(history: list[dict]) -> dict:
-    return {k: float(np.mean([m[k] for m in history])) for k in history[0]}
+    """Each metric's mean over the window's steps. A step whose float16 gradients overflowed
+    (the update skipped) has an infinite gradient norm: the norm's mean leaves those steps out,
+    and `overflow`'s mean says how many there were."""
+    means = {}
+    for key in history[0]:
+        values = [m[key] for m in history]
+        if key == "grad_norm" and "overflow" in history[0]:
+            values = [v for v, m in zip(values, history) if not m["overflow"]] or [math.nan]
+        means[key] = float(np.mean(values))
+    return means
 
 
 class Trainer:
@@ -293,17 +304,15 @@ class Trainer:
             params = warm_start.initial_params(self.warm_start, state.params, shardings.params)
             opt_state = jax.jit(self.setup.optimizer.init,
                                 out_shardings=shardings.opt_state)(params)
-            return TrainState(step=state.step, params=params, opt_state=opt_state)
-        params, opt_state, data_state, meta = self.checkpointer.restore(
-            step, self.setup.abstract_state)
+            return state.replace(params=params, opt_state=opt_state)
+        state, data_state, meta = self.checkpointer.restore(step, self.setup.abstract_state)
         if data_state is None:
             logging.warning("checkpoint at step %d was written by another number of processes: "
                             "the data iterators start afresh", step)
         else:
             self.train_data.set_state(data_state)
         logging.info("resumed from %s at step %d", self.checkpointer.root, meta["step"])
-        step_array = jax.device_put(np.int32(meta["step"]), self.setup.state_shardings.step)
-        return TrainState(step=step_array, params=params, opt_state=opt_state)
+        return state
 
     def save(self, state: TrainState, step: int) -> None:
         meta = checkpoint.make_meta(step, self.setup.model_config, self.tokenizer,
@@ -448,12 +457,22 @@ def host_step_metrics(step: int, step_metrics, skip_nonfinite: bool,
                       preemption: PreemptionFlag | None = None) -> dict:
     """A step's metrics as floats on the host; a non-finite step (whose update the train step
     did not apply) raises unless `skip_nonfinite`, and is then logged. The processes' stop
-    vote goes to `preemption`, not into the metrics."""
+    vote goes to `preemption`, not into the metrics.
+
+    With float16 compute, a step whose gradients overflowed at a loss scale above the minimum
+    is routine: the scale has halved, and `overflow` (1.0, else 0.0) counts such steps."""
     values = {k: float(v) for k, v in jax.device_get(step_metrics).items()}
     vote = values.pop(STOP_VOTE, None)
     if preemption is not None:
         preemption.count(vote)
-    if values.pop("nonfinite") > 0:
+    nonfinite = values.pop("nonfinite") > 0
+    if "loss_scale" in values:
+        values["overflow"] = float(nonfinite and loss_scale_lib.overflowed(values))
+        if values["overflow"]:
+            logging.info("step %d: float16 gradients overflowed at loss scale %g: update "
+                         "skipped, scale halved", step, values["loss_scale"])
+            return values
+    if nonfinite:
         if not skip_nonfinite:
             raise NonFiniteLossError(
                 f"non-finite loss or gradient at step {step} (loss={values['loss']}); the "

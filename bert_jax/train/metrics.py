@@ -9,9 +9,12 @@ from bert_jax.model.config import ModelConfig
 
 # Dense peak FLOP/s per device from datasheets, by compute dtype.
 DATASHEET_PEAK = {
-    "H100": {"bfloat16": 989e12, "float32": 67e12},
-    "H200": {"bfloat16": 989e12, "float32": 67e12},
-    "A100": {"bfloat16": 312e12, "float32": 19.5e12},
+    "H100": {"bfloat16": 989e12, "float16": 989e12, "float32": 67e12},
+    "H200": {"bfloat16": 989e12, "float16": 989e12, "float32": 67e12},
+    "A100": {"bfloat16": 312e12, "float16": 312e12, "float32": 19.5e12},
+    # No fast bfloat16 before the A100: these train in float16 (with a loss scale).
+    "V100": {"float16": 125e12, "float32": 15.7e12},
+    "Tesla T4": {"float16": 65e12, "float32": 8.1e12},
     "TPU v4": {"bfloat16": 275e12},
     "TPU v5 lite": {"bfloat16": 197e12},
     "TPU v5e": {"bfloat16": 197e12},

@@ -18,6 +18,7 @@ from bert_jax.model import BertForPreTraining
 from bert_jax.model.config import ModelConfig, model_config_from_section
 from bert_jax.parallel import mesh as mesh_lib
 from bert_jax.parallel import rules as rules_lib
+from bert_jax.train import loss_scale as loss_scale_lib
 from bert_jax.train import optim
 from bert_jax.train.state import TrainState
 
@@ -95,15 +96,15 @@ class RunSetup:
 
 
 def check_training_dtypes(model_config: ModelConfig) -> None:
-    """Refuses float16 for training: its gradients underflow without loss scaling, which the
-    train step does not do. Inference (predict, embed) may use it; training takes bfloat16,
-    whose range is float32's, or float32."""
-    for name in ("dtype", "param_dtype"):
-        if jnp.dtype(getattr(model_config, name)) == jnp.float16:
-            raise ValueError(
-                f"model.{name}=float16: training in float16 needs loss scaling, which bert_jax "
-                "does not do (small gradients would flush to zero); use bfloat16 (TPUs, "
-                "A100/H100 and later GPUs) or float32")
+    """Refuses float16 parameters for training: Adam's updates (lr x ~1e-3 relative) vanish
+    below float16's precision, and its moments underflow. float16 compute (model.dtype) trains
+    with float32 parameters and a dynamic loss scale (train/loss_scale.py)."""
+    if jnp.dtype(model_config.param_dtype) == jnp.float16:
+        raise ValueError(
+            "model.param_dtype=float16: training keeps its parameters in float32 (updates "
+            "smaller than float16's precision would be lost); for float16 compute set "
+            "model.dtype=float16 with model.param_dtype=float32, which trains with a dynamic "
+            "loss scale")
 
 
 def check_step_intervals(intervals: dict) -> None:
@@ -126,7 +127,8 @@ def check_batch_divides(batch_size: int, grad_accum_steps: int, mesh) -> None:
     mesh_lib.check_processes_hold_their_own_rows(mesh, batch_size // grad_accum_steps)
 
 
-def boxed_init_fn(model, optimizer, pipeline_config: pipeline.PipelineConfig):
+def boxed_init_fn(model, optimizer, pipeline_config: pipeline.PipelineConfig,
+                  initial_loss_scale: loss_scale_lib.DynamicLossScale | None = None):
     """rng -> TrainState whose leaves carry logical names (nn.LogicallyPartitioned)."""
     length, predictions = pipeline_config.max_seq_length, pipeline_config.num_predictions
 
@@ -135,7 +137,7 @@ def boxed_init_fn(model, optimizer, pipeline_config: pipeline.PipelineConfig):
         positions = jax.numpy.zeros((1, predictions), jax.numpy.int32)
         params = model.init(rng, ids, masked_positions=positions)["params"]
         return TrainState(step=jax.numpy.zeros((), jax.numpy.int32), params=params,
-                          opt_state=optimizer.init(params))
+                          opt_state=optimizer.init(params), loss_scale=initial_loss_scale)
 
     return init_boxed
 
@@ -165,7 +167,8 @@ def build(config, tokenizer, model_config: ModelConfig | None = None) -> RunSetu
     model = BertForPreTraining(model_config)
     optimizer, schedule = optim.make_optimizer(config.optimizer, config.train.num_steps)
 
-    init_boxed = boxed_init_fn(model, optimizer, pipeline_config)
+    init_boxed = boxed_init_fn(model, optimizer, pipeline_config,
+                               loss_scale_lib.for_training(model_config, config.train))
     boxed = jax.eval_shape(init_boxed, jax.random.key(0))
     shardings = mesh_lib.logical_shardings(boxed, mesh, rules)
     abstract = abstract_state(boxed, shardings)

@@ -11,6 +11,7 @@ import jax.numpy as jnp
 import optax
 
 from bert_jax.train import losses, optim
+from bert_jax.train.loss_scale import DynamicLossScale
 from bert_jax.train.state import TrainState
 
 # Model inputs that are passed only when the batch has them (packed rows).
@@ -49,14 +50,19 @@ def _split_micro_batches(batch: dict, num_micro: int) -> dict:
 
 
 def accumulate_gradients(params, batch: dict, rng, sums_fn: Callable, grad_accum_steps: int,
-                         objective: losses.Objective = losses.PRETRAINING):
-    """Gradient and metric sums of the batch, over micro-batches by lax.scan when asked."""
+                         objective: losses.Objective = losses.PRETRAINING,
+                         loss_scale: DynamicLossScale | None = None):
+    """Gradient and metric sums of the batch, over micro-batches by lax.scan when asked.
+
+    With a loss scale, the gradients are those of the scaled loss (the caller unscales them
+    once, after accumulation)."""
     totals = objective.totals(batch)
 
     def grads_and_sums(micro_batch, micro_rng):
         def loss_fn(p):
             sums = sums_fn(p, micro_batch, micro_rng, False)
-            return objective.loss(sums, totals), sums
+            loss = objective.loss(sums, totals)
+            return (loss if loss_scale is None else loss_scale.scale_loss(loss)), sums
 
         (_, sums), grads = jax.value_and_grad(loss_fn, has_aux=True)(params)
         return grads, sums
@@ -113,10 +119,14 @@ def train_step(state: TrainState, batch: dict, rng, *, sums_fn: Callable,
     untouched (metrics['nonfinite'] = 1) so NaNs never reach the parameters or a checkpoint.
 
     `objective` says how the task's sums become its loss (pre-training's MLM + NSP by default).
+    With float16 compute the state carries a loss scale: gradients are taken of the scaled loss
+    and unscaled before clipping; a non-finite step lowers the scale (train/loss_scale.py).
     """
     step_rng = jax.random.fold_in(rng, state.step)
     grads, sums = accumulate_gradients(state.params, batch, step_rng, sums_fn, grad_accum_steps,
-                                       objective)
+                                       objective, state.loss_scale)
+    if state.loss_scale is not None:
+        grads = state.loss_scale.unscale(grads)
     loss = objective.loss(sums, objective.totals(batch))
     grad_norm = optax.tree.norm(grads)
     updates, new_opt_state = optimizer.update(grads, state.opt_state, state.params)
@@ -130,6 +140,7 @@ def train_step(state: TrainState, batch: dict, rng, *, sums_fn: Callable,
         step=state.step + 1,
         params=jax.tree_util.tree_map(keep_if_finite, new_params, state.params),
         opt_state=jax.tree_util.tree_map(keep_if_finite, new_opt_state, state.opt_state),
+        loss_scale=None if state.loss_scale is None else state.loss_scale.adjust(finite),
     )
     metrics = {
         "loss": loss,
@@ -139,6 +150,8 @@ def train_step(state: TrainState, batch: dict, rng, *, sums_fn: Callable,
         "nonfinite": 1.0 - finite.astype(jnp.float32),
         **objective.summarize(sums),
     }
+    if state.loss_scale is not None:
+        metrics["loss_scale"] = state.loss_scale.scale  # the scale this step's gradients had
     return new_state, metrics
 
 

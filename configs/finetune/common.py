@@ -26,6 +26,9 @@ def base_config(task: str) -> config_dict.ConfigDict:
     config.model.hidden_dropout = 0.1
     config.model.attention_dropout = 0.1
     config.model.dtype = "float32"
+    # Parameters (and so AdamW's updates) stay float32 whatever the checkpoint stored: an
+    # update of lr 2e-5 x ~1 rounds away in bfloat16, whose spacing near 0.05 is 2.4e-4.
+    config.model.param_dtype = "float32"
     # Memory and speed, as in pre-training (configs/pretrain.py), whatever the checkpoint was
     # trained with: remat_policy none | full | dots | dots_no_batch; attention_implementation
     # None (XLA's) | cudnn (GPUs; fused only where attention_dropout=0).
@@ -40,6 +43,11 @@ def base_config(task: str) -> config_dict.ConfigDict:
         prng_impl="threefry2x32",  # or rbg: see configs/pretrain.py
         log_every_steps=50,
         skip_nonfinite_updates=False,
+        # model.dtype=float16 only (V100, T4): the dynamic loss scale starts here, halves when
+        # the gradients overflow (that step is skipped) and doubles after growth_interval
+        # finite steps in a row (bert_jax/train/loss_scale.py).
+        loss_scale_initial=2.0 ** 15,
+        loss_scale_growth_interval=2000,
         save_best_checkpoint=True,
         # The seed's state is also saved after each epoch and on SIGTERM, so that the same
         # command resumes a stopped run (tasks/progress.py); 0: no saves within an epoch.
