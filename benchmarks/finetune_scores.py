@@ -53,7 +53,8 @@ RECIPES = {
              {"optimizer.learning_rate": 5e-5, "data.max_train_examples": 20000,
               "data.max_seq_length": 64}),
     "squad": (squad_configs.get_config, "f1", 55.0,
-              {"data.max_seq_length": 256, "optimizer.learning_rate": 1e-4}),
+              {"data.max_seq_length": 256, "optimizer.learning_rate": 1e-4,
+               "train.num_epochs": 2}),
     "conll": (ner_configs.get_config, "f1_test", 0.85, {}),
     # Files written by book_files (below); the target is a bag-of-words baseline's.
     "books": (classify_configs.get_config, "accuracy_test", None,

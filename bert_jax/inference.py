@@ -279,7 +279,7 @@ def _char_start(context: str, spans: np.ndarray, start: np.ndarray, end: np.ndar
         lasts = np.flatnonzero(in_context & (end[r] == entry["end_logit"]))
         for i in firsts.tolist():
             for j in lasts[lasts >= i].tolist():
-                if context[spans[r, i, 0]:spans[r, j, 1]] == text:
+                if squad.span_text(context, spans[r, i, 0], spans[r, j, 1]) == text:
                     return int(spans[r, i, 0])
     return context.find(text)  # an entry without logits (see Predictor.answer)
 

@@ -127,7 +127,10 @@ def _input_lines(input_file: str | None) -> list[tuple[int, str]]:
     import tensorflow as tf  # gfile reads gs:// as well as local paths
 
     with tf.io.gfile.GFile(input_file, "r") as f:
-        return [(n, line.rstrip("\r\n")) for n, line in enumerate(f, 1) if line.strip()]
+        lines = [(n, line.rstrip("\r\n")) for n, line in enumerate(f, 1)]
+    if lines:  # a UTF-8 byte-order mark (Notepad, PowerShell) is not part of the first line
+        lines[0] = (1, lines[0][1].removeprefix("\ufeff"))
+    return [(n, line) for n, line in lines if line.strip()]
 
 
 def read_inputs(texts: list[str], texts_b: list[str], input_file: str | None, *,

@@ -2,6 +2,7 @@
 
     python launch/slurm.py --nodes=4 --gpus_per_node=8 --workdir=/shared/runs/bert_large -- \
         python -m bert_jax.pretrain --config=configs/pretrain.py:large \
+            --config.data.tokenizer=wordpiece:/shared/vocab.txt \
             --config.mesh.data=-1 --config.mesh.fsdp=8 --config.mesh.rules=fsdp
 
 --mode=per_gpu (default) starts one process per GPU (srun binds one GPU to each task);
@@ -15,6 +16,8 @@ import os
 import shlex
 import subprocess
 import sys
+
+REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def sbatch_script(args, command: list[str]) -> str:
@@ -56,8 +59,9 @@ def main(argv=None) -> int:
     parser.add_argument("--partition", default=None)
     parser.add_argument("--account", default=None)
     parser.add_argument("--log_dir", default="slurm_logs")
-    parser.add_argument("--code_dir", default=os.getcwd(),
-                        help="the repository on the cluster's shared filesystem")
+    parser.add_argument("--code_dir", default=REPO_ROOT,
+                        help="the repository on the cluster's shared filesystem (default: the "
+                             "one this script is in)")
     parser.add_argument("--workdir", required=True, help="shared filesystem or gs:// folder")
     parser.add_argument("--init_timeout", type=int, default=600)
     parser.add_argument("--script", default="bert_jax_job.sbatch", help="where to write it")

@@ -3,6 +3,7 @@
     python launch/tpu_pod.py --name=bert-large --zone=us-central2-b --accelerator_type=v4-32 \
         --workdir=gs://BUCKET/bert_large -- \
         python3 -m bert_jax.pretrain --config=configs/pretrain.py:large \
+            --config.data.tokenizer=wordpiece:gs://BUCKET/vocab.txt \
             --config.mesh.data=1 --config.mesh.fsdp=-1 --config.mesh.rules=fsdp
 
 Steps (each a gcloud command; `--dry-run` prints them all, exactly, and runs none):
@@ -17,12 +18,15 @@ is identical on every worker.
 """
 
 import argparse
+import os
 import shlex
 import subprocess
 import sys
 
 REMOTE_DIR = "bert_jax"  # under the worker's home folder
+VENV = "bert_jax_venv"  # likewise: the Python 3.11 environment it runs in
 TARBALL = "/tmp/bert_jax_code.tar.gz"
+REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def _tpu(args, verb: str, *rest: str) -> list[str]:
@@ -54,7 +58,10 @@ def ship_commands(args) -> list[list[str]]:
                  f" {shlex.quote(args.repo)} ~/{REMOTE_DIR}")
         return [_ssh_all(args, clone)]
     return [
-        ["git", "archive", "--format=tar.gz", f"--output={TARBALL}", "HEAD"],
+        # The whole repository's HEAD from wherever this runs (from a subfolder, a plain
+        # `git archive HEAD` would ship that folder alone).
+        ["git", "-C", REPO_ROOT, "archive", "--format=tar.gz",
+         f"--output={TARBALL}", "HEAD"],
         _tpu(args, "scp", TARBALL, f"{args.name}:{TARBALL}", "--worker=all"),
         _ssh_all(args, f"rm -rf ~/{REMOTE_DIR} && mkdir -p ~/{REMOTE_DIR} && "
                        f"tar -xzf {TARBALL} -C ~/{REMOTE_DIR}"),
@@ -62,7 +69,12 @@ def ship_commands(args) -> list[list[str]]:
 
 
 def install_command(args) -> list[str]:
-    return _ssh_all(args, f"cd ~/{REMOTE_DIR} && python3 -m pip install -q -U 'jax[tpu]' -e .")
+    """The package and jax[tpu] in a Python 3.11 virtualenv made by uv: the TPU VM images ship
+    Python 3.10, older than jax and bert_jax need (uv fetches a 3.11 build where none is)."""
+    return _ssh_all(args, f"cd ~/{REMOTE_DIR} && python3 -m pip install -q -U --user uv && "
+                          f"python3 -m uv venv -q --python 3.11 --allow-existing ~/{VENV} && "
+                          f"python3 -m uv pip install -q --python ~/{VENV}/bin/python "
+                          "'jax[tpu]' -e .")
 
 
 def remote_run(args, command: list[str]) -> str:
@@ -70,8 +82,8 @@ def remote_run(args, command: list[str]) -> str:
     env = {"BERT_JAX_INIT_TIMEOUT": str(args.init_timeout), "PYTHONUNBUFFERED": "1"}
     line = shlex.join([*command, f"--workdir={args.workdir}"])
     assignments = " ".join(f"{k}={v}" for k, v in env.items())
-    return (f"cd ~/{REMOTE_DIR} && {assignments} {line} 2>&1 | tee -a ~/bert_jax_run.log; "
-            f"exit ${{PIPESTATUS[0]}}")
+    return (f". ~/{VENV}/bin/activate && cd ~/{REMOTE_DIR} && {assignments} {line} 2>&1 | "
+            f"tee -a ~/bert_jax_run.log; exit ${{PIPESTATUS[0]}}")
 
 
 def run_command(args, command: list[str]) -> list[str]:

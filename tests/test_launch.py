@@ -2,6 +2,7 @@
 
 import os
 import shlex
+import signal
 import subprocess
 import sys
 
@@ -10,10 +11,10 @@ TRAIN = ["python3", "-m", "bert_jax.pretrain", "--config=configs/pretrain.py:lar
          "--config.mesh.fsdp=-1"]
 
 
-def dry_run(script: str, *args: str) -> list[str]:
+def dry_run(script: str, *args: str, cwd: str | None = None) -> list[str]:
     proc = subprocess.run([sys.executable, os.path.join(REPO, "launch", script), *args,
                            "--dry-run", "--", *TRAIN], capture_output=True, text=True,
-                          timeout=60)
+                          timeout=60, cwd=cwd)
     assert proc.returncode == 0, proc.stderr
     return proc.stdout.strip().splitlines()
 
@@ -35,11 +36,12 @@ def test_local_runs_the_same_command_in_every_process():
 
 def test_tpu_pod_creates_or_reuses_ships_installs_and_runs_on_all_workers():
     lines = dry_run("tpu_pod.py", "--name=bert", "--zone=us-central2-b",
-                    "--accelerator_type=v4-32", "--workdir=gs://bucket/run", "--project=p1")
+                    "--accelerator_type=v4-32", "--workdir=gs://bucket/run", "--project=p1",
+                    cwd=os.path.join(REPO, "launch"))  # from a subfolder: the whole repository
     describe, create = lines[0].split(" || ")
     assert shlex.split(describe)[:5] == ["gcloud", "compute", "tpus", "tpu-vm", "describe"]
     assert "--accelerator-type=v4-32" in shlex.split(create)
-    assert shlex.split(lines[1])[:2] == ["git", "archive"]
+    assert shlex.split(lines[1])[:4] == ["git", "-C", REPO, "archive"]
     ssh = [shlex.split(line) for line in lines[2:] if " ssh " in line]
     assert len(ssh) == 3  # unpack, install, run
     for words in ssh:
@@ -51,7 +53,10 @@ def test_tpu_pod_creates_or_reuses_ships_installs_and_runs_on_all_workers():
     run = next(w for w in ssh[-1] if w.startswith("--command=")).removeprefix("--command=")
     assert "BERT_JAX_INIT_TIMEOUT=600" in run and "PYTHONUNBUFFERED=1" in run
     assert shlex.join(TRAIN + ["--workdir=gs://bucket/run"]) in run
-    assert "pip install" in next(w for w in ssh[1] if w.startswith("--command="))
+    install = next(w for w in ssh[1] if w.startswith("--command="))
+    # The images' Python is 3.10: the package installs into a 3.11 virtualenv, and runs there.
+    assert "uv venv -q --python 3.11" in install and "uv pip install" in install
+    assert run.startswith(". ~/bert_jax_venv/bin/activate && ")
 
 
 def test_tpu_pod_can_clone_a_repository_instead():
@@ -82,8 +87,62 @@ def test_slurm_one_process_per_gpu():
     assert lines[-1] == "sbatch job.sbatch"
 
 
+def test_slurm_runs_in_the_repository_by_default_from_any_folder():
+    lines = dry_run("slurm.py", "--nodes=1", "--gpus_per_node=8", "--workdir=/shared/run",
+                    cwd=os.path.join(REPO, "launch"))
+    assert f"cd {shlex.quote(REPO)}" in lines
+
+
 def test_slurm_one_process_per_node():
     lines = dry_run("slurm.py", "--nodes=2", "--gpus_per_node=4", "--mode=per_node",
                     "--workdir=gs://b/r")
     text = "\n".join(lines)
     assert "#SBATCH --ntasks-per-node=1" in text and "--gpus-per-task" not in text
+
+
+def test_local_dry_run_shows_the_xla_flags_the_processes_get():
+    proc = subprocess.run([sys.executable, os.path.join(REPO, "launch", "local.py"),
+                           "--num_processes=2", "--devices_per_process=2", "--dry-run", "--",
+                           *TRAIN], capture_output=True, text=True, timeout=60,
+                          env=dict(os.environ, XLA_FLAGS="--xla_dump_to=/tmp/hlo"))
+    assert proc.returncode == 0, proc.stderr
+    for line in proc.stdout.splitlines()[:-1]:
+        assert ("XLA_FLAGS=--xla_dump_to=/tmp/hlo --xla_force_host_platform_device_count=2"
+                in shlex.split(line))
+
+
+# A child that reports SIGTERM, then exits 0 (as bert_jax's entrypoints do after saving).
+_CHILD = """
+import os, signal, sys, time
+signal.signal(signal.SIGTERM, lambda *_: (print("got SIGTERM", flush=True), sys.exit(0)))
+if sys.argv[1:] == ["kill"] and os.environ["BERT_JAX_PROCESS_ID"] == "1":
+    os.kill(os.getpid(), signal.SIGKILL)
+print("ready", flush=True)
+time.sleep(60)
+"""
+
+
+def _launch_children(*child_args: str) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, os.path.join(REPO, "launch", "local.py"),
+                             "--num_processes=2", "--", sys.executable, "-c", _CHILD,
+                             *child_args], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True)
+
+
+def test_local_passes_sigterm_to_every_process_and_waits_for_them():
+    launcher = _launch_children()
+    ready = 0
+    while ready < 2:  # both children have installed their handler
+        ready += launcher.stdout.readline().endswith("ready\n")
+    launcher.send_signal(signal.SIGTERM)
+    out, err = launcher.communicate(timeout=30)
+    assert launcher.returncode == 0, err
+    assert sorted(line for line in out.splitlines() if "got SIGTERM" in line) == [
+        "[process 0] got SIGTERM", "[process 1] got SIGTERM"]
+
+
+def test_local_reports_a_process_killed_by_a_signal_as_128_plus_it():
+    launcher = _launch_children("kill")
+    _, err = launcher.communicate(timeout=60)
+    assert launcher.returncode == 128 + signal.SIGKILL == 137, err
+    assert "process 1 exited with status 137" in err

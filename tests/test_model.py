@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 
 from bert_jax.model import NAMED_SIZES, BertEncoder, BertForPreTraining, ModelConfig, layers
+from bert_jax.model import inputs
 
 
 def _count(tree) -> int:
@@ -331,6 +332,31 @@ def test_batch_field_of_wrong_rank_or_dtype_is_named(tiny_params, field, value, 
     kwargs = {"input_ids": np.ones((1, 8), np.int32), field: value}
     with pytest.raises((ValueError, TypeError), match=message):
         BertEncoder(_tiny()).apply({"params": tiny_params}, **kwargs)
+
+
+def test_pretraining_input_ids_of_wrong_rank_are_named():
+    model = BertForPreTraining(_tiny())
+    variables = model.init(jax.random.key(0), jnp.ones((1, 8), jnp.int32),
+                           masked_positions=jnp.zeros((1, 2), jnp.int32))
+    for ids in (np.ones((8,), np.int32), np.ones((1, 8, 1), np.int32)):
+        with pytest.raises(ValueError, match="'input_ids' must have rank 2"):
+            model.apply(variables, ids, masked_positions=np.zeros((1, 2), np.int32))
+
+
+def test_cudnn_attention_needs_a_half_dtype_and_padding_at_the_end():
+    with pytest.raises(ValueError, match="attention_implementation='cudnn' needs dtype bfloat16 "
+                                         "or float16"):
+        dataclasses.replace(_tiny(), attention_implementation="cudnn")
+    config = dataclasses.replace(_tiny(), dtype="bfloat16", attention_implementation="cudnn")
+    ids = np.ones((2, 6), np.int32)
+    right = np.asarray([[1, 1, 1, 1, 0, 0], [1, 1, 1, 1, 1, 1]], np.int32)
+    inputs.complete_and_check(config, ids, None, right, None, None)  # padding at the end: fine
+    for mask in ([[0, 0, 1, 1, 1, 1], [1] * 6], [[1] * 6, [1, 1, 0, 1, 1, 0]]):  # left, a hole
+        with pytest.raises(ValueError, match=r"attention_mask row \d has padding before some "
+                                             "of its tokens"):
+            inputs.complete_and_check(config, ids, None, np.asarray(mask, np.int32), None, None)
+    # Packed rows keep their mask (not lengths), so they may hold padding anywhere.
+    inputs.complete_and_check(config, ids, None, np.asarray(mask, np.int32), ids, ids * 0)
 
 
 def test_masked_position_beyond_the_sequence_is_rejected():

@@ -99,6 +99,9 @@ def test_input_lines_split_at_the_first_tab_only_for_pair_commands(tmp_path):
         ("x", "y"), ("one", "two\tthree"), ("single", None)]
     assert predict.read_inputs([], [], str(path), pairs=False) == [
         ("one\ttwo\tthree", None), ("single", None)]
+    path.write_text("first\nsecond\n", encoding="utf-8-sig")  # a byte-order mark
+    assert predict.read_inputs([], [], str(path), pairs=False) == [("first", None),
+                                                                   ("second", None)]
 
 
 def test_text_b_misuse_is_a_usage_error():
@@ -130,8 +133,9 @@ def test_qa_reads_flags_then_json_lines(squad_checkpoints, squad_questions,  # n
                                         tmp_path):
     (question, context), *rest = squad_questions
     input_file = tmp_path / "questions.jsonl"
+    # With a byte-order mark, as Notepad and PowerShell write UTF-8: not part of the first line.
     input_file.write_text("".join(json.dumps({"question": q, "context": c, "id": i}) + "\n\n"
-                                  for i, (q, c) in enumerate(rest)), encoding="utf-8")
+                                  for i, (q, c) in enumerate(rest)), encoding="utf-8-sig")
     records = predict.records("qa", _options(
         checkpoint=squad_checkpoints["v2"], question=[question], context=[context],
         input_file=str(input_file), top_k=2))

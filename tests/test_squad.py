@@ -502,3 +502,23 @@ def test_postprocess_v2_null_answer(wordpiece):
     assert lenient == {"q0": "Normandy", "q1": "France", "q2": "The"}
     plain, none, _ = squad.postprocess(examples, f, start, end)
     assert plain["q0"] == "Normandy" and none == {}
+
+
+def test_answer_ending_in_a_combining_mark_keeps_it(wordpiece):
+    """The uncased vocabulary's normalisation drops a decomposed accent (e + U+0301), so the
+    piece's offsets end before it; the answer is the whole word, as the gold answer is."""
+    word = "Montre\u0301al"  # decomposed: the mark inside the word
+    ending = "cafe\u0301"  # decomposed: the mark ends the word, and the answer
+    context = f"The {ending} in {word} opened in 1910."
+    examples = [_example("q0", context, [(ending, 4)]), _example("q1", context, [(word, 13)])]
+    f = squad.make_features(examples, wordpiece, max_seq_length=48, max_query_length=8,
+                            training=True)
+    spans = f.token_char_spans[0]
+    assert spans[f.end_positions[0], 1] == 4 + len(ending) - 1  # the offsets lose the mark
+    start = np.zeros(f.input_ids.shape, np.float32)
+    end = np.zeros(f.input_ids.shape, np.float32)
+    for row in range(2):
+        start[row, f.start_positions[row]] = end[row, f.end_positions[row]] = 5.0
+    predictions, _, _ = squad.postprocess(examples, f, start, end)
+    assert predictions == {"q0": ending, "q1": word}
+    assert squad_metrics.squad_v1_scores(examples, predictions)["exact_match"] == 100.0

@@ -66,6 +66,9 @@ class ModelConfig:
             if not jnp.issubdtype(dtype, jnp.floating):
                 raise ValueError(f"{name}={getattr(self, name)!r} is not a floating-point type; "
                                  "expected float32, bfloat16 or float16")
+        if self.attention_implementation == "cudnn" and self.compute_dtype == jnp.float32:
+            raise ValueError("attention_implementation='cudnn' needs dtype bfloat16 or float16 "
+                             "(cuDNN's fused attention has no float32 kernel); got float32")
 
     @property
     def head_dim(self) -> int:

@@ -59,7 +59,7 @@ class BertForPreTraining(nn.Module):
     def __call__(self, input_ids, token_type_ids=None, attention_mask=None, *,
                  masked_positions, sequence_ids=None, position_ids=None,
                  deterministic: bool = True):
-        inputs.check_masked_positions(masked_positions, *input_ids.shape)
+        inputs.check_masked_positions(masked_positions, input_ids)
         sequence_output, pooled_output = self.bert(
             input_ids, token_type_ids, attention_mask, sequence_ids=sequence_ids,
             position_ids=position_ids, deterministic=deterministic,

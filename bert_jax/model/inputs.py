@@ -50,6 +50,8 @@ def complete_and_check(config: ModelConfig, input_ids, token_type_ids, attention
     _check_range("token_type_ids", token_type_ids, config.type_vocab_size, "type_vocab_size")
     _check_range("position_ids", position_ids, config.max_position_embeddings,
                  "max_position_embeddings")
+    if config.attention_implementation == "cudnn" and sequence_ids is None:
+        _check_padding_at_the_end(attention_mask)
 
     if token_type_ids is None:
         token_type_ids = jnp.zeros_like(input_ids)
@@ -60,7 +62,27 @@ def complete_and_check(config: ModelConfig, input_ids, token_type_ids, attention
     return input_ids, token_type_ids, attention_mask, position_ids
 
 
-def check_masked_positions(masked_positions, batch: int, length: int):
+def _check_padding_at_the_end(attention_mask):
+    """cuDNN's attention takes a row's padding as its key length (layers.fused_attention), so
+    the row's tokens must come first: left padding or a hole would silently attend to padding
+    and drop tokens. Checked where the mask is concrete; the pipeline and the tokenizers always
+    pad at the end."""
+    if attention_mask is None or not _is_concrete(attention_mask) or attention_mask.size == 0:
+        return
+    mask = np.asarray(attention_mask) != 0
+    lengths = mask.sum(axis=1, keepdims=True)
+    prefix = np.arange(mask.shape[1])[None, :] < lengths
+    bad = np.flatnonzero((mask != prefix).any(axis=1))
+    if bad.size:
+        raise ValueError(
+            f"attention_mask row {int(bad[0])} has padding before some of its tokens (left "
+            "padding or a hole): attention_implementation='cudnn' reads a row's padding as its "
+            "length and needs it at the end; pad on the right, or use XLA's attention")
+
+
+def check_masked_positions(masked_positions, input_ids):
+    _check_field("input_ids", input_ids, 2)  # first: its shape gives batch and length
+    batch, length = input_ids.shape
     _check_field("masked_positions", masked_positions, 2)
     if masked_positions.shape[0] != batch:
         raise ValueError(

@@ -23,6 +23,7 @@ import dataclasses
 import io
 import json
 import os
+import unicodedata
 import zipfile
 from collections.abc import Iterable, Sequence
 
@@ -448,7 +449,7 @@ def _ranked_answers(context, features, rows, null, start_logits, end_logits, n_b
             answer = (float(score[k]), float(start_logits[null, 0]), float(end_logits[null, 0]), "")
         else:
             spans = features.token_char_spans[r]
-            text = context[spans[i, 0]:spans[j, 1]]
+            text = span_text(context, spans[i, 0], spans[j, 1])
             if not text:  # pieces without characters of their own (SentencePiece)
                 continue
             answer = (float(score[k]), float(start_logits[r, i]), float(end_logits[r, j]), text)
@@ -462,6 +463,16 @@ def _ranked_answers(context, features, rows, null, start_logits, end_logits, n_b
         chosen.append((float(start_logits[null, 0] + end_logits[null, 0]),
                        float(start_logits[null, 0]), float(end_logits[null, 0]), ""))
     return chosen, best
+
+
+def span_text(context: str, begin: int, end: int) -> str:
+    """context[begin:end], its end moved past combining characters (a decomposed accent, as in
+    "cafe\u0301"): the tokenizers' normalisation drops them, so a piece's offsets end before
+    them, while the original BERT answers with whole whitespace-separated words, marks and all
+    (and the gold answers keep them)."""
+    while end < len(context) and unicodedata.combining(context[end]):
+        end += 1
+    return context[begin:end]
 
 
 def _window_spans_scored(features, row, start_logits, end_logits, n_best_size,
