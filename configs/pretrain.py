@@ -45,6 +45,9 @@ def get_config(arg: str = "base") -> config_dict.ConfigDict:
 
     config.data = config_dict.ConfigDict(dict(
         source="builtin",  # builtin | text:GLOB | prose:GLOB | tfds:NAME[:SPLIT] | A+B (both)
+        # A+B+...: times a train epoch reads each source, e.g. (2, 1) upsamples A; a fraction
+        # reads that share of its files. Empty: once each (they mix in proportion to size).
+        source_repeats=(),
         mode="nsp",  # nsp | full_sentences
         max_seq_length=128,
         max_predictions_per_seq=20,

@@ -361,6 +361,7 @@ def test_packing_restarts_positions_and_never_overflows(data_dir, tokenizer):
         ("gutenberg", "nsp", False, 7, 5),  # resumes in the middle of a chunk
         ("sample", "full_sentences", True, 5, 6),  # crosses epochs (3 short documents)
         ("joined", "full_sentences", False, 6, 5),  # books + sample: host 1 reads both
+        ("upsampled", "nsp", False, 6, 5),  # the same, books twice and the sample half the time
     ],
 )
 def test_resume_continues_the_same_stream(data_dir, tokenizer, source, mode, pack, n, m):
@@ -368,8 +369,9 @@ def test_resume_continues_the_same_stream(data_dir, tokenizer, source, mode, pac
         "gutenberg": f"prose:{data_dir}/gutenberg/*.txt",
         "sample": f"text:{data_dir}/bert_sample/sample_text.txt",
         "joined": f"prose:{data_dir}/gutenberg/*.txt+text:{data_dir}/bert_sample/sample_text.txt",
-    }[source]
-    config = pipeline.PipelineConfig(spec, mode=mode, pack=pack, max_seq_length=128)
+    }[source.replace("upsampled", "joined")]
+    config = pipeline.PipelineConfig(spec, mode=mode, pack=pack, max_seq_length=128,
+                                     source_repeats=(2, 0.5) if source == "upsampled" else ())
 
     def make():
         return pipeline.make_pretraining_iterator(
@@ -393,6 +395,48 @@ def test_resume_continues_the_same_stream(data_dir, tokenizer, source, mode, pac
         for key in want:
             np.testing.assert_array_equal(got[key], want[key], err_msg=key)
     resumed.close()
+
+
+def test_source_repeats_read_each_source_that_many_times_an_epoch():
+    books, sample = [0, 1, 2, 3, 4], [5]  # units of data.source=BOOKS+SAMPLE, say
+
+    def visits(order):
+        return [order.count(u) for u in books + sample]
+
+    orders = [pipeline.train_unit_order(6, 0, 0, epoch, [2] * 5 + [1]) for epoch in range(3)]
+    assert all(visits(order) == [2] * 5 + [1] for order in orders)
+    assert orders[0] != orders[1]  # a new order every epoch
+    # A fraction: that share of the source's units, another choice each epoch.
+    chosen = []
+    for epoch in range(20):
+        order = pipeline.train_unit_order(6, 0, 0, epoch, [0.4] * 5 + [1.5])
+        assert sum(order.count(u) for u in books) == 2 and all(order.count(u) <= 1 for u in books)
+        assert order.count(5) in (1, 2)  # 1.5 of one unit: once, or twice every other epoch
+        chosen.append(tuple(sorted(set(order) - {5})))
+    assert len(set(chosen)) > 3
+    # Without repeats, the order is what it always was (resumed runs read on as before).
+    assert pipeline.train_unit_order(6, 0, 0, 1) == np.random.default_rng(
+        [0, 0, 1, 0xF11E]).permutation(6).tolist()
+
+
+def test_source_repeats_multiply_a_sources_examples(data_dir, tokenizer):
+    book, sample = (f"prose:{data_dir}/gutenberg/11-0.txt",
+                    f"text:{data_dir}/bert_sample/sample_text.txt")
+
+    def examples_in_an_epoch(spec, repeats=()):
+        config = pipeline.PipelineConfig(spec, mode="full_sentences", max_seq_length=128,
+                                         eval_fraction=0.0, source_repeats=repeats)
+        return sum(1 for _ in pipeline.iter_examples(config, tokenizer, seed=0))
+
+    alone = examples_in_an_epoch(book), examples_in_an_epoch(sample)
+    upsampled = examples_in_an_epoch(f"{book}+{sample}", (3, 1))
+    print(f"book {alone[0]}, sample {alone[1]} examples; 3 x book + sample: {upsampled}")
+    assert upsampled == pytest.approx(3 * alone[0] + alone[1], rel=0.02)
+    with pytest.raises(ValueError, match=r"data.source_repeats=\(3,\) has 1 values for the 2 "
+                                         "source"):
+        pipeline.PipelineConfig(f"{book}+{sample}", source_repeats=(3,))
+    with pytest.raises(ValueError, match="every value must be > 0"):
+        pipeline.PipelineConfig(f"{book}+{sample}", source_repeats=(1, 0))
 
 
 def test_place_maps_batches_in_the_prefetch_thread(data_dir, tokenizer):

@@ -53,8 +53,21 @@ class PipelineConfig:
     short_seq_prob: float = 0.1
     pack: bool = False
     eval_fraction: float = 0.01  # documents held out for evaluation, chosen by a stable hash
+    # For source=A+B+...: how many times a train epoch reads each source (its units, each time
+    # with new examples and masks), e.g. (2, 1) upsamples A; a fraction reads that share of its
+    # units, a different choice every epoch. Empty: once each (the sources mix by size).
+    source_repeats: tuple[float, ...] = ()
 
     def __post_init__(self):
+        object.__setattr__(self, "source_repeats", tuple(self.source_repeats))
+        parts = self.source.count("+") + 1
+        if self.source_repeats and len(self.source_repeats) != parts:
+            raise ValueError(f"data.source_repeats={self.source_repeats} has "
+                             f"{len(self.source_repeats)} values for the {parts} source(s) of "
+                             f"data.source={self.source!r}: give one per source")
+        if any(not repeats > 0 for repeats in self.source_repeats):
+            raise ValueError(f"data.source_repeats={self.source_repeats}: every value must be "
+                             "> 0 (a source read 0 times does not belong in data.source)")
         if self.mode not in (examples_lib.NSP, examples_lib.FULL_SENTENCES):
             raise ValueError(f"data.mode must be 'nsp' or 'full_sentences', not {self.mode!r}")
         if self.pack and self.mode == examples_lib.NSP:
@@ -160,11 +173,16 @@ class _ExampleStream:
             yield self._make_chunk(epoch, index, docs, positions)
 
     def _unit_order(self, epoch: int) -> list[int]:
-        """Train visits this host's units in a new order every epoch; eval in a fixed one."""
+        """Train visits this host's units in a new order every epoch (some several times, or
+        some not at all, under source_repeats); eval each once, in a fixed order."""
         n = len(self.shard.units)
         if self.split == "eval":
             return list(range(n))
-        return train_unit_order(n, self.seed, self.host, epoch)
+        repeats = None
+        if self.config.source_repeats:
+            part_of = getattr(self.shard.source, "part_of", lambda unit: 0)  # one source: 0
+            repeats = [self.config.source_repeats[part_of(unit)] for unit in self.shard.units]
+        return train_unit_order(n, self.seed, self.host, epoch, repeats)
 
     def _is_held_out(self, doc: list[str]) -> bool:
         """Stable across runs, hosts and sharding: a hash of the document's text."""
@@ -213,9 +231,27 @@ def _encode_flat(tokenizer, texts: list[str]) -> tuple[np.ndarray, np.ndarray]:
     return np.fromiter(itertools.chain.from_iterable(ids), np.int32, int(lengths.sum())), lengths
 
 
-def train_unit_order(num_units: int, seed: int, host: int, epoch: int) -> list[int]:
-    """The order in which a host's train stream visits its units (files) in an epoch."""
-    return np.random.default_rng([seed, host, epoch, 0xF11E]).permutation(num_units).tolist()
+def train_unit_order(num_units: int, seed: int, host: int, epoch: int,
+                     repeats: list[float] | None = None) -> list[int]:
+    """The order in which a host's train stream visits its units (files) in an epoch.
+
+    `repeats[u]`: how many times unit u is visited. Units that share a fractional part (those
+    of one source) split it: that share of them, drawn afresh each epoch, get one visit more
+    (the count rounded up or down at random, so that a source of one file read 0.5 times is
+    read every other epoch on average).
+    """
+    rng = np.random.default_rng([seed, host, epoch, 0xF11E])
+    if repeats is None:
+        return rng.permutation(num_units).tolist()
+    visits = []
+    for whole in sorted({int(r) for r in repeats}):
+        visits += [u for u, r in enumerate(repeats) if int(r) == whole] * whole
+    for fraction in sorted({r % 1 for r in repeats} - {0.0}):
+        sharing = [u for u, r in enumerate(repeats) if r % 1 == fraction]
+        count = int(fraction * len(sharing) + rng.random())
+        chosen = rng.choice(len(sharing), count, replace=False)
+        visits += [sharing[i] for i in sorted(chosen)]
+    return [visits[i] for i in rng.permutation(len(visits))]
 
 
 class _Failure:

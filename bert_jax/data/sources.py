@@ -7,7 +7,8 @@ A source spec names where the text is:
     tfds:NAME[:SPLIT]  a TFDS dataset (default split "train"); a record's "text" is a document
     builtin            Python's own documentation: pydoc topics + standard-library docstrings
     SPEC+SPEC+...      several sources as one corpus, their units together (the BERT paper's
-                       BooksCorpus + English Wikipedia: prose:gs://b/books/*.txt+tfds:wikipedia/..)
+                       BooksCorpus + English Wikipedia: prose:gs://b/books/*.txt+tfds:wikipedia/..);
+                       data.source_repeats reads some more often than others (pipeline.py)
 GLOBs may be local or on gs:// (read through tf.io.gfile), comma-separated for several patterns.
 
 Every source is a list of *units* (a file, a slice of TFDS records, a stdlib module) holding
@@ -282,8 +283,12 @@ class ConcatSource(Source):
         return self._first_units[-1]
 
     def read_unit(self, unit: int, start_doc: int = 0) -> Iterator[Document]:
-        part = bisect.bisect_right(self._first_units, unit) - 1
+        part = self.part_of(unit)
         return self.parts[part].read_unit(unit - self._first_units[part], start_doc)
+
+    def part_of(self, unit: int) -> int:
+        """Which of the joined sources (0, 1, ...) holds the unit."""
+        return bisect.bisect_right(self._first_units, unit) - 1
 
 
 def open_source(spec: str, skips: SkipCounter | None = None) -> Source:
