@@ -89,6 +89,9 @@ def test_padding_does_not_change_outputs_at_real_positions(tiny_params):
     padded_seq, padded_pooled = model({"params": tiny_params}, padded_ids, padded_types, mask)
     np.testing.assert_allclose(padded_seq[:, :10], seq, atol=1e-5)
     np.testing.assert_allclose(padded_pooled, pooled, atol=1e-5)
+    # A boolean mask (as jax code often holds one) means the same.
+    bool_seq, _ = model({"params": tiny_params}, padded_ids, padded_types, mask.astype(bool))
+    np.testing.assert_array_equal(bool_seq, padded_seq)
 
 
 def test_packed_row_equals_its_examples_run_separately(tiny_params):
@@ -109,6 +112,9 @@ def test_packed_row_equals_its_examples_run_separately(tiny_params):
     for n, expected in zip(lengths, separate):
         np.testing.assert_allclose(packed[:, start:start + n], expected, atol=1e-5)
         start += n
+    # Without position_ids, each sequence's positions restart at 0 all the same.
+    derived, _ = model({"params": tiny_params}, packed_ids, None, mask, sequence_ids=sequence_ids)
+    np.testing.assert_array_equal(derived[:, :total], packed[:, :total])
 
 
 def test_bfloat16_forward_is_close_to_float32(tiny_params):

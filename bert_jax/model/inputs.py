@@ -12,7 +12,8 @@ def _check_field(name: str, value, rank: int, shape=None):
         return
     if value.ndim != rank:
         raise ValueError(f"batch field {name!r} must have rank {rank}, got shape {value.shape}")
-    if not jnp.issubdtype(value.dtype, jnp.integer):
+    is_mask = name == "attention_mask" and value.dtype == bool  # as jax code often holds one
+    if not (jnp.issubdtype(value.dtype, jnp.integer) or is_mask):
         raise TypeError(f"batch field {name!r} must be an integer array, got {value.dtype}")
     if shape is not None and tuple(value.shape) != tuple(shape):
         raise ValueError(f"batch field {name!r} has shape {value.shape}, expected {shape}")
@@ -59,7 +60,18 @@ def complete_and_check(config: ModelConfig, input_ids, token_type_ids, attention
         attention_mask = jnp.ones_like(input_ids)
     if position_ids is None:
         position_ids = jnp.broadcast_to(jnp.arange(length, dtype=input_ids.dtype), (batch, length))
+        if sequence_ids is not None:  # packed rows: each sequence's positions start at 0
+            position_ids = position_ids - _sequence_starts(sequence_ids)
     return input_ids, token_type_ids, attention_mask, position_ids
+
+
+def _sequence_starts(sequence_ids):
+    """[B, L] -> the index where each position's sequence (run of equal ids) starts."""
+    index = jnp.arange(sequence_ids.shape[1], dtype=sequence_ids.dtype)
+    starts_here = jnp.concatenate(
+        [jnp.ones_like(sequence_ids[:, :1], bool), sequence_ids[:, 1:] != sequence_ids[:, :-1]],
+        axis=1)
+    return jax.lax.cummax(jnp.where(starts_here, index, 0), axis=1)
 
 
 def _check_padding_at_the_end(attention_mask):
