@@ -119,14 +119,17 @@ def test_overflowing_step_is_skipped_and_halves_the_scale(data_dir):
     assert float(after.loss_scale.scale) == 2.0 ** 15
     assert loop.host_step_metrics(1, metrics, skip_nonfinite=False)["overflow"] == 0.0
 
-    # Non-finite at the minimum scale is divergence, not a scale too large: it stops the run.
-    at_minimum = state.replace(loss_scale=state.loss_scale.replace(scale=jnp.float32(MINIMUM)))
+    # A non-finite loss is divergence, not a scale too large, and so is a non-finite step at
+    # the minimum scale: either stops the run (as without a loss scale).
     params = jax.tree_util.tree_map(lambda x: x, state.params)  # new dicts, same arrays
     embeddings = params["bert"]["embeddings"]["token_embed"]
     embeddings["embedding"] = embeddings["embedding"].at[batch["input_ids"][0, 1]].set(jnp.nan)
-    _, metrics = step(at_minimum.replace(params=params), batch, jax.random.key(1))
-    with pytest.raises(loop.NonFiniteLossError, match="at step 7"):
-        loop.host_step_metrics(7, metrics, skip_nonfinite=False)
+    for scale in (2.0 ** 15, MINIMUM):
+        poisoned = state.replace(params=params,
+                                 loss_scale=state.loss_scale.replace(scale=jnp.float32(scale)))
+        _, metrics = step(poisoned, batch, jax.random.key(1))
+        with pytest.raises(loop.NonFiniteLossError, match="at step 7"):
+            loop.host_step_metrics(7, metrics, skip_nonfinite=False)
 
 
 def test_float16_pretraining_overflows_recovers_and_resumes_exactly(data_dir, tmp_path):

@@ -409,11 +409,15 @@ def test_source_repeats_read_each_source_that_many_times_an_epoch():
     # A fraction: that share of the source's units, another choice each epoch.
     chosen = []
     for epoch in range(20):
-        order = pipeline.train_unit_order(6, 0, 0, epoch, [0.4] * 5 + [1.5])
+        order = pipeline.train_unit_order(6, 0, 0, epoch, [0.4] * 5 + [1.5], [0] * 5 + [1])
         assert sum(order.count(u) for u in books) == 2 and all(order.count(u) <= 1 for u in books)
         assert order.count(5) in (1, 2)  # 1.5 of one unit: once, or twice every other epoch
         chosen.append(tuple(sorted(set(order) - {5})))
     assert len(set(chosen)) > 3
+    # Two sources with the same fraction each get their share: 0.5 of 4 units, 0.5 of 2.
+    for epoch in range(5):
+        order = pipeline.train_unit_order(6, 0, 0, epoch, [0.5] * 6, [0] * 4 + [1] * 2)
+        assert len([u for u in order if u < 4]) == 2 and len([u for u in order if u >= 4]) == 1
     # Without repeats, the order is what it always was (resumed runs read on as before).
     assert pipeline.train_unit_order(6, 0, 0, 1) == np.random.default_rng(
         [0, 0, 1, 0xF11E]).permutation(6).tolist()

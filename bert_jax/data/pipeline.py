@@ -178,11 +178,12 @@ class _ExampleStream:
         n = len(self.shard.units)
         if self.split == "eval":
             return list(range(n))
-        repeats = None
-        if self.config.source_repeats:
-            part_of = getattr(self.shard.source, "part_of", lambda unit: 0)  # one source: 0
-            repeats = [self.config.source_repeats[part_of(unit)] for unit in self.shard.units]
-        return train_unit_order(n, self.seed, self.host, epoch, repeats)
+        if not self.config.source_repeats:
+            return train_unit_order(n, self.seed, self.host, epoch)
+        part_of = getattr(self.shard.source, "part_of", lambda unit: 0)  # one source: 0
+        parts = [part_of(unit) for unit in self.shard.units]
+        return train_unit_order(n, self.seed, self.host, epoch,
+                                [self.config.source_repeats[p] for p in parts], parts)
 
     def _is_held_out(self, doc: list[str]) -> bool:
         """Stable across runs, hosts and sharding: a hash of the document's text."""
@@ -232,25 +233,25 @@ def _encode_flat(tokenizer, texts: list[str]) -> tuple[np.ndarray, np.ndarray]:
 
 
 def train_unit_order(num_units: int, seed: int, host: int, epoch: int,
-                     repeats: list[float] | None = None) -> list[int]:
+                     repeats: list[float] | None = None,
+                     parts: list[int] | None = None) -> list[int]:
     """The order in which a host's train stream visits its units (files) in an epoch.
 
-    `repeats[u]`: how many times unit u is visited. Units that share a fractional part (those
-    of one source) split it: that share of them, drawn afresh each epoch, get one visit more
-    (the count rounded up or down at random, so that a source of one file read 0.5 times is
-    read every other epoch on average).
+    `repeats[u]`: how many times unit u is visited, the whole part of it. The units of one
+    source (`parts[u]`, the same for all by default) share its fractional part: that share of
+    them, drawn afresh each epoch, get one visit more (the count rounded up or down at random,
+    so that a source of one file read 0.5 times is read every other epoch on average).
     """
     rng = np.random.default_rng([seed, host, epoch, 0xF11E])
     if repeats is None:
         return rng.permutation(num_units).tolist()
-    visits = []
-    for whole in sorted({int(r) for r in repeats}):
-        visits += [u for u, r in enumerate(repeats) if int(r) == whole] * whole
-    for fraction in sorted({r % 1 for r in repeats} - {0.0}):
-        sharing = [u for u, r in enumerate(repeats) if r % 1 == fraction]
-        count = int(fraction * len(sharing) + rng.random())
-        chosen = rng.choice(len(sharing), count, replace=False)
-        visits += [sharing[i] for i in sorted(chosen)]
+    parts = [0] * num_units if parts is None else parts
+    visits = [u for u, r in enumerate(repeats) for _ in range(int(r))]
+    for part in sorted(set(parts)):
+        units = [u for u in range(num_units) if parts[u] == part]
+        fraction = repeats[units[0]] % 1
+        count = int(fraction * len(units) + rng.random()) if fraction else 0
+        visits += [units[i] for i in sorted(rng.choice(len(units), count, replace=False))]
     return [visits[i] for i in rng.permutation(len(visits))]
 
 

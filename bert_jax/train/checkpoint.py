@@ -291,9 +291,9 @@ class TrainCheckpointer:
                 loss_scale = jax.device_put(abstract_scale.restart(), jax.tree_util.tree_map(
                     lambda leaf: leaf.sharding, abstract_scale))
         meta = restored[META]
-        state = TrainState(step=jax.device_put(np.int32(meta["step"]), abstract_state.step.sharding),
-                           params=restored[PARAMS], opt_state=restored[OPT_STATE],
-                           loss_scale=loss_scale)
+        step_array = jax.device_put(np.int32(meta["step"]), abstract_state.step.sharding)
+        state = TrainState(step=step_array, params=restored[PARAMS],
+                           opt_state=restored[OPT_STATE], loss_scale=loss_scale)
         return state, data_state, meta
 
     def wait(self) -> None:

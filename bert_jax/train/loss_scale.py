@@ -10,6 +10,8 @@ large a scale overflows float16 to inf: that step's update is skipped and the sc
 does not overflow. Parameters and optimizer state stay float32 (model.param_dtype=float32).
 """
 
+import math
+
 import flax.struct
 import jax
 import jax.numpy as jnp
@@ -69,6 +71,7 @@ def for_training(model_config, train_config) -> DynamicLossScale | None:
 
 
 def overflowed(metrics: dict) -> bool:
-    """Whether a step's host metrics (non-finite) are a float16 overflow that lowered the scale,
-    as opposed to divergence: only a scale above the minimum can be too large."""
-    return metrics.get("loss_scale", 0.0) > MINIMUM
+    """Whether a non-finite step's host metrics are a float16 overflow of the scaled gradients,
+    which lowered the scale, as opposed to divergence: the loss itself (computed unscaled) was
+    finite, and only a scale above the minimum can be too large."""
+    return metrics.get("loss_scale", 0.0) > MINIMUM and math.isfinite(metrics["loss"])
