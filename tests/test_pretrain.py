@@ -765,10 +765,13 @@ def test_first_step_and_evaluations_stay_out_of_the_logged_rates(data_dir, tmp_p
 
 
 def test_evaluation_that_rereads_its_documents_says_so(data_dir, tmp_path, caplog):
-    """1% of the built-in corpus is ~160 sequences of 32: 40 batches of 8 read it twice."""
-    overrides = {**_small_overrides(data_dir), "data.source": "builtin", "train.num_steps": 1,
-                 "eval.every_steps": 1, "eval.num_batches": 40, "checkpoint.every_steps": 1}
+    """10% of one book's ~20 documents is one, ~7 batches of 8 sequences of 32: 40 batches
+    read it several times."""
+    book = f"prose:{data_dir}/gutenberg/11-0.txt"
+    overrides = {**_small_overrides(data_dir), "data.source": book, "data.eval_fraction": 0.1,
+                 "train.num_steps": 1, "eval.every_steps": 1, "eval.num_batches": 40,
+                 "checkpoint.every_steps": 1}
     with caplog.at_level(logging.WARNING):
         loop.train_and_evaluate(_config(overrides), str(tmp_path))
     assert "reads the held-out documents" in caplog.text
-    assert "data.eval_fraction (now 0.01)" in caplog.text
+    assert "data.eval_fraction (now 0.1)" in caplog.text
