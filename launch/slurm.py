@@ -73,6 +73,12 @@ def main(argv=None) -> int:
         parser.error("give the command to run after --")
     if args.nodes < 1 or args.gpus_per_node < 1:
         parser.error("--nodes and --gpus_per_node must be >= 1")
+    for name in ("job_name", "log_dir", "partition", "account", "time"):
+        value = getattr(args, name)
+        if value and any(c.isspace() for c in value):
+            # #SBATCH lines are not shell lines: sbatch would split such a value at the space.
+            parser.error(f"--{name}={value!r} holds whitespace, which an #SBATCH line cannot "
+                         "carry; choose a name or folder without spaces")
 
     script = sbatch_script(args, command)
     submit = ["sbatch", args.script]

@@ -146,3 +146,12 @@ def test_local_reports_a_process_killed_by_a_signal_as_128_plus_it():
     _, err = launcher.communicate(timeout=60)
     assert launcher.returncode == 128 + signal.SIGKILL == 137, err
     assert "process 1 exited with status 137" in err
+
+
+def test_slurm_refuses_a_directive_value_with_spaces():
+    proc = subprocess.run([sys.executable, os.path.join(REPO, "launch", "slurm.py"), "--nodes=1",
+                           "--gpus_per_node=8", "--workdir=/shared/run",
+                           "--log_dir=/shared/my logs", "--dry-run", "--", *TRAIN],
+                          capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 2
+    assert "--log_dir='/shared/my logs' holds whitespace" in proc.stderr
