@@ -29,7 +29,10 @@
 # tree into a folder git ignores, e.g. `git archive REV bert_jax benchmarks | tar -x -C .ab/REV`
 # (with `/.ab/` in .git/info/exclude), name `.ab` in the device call's carry, and run the suite
 # (or benchmarks/train_step.py) once from the repository root and once from inside .ab/REV: the
-# rows import the package from the folder they run in.
+# rows import the package from the folder they run in. Waiting for such an A/B: the branch
+# single-pass-guard, whose non-finite guard chooses old-or-new on the gradient's finiteness
+# alone (fused into the update, no second pass over params and moments; its
+# benchmarks/update_phase.py times the two), and the LayerNorm derivative rule (1f7990c^ before).
 #
 # Needs jax with a GPU backend, flax, optax, absl-py and ml_collections; nothing else of the package
 # (no TensorFlow: the step runs on synthetic batches). Where ml_collections is missing and pip
