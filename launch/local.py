@@ -10,9 +10,9 @@
 Every process runs the same command; only its environment differs (BERT_JAX_PROCESS_ID, read by
 bert_jax.parallel.multihost). Output is streamed with a [process i] prefix. When one process
 fails, the others are stopped, and the exit status is the first failure's (128 + N for a process
-killed by signal N). SIGTERM or Ctrl-C reaches every process as SIGTERM, which bert_jax's
-entrypoints answer by saving at the next step and exiting; a second one kills them. `--dry-run`
-prints the exact commands instead of running them.
+killed by signal N). SIGTERM, Ctrl-C or a closed terminal (SIGHUP) reaches every process as
+SIGTERM, which bert_jax's entrypoints answer by saving at the next step and exiting; a second
+one kills them. `--dry-run` prints the exact commands instead of running them.
 """
 
 import argparse
@@ -82,7 +82,9 @@ def run(envs: list[dict], command: list[str]) -> int:
             else:
                 proc.kill()
 
-    previous = {sig: signal.signal(sig, forward) for sig in (signal.SIGTERM, signal.SIGINT)}
+    # SIGHUP too: the children, in their own session, no longer get a closed terminal's.
+    previous = {sig: signal.signal(sig, forward)
+                for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)}
     for i, extra in enumerate(envs):
         # Their own session: a terminal's Ctrl-C reaches them only through `forward`, once.
         proc = subprocess.Popen(command, env=dict(os.environ, **extra), stdout=subprocess.PIPE,
