@@ -572,3 +572,31 @@ def test_masked_lm_model_imports_fills_masks_and_exports_back(tmp_path):
     assert not info["missing_keys"] and not info["unexpected_keys"]
     for name, tensor in model.state_dict().items():
         np.testing.assert_array_equal(again.state_dict()[name].numpy(), tensor.numpy(), name)
+
+
+def test_next_sentence_model_imports_as_its_encoder_and_pooler(tmp_path, caplog):
+    """transformers' BertForNextSentencePrediction (an NSP head, no MLM head) imports as an
+    encoder: its pooled output is transformers'."""
+    torch, transformers = require("torch"), require("transformers")
+    torch.manual_seed(0)
+    hf_config = transformers.BertConfig(vocab_size=512, hidden_size=64, num_hidden_layers=2,
+                                        num_attention_heads=4, intermediate_size=128,
+                                        max_position_embeddings=64)
+    model = transformers.BertForNextSentencePrediction(hf_config).eval()
+    model.save_pretrained(tmp_path / "nsp")
+    _write_vocab(tmp_path / "nsp")
+    convert.import_hf(str(tmp_path / "nsp"), str(tmp_path / "ours"))
+    assert "BertForNextSentencePrediction): imported as an encoder" in caplog.text
+
+    loaded = checkpoint.load_model(str(tmp_path / "ours"))
+    params = nn.unbox(loaded.params)
+    assert set(params) == {"embeddings", "encoder", "pooler"}
+    input_ids, token_type_ids, attention_mask, _ = _random_batch(np.random.default_rng(2))
+    with torch.no_grad():
+        want = model.bert(input_ids=torch.from_numpy(input_ids).long(),
+                          token_type_ids=torch.from_numpy(token_type_ids).long(),
+                          attention_mask=torch.from_numpy(attention_mask).long()
+                          ).pooler_output.numpy()
+    _, pooled = BertEncoder(loaded.model_config).apply({"params": params}, input_ids,
+                                                      token_type_ids, attention_mask)
+    np.testing.assert_allclose(np.asarray(pooled), want, atol=1e-5, rtol=0)

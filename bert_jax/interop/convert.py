@@ -68,7 +68,12 @@ _NO_TOKENIZER = ("a checkpoint is imported together with its vocabulary, so that
 def _save_imported(output: str, config: ModelConfig, tensors: dict,
                    tokenizer: tokenization.Tokenizer, source: str) -> str:
     """HF-named tensors + config + tokenizer -> step 0 of a checkpoint at `output`."""
-    with_heads = any(name.startswith("cls.") for name in tensors)
+    with_heads = any(name.startswith("cls.predictions.") for name in tensors)
+    if not with_heads and any(name.startswith(hf.NSP_PREFIX) for name in tensors):
+        logging.warning("%s has a next-sentence head but no masked-LM head (transformers' "
+                        "BertForNextSentencePrediction): imported as an encoder with its pooler, "
+                        "without that head (pre-training from it starts both heads fresh)",
+                        source)
     params = hf.params_from_hf(tensors, config, with_heads=with_heads)
     _check_vocab_size(tokenizer, config, source)
     meta = checkpoint.make_meta(0, config, tokenizer, source=source,
