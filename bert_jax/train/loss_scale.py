@@ -25,9 +25,10 @@ MINIMUM = 1.0
 class DynamicLossScale:
     scale: jax.Array  # float32 scalar: the factor on the loss
     good_steps: jax.Array  # int32 scalar: finite steps since the scale last changed
-    # Fixed for the run (part of the state's structure, not of its arrays).
-    initial: float = flax.struct.field(pytree_node=False, default=2.0 ** 15)
-    growth_interval: int = flax.struct.field(pytree_node=False, default=2000)
+    # Fixed for the run (part of the state's structure, not of its arrays); the config's
+    # train.loss_scale_initial and train.loss_scale_growth_interval, through create().
+    initial: float = flax.struct.field(pytree_node=False)
+    growth_interval: int = flax.struct.field(pytree_node=False)
 
     @classmethod
     def create(cls, initial: float, growth_interval: int) -> "DynamicLossScale":
