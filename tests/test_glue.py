@@ -113,6 +113,23 @@ def test_rte_guids_are_the_index_column(glue_dir):
     assert [e.guid for e in examples[:3]] == ["0", "1", "2"]
 
 
+def test_qqp_test_rows_keep_their_id_column_in_the_submission(tmp_path):
+    # QQP's test file names its id column `id`, every other task's `index`; the GLUE server
+    # matches predictions to rows by it.
+    _write(tmp_path / "QQP" / "test.tsv",
+           "id\tquestion1\tquestion2\n17\tIs it?\tIs it so?\n4\tWhy?\tHow?\n")
+    task = glue.get_task("qqp")
+    examples = glue.load_examples(task, "test", directory=str(tmp_path))
+    assert [e.guid for e in examples] == ["17", "4"]
+    path = tmp_path / "QQP.tsv"
+    glue.write_submission(str(path), task, [e.guid for e in examples], np.array([1, 0]))
+    assert path.read_text() == "index\tprediction\n17\t1\n4\t0\n"
+    # A test file without an id column cannot make a submission.
+    _write(tmp_path / "QQP" / "test.tsv", "question1\tquestion2\nIs it?\tIs it so?\n")
+    with pytest.raises(ValueError, match=r"test.tsv: no id column \('index' or 'id'\)"):
+        glue.load_examples(task, "test", directory=str(tmp_path))
+
+
 # ----------------------------------------------------------------------------------------------
 # Bad input.
 

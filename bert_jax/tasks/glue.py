@@ -211,7 +211,15 @@ def read_examples(task: GlueTask, path: str, split: str, skip_empty: bool = Fals
             skipped += 1
             continue
         label = parse_label(task, row[task.label_column], where) if with_labels else None
-        guid = row.get("index", f"{split}-{len(examples)}")
+        # Test rows are named by their id in a submission: `index` in every task's file but
+        # QQP's, whose column is `id`.
+        guid = row.get("index", row.get("id"))
+        if guid is None:
+            if not with_labels:
+                raise ValueError(f"{path}: no id column ('index' or 'id') for task "
+                                 f"{task.name}; a submission names each test row by it. "
+                                 f"Columns are {sorted(row)}")
+            guid = f"{split}-{len(examples)}"
         examples.append(Example(guid, texts[0], texts[1] if len(texts) > 1 else None, label))
     if skipped:
         logging.warning("%s: skipped %d rows with an empty sentence", path, skipped)
