@@ -136,6 +136,23 @@ def test_results_json_per_epoch_best_and_median(finetuned):
     assert (pathlib.Path(workdir) / "seed_0" / "tensorboard").is_dir()
 
 
+def test_nan_dev_metric_ranks_last_and_is_null_in_results_json(tmp_path):
+    # A regression head that predicts one constant has no correlation: scipy answers NaN,
+    # which compares false with every score and so would stay "best" once it was first.
+    nan = float("nan")
+    assert np.isnan(glue.compute_metrics(glue.get_task("stsb"), np.ones(4),
+                                         np.array([1.0, 2.0, 3.0, 4.0]))["spearman"])
+    epochs = [{"epoch": 1, "step": 5, "spearman": nan}, {"epoch": 2, "step": 10, "spearman": 0.5}]
+    runs = [{"seed": 0, "epochs": epochs[:1], "best": epochs[0]},
+            {"seed": 1, "epochs": epochs, "best": epochs[1]}]
+    results = finetune.summarize_seeds(glue.get_task("stsb"), runs)
+    assert results["best"]["seed"] == 1 and results["best"]["spearman"] == 0.5
+    finetune._write_results(str(tmp_path), results)
+    text = (tmp_path / "results.json").read_text()
+    assert "NaN" not in text  # strict JSON readers refuse it
+    assert json.loads(text)["seeds"]["0"]["best"]["spearman"] is None
+
+
 def test_training_logs_rates_of_real_tokens(finetuned):
     """Logged windows carry sequences/s, tokens/s of real tokens, MFU and the padding share;
     the first step at each bucket length (compilation) is left out of them."""

@@ -36,6 +36,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import json
+import math
 import os
 import time
 import types
@@ -440,7 +441,7 @@ def run_seed(run: Run, seed: int, preemption) -> dict | None:
                       "seconds": time.perf_counter() - start}
             logging.info("%s seed %d epoch %d: %s", run.task.name, seed, epoch, record)
             best = progress.best
-            if best is None or dev[main] > best[main]:
+            if best is None or _rank(dev[main]) > _rank(best[main]):
                 best = record
                 # A copy: the next step donates (and so invalidates) state.params.
                 best_params = jax.tree_util.tree_map(jnp.copy, state.params)
@@ -464,6 +465,12 @@ def run_seed(run: Run, seed: int, preemption) -> dict | None:
     _drop_other_bests(seed_dir, progress.best["step"] if keep else None)
     saver.remove()
     return result
+
+
+def _rank(value) -> float:
+    """A dev metric as a sort key: NaN (a correlation of constant predictions, say) ranks below
+    every number, so it can neither stay best nor beat a real score."""
+    return value if isinstance(value, (int, float)) and math.isfinite(value) else -math.inf
 
 
 def _save_best(run: Run, seed_dir: str, step: int, params, record: dict) -> None:
@@ -523,7 +530,7 @@ def _write_predictions(run: Run, params, seed_dir: str) -> dict:
 def summarize_seeds(task: base.FinetuneTask, runs: list[dict]) -> dict:
     """results.json: every seed, the best seed's epochs and best epoch, medians over seeds."""
     main = task.main_metric
-    best_run = max(runs, key=lambda r: r["best"][main])
+    best_run = max(runs, key=lambda r: _rank(r["best"][main]))
     metric_names = [k for k in best_run["best"] if k not in ("epoch", "step", "seconds")]
     return {
         "task": task.name,
@@ -608,7 +615,7 @@ def _choose_learning_rate(run: Run, per_rate: dict, start: float) -> dict:
     among 5e-5, 4e-5, 3e-5 and 2e-5), with that rate's results at the top level as a single
     rate's run writes them, and every rate's best and median under `learning_rates`."""
     main = run.task.main_metric
-    chosen = max(per_rate, key=lambda rate: per_rate[rate]["best"][main])
+    chosen = max(per_rate, key=lambda rate: _rank(per_rate[rate]["best"][main]))
     results = {**per_rate[chosen], "learning_rate": chosen,
                "best": {**per_rate[chosen]["best"], "learning_rate": chosen},
                "learning_rates": {f"{rate:g}": {"best": r["best"], "median": r["median"],
@@ -654,4 +661,16 @@ def _score_checkpoint(run: Run, start: float) -> dict:
 def _write_results(workdir: str, results: dict) -> None:
     if jax.process_index() == 0:
         with tf.io.gfile.GFile(os.path.join(workdir, "results.json"), "w") as f:
-            json.dump(results, f, indent=2)
+            json.dump(_finite_or_null(results), f, indent=2)
+
+
+def _finite_or_null(tree):
+    """NaN and infinities as null: results.json is for any JSON reader, and strict ones (a
+    browser's, jq) refuse Python's bare NaN."""
+    if isinstance(tree, dict):
+        return {k: _finite_or_null(v) for k, v in tree.items()}
+    if isinstance(tree, (list, tuple)):
+        return [_finite_or_null(v) for v in tree]
+    if isinstance(tree, float) and not math.isfinite(tree):
+        return None
+    return tree
