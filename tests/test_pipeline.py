@@ -443,6 +443,42 @@ def test_source_repeats_multiply_a_sources_examples(data_dir, tokenizer):
         pipeline.PipelineConfig(f"{book}+{sample}", source_repeats=(1, 0))
 
 
+def test_an_epoch_that_a_fraction_leaves_without_units_is_skipped(data_dir, tokenizer):
+    # One file read 0.5 times an epoch: some epochs read nothing, which is no empty corpus.
+    book = f"prose:{data_dir}/bert_sample/sample_text.txt"
+    config = pipeline.PipelineConfig(book, mode="full_sentences", max_seq_length=64,
+                                     eval_fraction=0.0, source_repeats=(0.5,))
+    assert [] in [pipeline.train_unit_order(1, 0, 0, epoch, [0.5]) for epoch in range(4)]
+    stream = pipeline.make_pretraining_iterator(config, tokenizer, batch_size=8, seed=0)
+    try:
+        _take(stream, 20)  # the sample text makes ~11 examples: several epochs' worth
+        assert stream.get_state()["epoch"] >= 4
+    finally:
+        stream.close()
+
+
+def test_every_host_gets_held_out_examples_from_few_small_files(gutenberg, tokenizer):
+    # 5 books on 4 hosts, 1% held out: a handful of documents. Split by files (as train is),
+    # hosts whose books hold none of them failed at the first evaluation while the others
+    # waited for them in its collectives. Every host now makes the whole held-out set's
+    # examples and keeps every 4th: together the hosts hold what one process would.
+    config = pipeline.PipelineConfig(gutenberg, max_seq_length=128, eval_fraction=0.01)
+
+    def examples(host, hosts):
+        return [e.ids.tobytes() for e, _ in pipeline.iter_examples(
+            config, tokenizer, seed=0, split="eval", process_index=host, process_count=hosts)]
+
+    alone, shares = examples(0, 1), [examples(host, 4) for host in range(4)]
+    assert all(len(share) >= len(alone) // 4 - 20 for share in shares)
+    assert sorted(sum(shares, [])) == sorted(alone)
+    stream = pipeline.make_pretraining_iterator(config, tokenizer, batch_size=4, seed=0,
+                                                split="eval", process_index=3, process_count=4)
+    try:
+        assert next(stream)["input_ids"].shape == (4, 128)
+    finally:
+        stream.close()
+
+
 def test_place_maps_batches_in_the_prefetch_thread(data_dir, tokenizer):
     """`place` (the training loop copies batches onto its mesh with it) runs off the consumer's
     thread, changes no value and leaves the iterator state exact."""

@@ -1,11 +1,12 @@
 """The on-the-fly pre-training input pipeline: text source -> masked, fixed-shape batches.
 
-    documents (sources.py, this host's part) -> chunks of ~1 MB of text -> batched tokenization
-    -> examples (examples.py: nsp pairs | full sentences), shuffled inside the chunk
-    -> rows (packing.py) -> batches -> dynamic masking (masking.py) -> prefetch thread
+    documents (sources.py: train this host's part, eval all) -> chunks of ~1 MB of text
+    -> batched tokenization -> examples (examples.py: nsp pairs | full sentences), shuffled
+    inside the chunk -> rows (packing.py) -> batches -> dynamic masking (masking.py) -> prefetch thread
 
 Why chunks and not tf.data: every chunk is a pure function of (seed, host, split, epoch, chunk
-index) and the position of its first document, and every batch's mask a pure function of
+index; eval's the same on every host, which keeps its share of the examples) and the
+position of its first document, and every batch's mask a pure function of
 (seed, host, split, batch counter). The iterator state is therefore six integers (where the
 current chunk starts, how many of its examples were consumed, how many batches were made), and
 restoring it re-reads one chunk instead of replaying the stream. Tokenization runs in the
@@ -127,12 +128,21 @@ class _Chunk:
 
 
 class _ExampleStream:
-    """This host's examples of one split, chunk by chunk, epoch after epoch."""
+    """This host's examples of one split, chunk by chunk, epoch after epoch.
+
+    Train: the host's shard of the source, its own draws. Eval: every host reads the whole
+    source and makes the same examples from it (the same draws), then keeps every
+    `process_count`-th one from its own index on; the held-out documents can be too few for
+    each host to own some, while every host must bring rows to every evaluation batch.
+    """
 
     def __init__(self, config: PipelineConfig, tokenizer, shard: sources.HostShard, *,
-                 seed: int, host: int, split: str, skips: sources.SkipCounter):
+                 seed: int, host: int, split: str, skips: sources.SkipCounter,
+                 process_count: int = 1):
         self.config, self.tokenizer, self.shard = config, tokenizer, shard
         self.seed, self.host, self.split, self.skips = seed, host, split, skips
+        self._keep = (slice(host, None, process_count) if split == "eval"
+                      else slice(None))
         self.options = examples_lib.ExampleOptions(
             config.mode, config.max_seq_length, config.short_seq_prob,
             tokenizer.cls_id, tokenizer.sep_id,
@@ -140,14 +150,16 @@ class _ExampleStream:
         self._eval_threshold = round(config.eval_fraction * (1 << 32))
 
     def chunks(self, cursor: _Cursor) -> Iterator[_Chunk]:
-        """Chunks from the cursor's chunk on, forever; raises if an epoch has no examples."""
+        """Chunks from the cursor's chunk on, forever; raises if an epoch that read units made
+        no examples (under fractional source_repeats an epoch may read none: the next will)."""
         epoch, start, index = cursor.epoch, Position(cursor.unit, cursor.doc), cursor.chunk
         while True:
             made = 0
-            for chunk in self._epoch_chunks(epoch, start, index):
+            order = self._unit_order(epoch)
+            for chunk in self._epoch_chunks(epoch, start, index, order):
                 made += len(chunk.examples)
                 yield chunk
-            if made == 0 and start == Position() and index == 0:
+            if made == 0 and start == Position() and index == 0 and order:
                 raise ValueError(
                     f"data source {self.shard.source.spec!r} yields no {self.split} examples "
                     f"on host {self.host} (empty input, all documents too short, or "
@@ -155,11 +167,12 @@ class _ExampleStream:
                 )
             epoch, start, index = epoch + 1, Position(), 0
 
-    def _epoch_chunks(self, epoch: int, start: Position, index: int) -> Iterator[_Chunk]:
+    def _epoch_chunks(self, epoch: int, start: Position, index: int,
+                      order: list[int]) -> Iterator[_Chunk]:
         docs: list[list[str]] = []
         positions: list[Position] = []
         chars = 0
-        for position, doc in self.shard.iter_documents(start, self._unit_order(epoch)):
+        for position, doc in self.shard.iter_documents(start, order):
             if self._is_held_out(doc) != (self.split == "eval"):
                 continue
             docs.append(doc)
@@ -192,11 +205,12 @@ class _ExampleStream:
         return digest < self._eval_threshold
 
     def _make_chunk(self, epoch, index, docs, positions) -> _Chunk:
-        rng = np.random.default_rng([self.seed, self.host, _SPLITS[self.split], epoch, index])
+        draws_of = self.host if self.split == "train" else 0  # eval: the same on every host
+        rng = np.random.default_rng([self.seed, draws_of, _SPLITS[self.split], epoch, index])
         tokenized, kept = self._tokenize(docs)
         examples = examples_lib.make_examples(tokenized, self.options, rng, self.skips)
         order = rng.permutation(len(examples))
-        return _Chunk(epoch, positions[0], index, [examples[i] for i in order],
+        return _Chunk(epoch, positions[0], index, [examples[i] for i in order][self._keep],
                       [positions[d] for d in kept])
 
     def _tokenize(self, docs: list[list[str]]) -> tuple[TokenizedChunk, np.ndarray]:
@@ -472,7 +486,8 @@ def make_pretraining_iterator(
     """An endless iterator of this host's masked batches for `split` ("train" or "eval").
 
     Each process reads a disjoint part of the source (by default jax.process_index() of
-    jax.process_count()); eval reads the held-out documents. Epochs repeat with new shuffles,
+    jax.process_count()); eval reads the held-out documents, every process all of them, and
+    keeps its share of their examples. Epochs repeat with new shuffles,
     pairings and masks. `place`, if given, maps each numpy batch in the prefetch thread, e.g.
     onto the devices, so the copy happens ahead of the step that needs it; the iterator then
     returns what it returns.
@@ -488,12 +503,21 @@ def make_pretraining_iterator(
         process_count = jax.process_count() if process_count is None else process_count
     _check_tokenizer(tokenizer)
     skips = sources.SkipCounter()
-    shard = sources.HostShard(sources.open_source(config.source, skips), process_index,
-                              process_count)
+    shard = _host_shard(config, skips, split, process_index, process_count)
     stream = _ExampleStream(config, tokenizer, shard, seed=seed, host=process_index, split=split,
-                            skips=skips)
+                            skips=skips, process_count=process_count)
     tables = masking.MaskingTables.from_tokenizer(tokenizer)
     return PretrainingIterator(_BatchMaker(stream, batch_size, tables), split, place=place)
+
+
+def _host_shard(config: PipelineConfig, skips, split: str, process_index: int,
+                process_count: int) -> sources.HostShard:
+    """Train: this host's part of the source. Eval: all of it (_ExampleStream shares out its
+    examples instead)."""
+    source = sources.open_source(config.source, skips)
+    if split == "eval":
+        return sources.HostShard(source)
+    return sources.HostShard(source, process_index, process_count)
 
 
 def _check_tokenizer(tokenizer) -> None:
@@ -512,10 +536,9 @@ def iter_examples(
     """Debug/provenance hook: examples before masking, in stream order, with the source
     positions of the chunk's documents (Example.origin indexes into them)."""
     skips = sources.SkipCounter()
-    shard = sources.HostShard(sources.open_source(config.source, skips), process_index,
-                              process_count)
+    shard = _host_shard(config, skips, split, process_index, process_count)
     stream = _ExampleStream(config, tokenizer, shard, seed=seed, host=process_index, split=split,
-                            skips=skips)
+                            skips=skips, process_count=process_count)
     for chunk in stream.chunks(_Cursor()):
         if chunk.epoch >= epochs:
             return
