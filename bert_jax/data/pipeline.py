@@ -2,7 +2,8 @@
 
     documents (sources.py: train this host's part, eval all) -> chunks of ~1 MB of text
     -> batched tokenization -> examples (examples.py: nsp pairs | full sentences), shuffled
-    inside the chunk -> rows (packing.py) -> batches -> dynamic masking (masking.py) -> prefetch thread
+    inside the chunk -> rows (packing.py) -> batches -> dynamic masking (masking.py)
+    -> prefetch thread
 
 Why chunks and not tf.data: every chunk is a pure function of (seed, host, split, epoch, chunk
 index; eval's the same on every host, which keeps its share of the examples) and the
