@@ -281,6 +281,12 @@ def test_missing_init_checkpoint(mrpc_dir, tmp_path):
         finetune.build(_finetune_config("", mrpc_dir), str(tmp_path))
 
 
+def test_a_negative_seed_is_refused_before_training(mrpc_dir, tmp_path):
+    with pytest.raises(ValueError, match=r"seeds: seed -3 is not an integer >= 0"):
+        finetune.finetune_and_evaluate(_finetune_config("unused", mrpc_dir, seeds=(0, -3)),
+                                       str(tmp_path))
+
+
 def test_unknown_config_key_fails_loudly():
     config = _load_config(REPO / "configs" / "finetune" / "glue.py", "sst2")
     with pytest.raises(AttributeError):

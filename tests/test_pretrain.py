@@ -534,6 +534,13 @@ def test_an_interval_of_zero_steps_is_refused_before_training(data_dir, tmp_path
     assert not (tmp_path / "checkpoints").exists()
 
 
+def test_a_negative_seed_is_refused_by_name(data_dir, tmp_path):
+    # numpy's generators (data order, masks) would refuse it only at the first batch, unnamed.
+    with pytest.raises(ValueError, match=r"train.seed: seed -1 is not an integer >= 0"):
+        loop.train_and_evaluate(_config({**_small_overrides(data_dir), "train.seed": -1}),
+                                str(tmp_path))
+
+
 def test_unknown_config_key_is_rejected(data_dir, tmp_path):
     with pytest.raises(AttributeError, match="num_step"):
         _get_config("tiny").train.num_step = 5

@@ -396,6 +396,18 @@ def test_vocab_lacking_specials_names_them(tmp_path):
     assert str(vocab) in str(e.value)
 
 
+def test_vocab_with_a_byte_order_mark_or_not_utf8(tmp_path):
+    vocab = tmp_path / "vocab.txt"
+    tokens = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "the", "caf\u00e9"]
+    vocab.write_text("\n".join(tokens) + "\n", encoding="utf-8-sig")  # as some editors save
+    tokenizer = load_tokenizer(f"wordpiece:{vocab}")
+    assert (tokenizer.pad_id, tokenizer.vocab_size) == (0, 7)
+    vocab.write_text("\n".join(tokens) + "\n", encoding="latin-1")
+    with pytest.raises(ValueError, match=r"vocab.txt:7: not UTF-8") as e:
+        load_tokenizer(f"wordpiece:{vocab}")
+    assert str(vocab) in str(e.value)
+
+
 @pytest.mark.parametrize("kind", ["wordpiece", "sentencepiece"])
 def test_missing_file(kind, tmp_path):
     path = tmp_path / "absent.file"

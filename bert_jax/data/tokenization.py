@@ -263,7 +263,14 @@ class WordPieceTokenizer(Tokenizer):
 
 def _read_vocab_lines(vocab_file: str) -> list[str]:
     """One token per line; line i is id i."""
-    lines = _read_bytes(vocab_file, what="WordPiece vocab").decode("utf-8").split("\n")
+    data = _read_bytes(vocab_file, what="WordPiece vocab")
+    try:
+        # utf-8-sig: an editor's byte-order mark would otherwise hide the first token ([PAD]).
+        lines = data.decode("utf-8-sig").split("\n")
+    except UnicodeDecodeError as e:
+        line = data[:e.start].count(b"\n") + 1
+        raise ValueError(f"WordPiece vocab {vocab_file}:{line}: not UTF-8 ({e.reason} at byte "
+                         f"{e.start}); a vocab.txt is UTF-8, one token per line") from None
     if lines[-1] == "":  # the final newline ends the last line; it does not start a new one
         lines.pop()
     return [line.rstrip("\r") for line in lines]

@@ -548,6 +548,7 @@ def finetune_and_evaluate(config, workdir: str) -> dict:
     setup_lib.check_workdir_writable(workdir)
     if not config.seeds:
         raise ValueError("config.seeds is empty: give at least one seed")
+    setup_lib.check_seeds("seeds", config.seeds)
     rates = learning_rates(config)
     if config.train.num_epochs == 0 and config.learning_rates:
         raise ValueError("learning_rates is set but train.num_epochs=0 trains nothing")

@@ -243,6 +243,7 @@ class Trainer:
             "train.log_every_steps": config.train.log_every_steps,
             "eval.every_steps": config.eval.every_steps,
             "checkpoint.every_steps": config.checkpoint.every_steps})
+        setup_lib.check_seeds("train.seed", [config.train.seed])
         self.config = config
         self.workdir = workdir
         self.warm_start = None

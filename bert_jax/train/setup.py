@@ -116,6 +116,13 @@ def check_step_intervals(intervals: dict) -> None:
                              "train.num_steps: the run also evaluates and saves at its end)")
 
 
+def check_seeds(key: str, seeds) -> None:
+    """Random seeds are >= 0: numpy's generators (data order, masks) refuse negative ones."""
+    for seed in seeds:
+        if not isinstance(seed, int) or seed < 0:
+            raise ValueError(f"{key}: seed {seed!r} is not an integer >= 0")
+
+
 def check_batch_divides(batch_size: int, grad_accum_steps: int, mesh) -> None:
     data_parallel = mesh_lib.data_parallel_size(mesh)
     if batch_size % (grad_accum_steps * data_parallel) or batch_size % jax.process_count():
