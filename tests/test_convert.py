@@ -115,6 +115,45 @@ def test_tokenizer_json_casing_is_read_from_its_normaliser(minilm_folder, tmp_pa
     assert not checkpoint.load_model(str(tmp_path / "out")).tokenizer.lowercase
 
 
+def test_lowercasing_tokenizer_that_keeps_accents_imports_and_exports_as_such(minilm_folder,
+                                                                             tmp_path):
+    # do_lower_case with strip_accents=False: transformers keeps the accents; stripping them
+    # (what lowercasing implies by default) would give other ids for every accented word.
+    transformers = require("transformers")
+    text = "Le café naïve à São Paulo, Zoë."
+    vocab_folder = tmp_path / "vocab_txt"
+    vocab_folder.mkdir()
+    for name in ("config.json", "model.safetensors", "vocab.txt"):
+        os.symlink(os.path.join(minilm_folder, name), vocab_folder / name)
+    (vocab_folder / "tokenizer_config.json").write_text(json.dumps(
+        {"do_lower_case": True, "strip_accents": False, "tokenizer_class": "BertTokenizer"}))
+
+    def keeps_accents(saved):
+        saved["normalizer"]["strip_accents"] = False
+
+    json_folder = _fast_tokenizer_folder(minilm_folder, tmp_path / "json", keeps_accents)
+    want = transformers.AutoTokenizer.from_pretrained(str(vocab_folder)).encode(
+        text, add_special_tokens=False)
+    assert want != transformers.BertTokenizer.from_pretrained(minilm_folder).encode(
+        text, add_special_tokens=False)  # the accents matter here
+    # tokenizer.json's own pipeline (transformers 5 rebuilds a BertTokenizer's normaliser from
+    # tokenizer_config.json alone, which this folder lacks).
+    import tokenizers
+
+    own = tokenizers.Tokenizer.from_file(os.path.join(json_folder, "tokenizer.json"))
+    own.no_padding()
+    assert own.encode(text, add_special_tokens=False).ids == want
+    for folder in (str(vocab_folder), json_folder):
+        output = str(tmp_path / (os.path.basename(folder) + "_ours"))
+        convert.import_hf(folder, output)
+        tokenizer = checkpoint.load_model(output).tokenizer  # saved and loaded back
+        assert (tokenizer.lowercase, tokenizer.strip_accents) == (True, False)
+        assert tokenizer.encode(text) == want
+    exported = convert.export_hf(output, str(tmp_path / "exported"))
+    assert transformers.AutoTokenizer.from_pretrained(exported).encode(
+        text, add_special_tokens=False) == want
+
+
 def test_tokenizer_json_of_another_kind_is_named(minilm_folder, tmp_path):
     def bpe(saved):
         saved["model"]["type"] = "BPE"

@@ -170,12 +170,15 @@ class WordPieceTokenizer(Tokenizer):
     """BERT's WordPiece over a vocab.txt, with the original BERT normalisation."""
 
     def __init__(self, vocab_file: str, lowercase: bool = True, *,
-                 tokens: Sequence[str] | None = None):
+                 strip_accents: bool | None = None, tokens: Sequence[str] | None = None):
         """`tokens` (token i is id i), when given, stand in for the file's lines and
-        `vocab_file` only names where they came from (e.g. a tokenizer.json)."""
+        `vocab_file` only names where they came from (e.g. a tokenizer.json). Accents are
+        stripped as `strip_accents` says, by default as `lowercase` (BERT's uncased and cased
+        releases); some checkpoints lowercase and keep them."""
         # The file is read once here and not kept: a checkpoint's tokenizer is built from a
         # temporary folder that is gone afterwards (train.checkpoint.tokenizer_from_json).
         self.lowercase = lowercase
+        self.strip_accents = lowercase if strip_accents is None else strip_accents
         self._tokens = _read_vocab_lines(vocab_file) if tokens is None else list(tokens)
         vocab = {token: i for i, token in enumerate(self._tokens)}
         missing = [t for t in SPECIAL_TOKENS if t not in vocab]
@@ -185,7 +188,8 @@ class WordPieceTokenizer(Tokenizer):
                 f"(a BERT vocab needs all of {' '.join(SPECIAL_TOKENS)})"
             )
         super().__init__({t: vocab[t] for t in SPECIAL_TOKENS})
-        self._tok = _build_wordpiece(vocab, lowercase)
+        # Plain texts (_encode_plain) hold no accent, so only this full pipeline strips them.
+        self._tok = _build_wordpiece(vocab, lowercase, self.strip_accents)
         self._plain = _PlainPieces(tokenizers.Tokenizer(_wordpiece_model(vocab)))
 
     @property
@@ -258,6 +262,7 @@ class WordPieceTokenizer(Tokenizer):
             "kind": "wordpiece",
             "vocab_file": _WORDPIECE_VOCAB_FILE,
             "lowercase": self.lowercase,
+            "strip_accents": self.strip_accents,
         }
 
 
@@ -400,12 +405,13 @@ def _wordpiece_model(vocab: dict[str, int]) -> models.WordPiece:
     )
 
 
-def _build_wordpiece(vocab: dict[str, int], lowercase: bool) -> tokenizers.Tokenizer:
+def _build_wordpiece(vocab: dict[str, int], lowercase: bool,
+                     strip_accents: bool) -> tokenizers.Tokenizer:
     """The BERT pipeline: clean + (lowercase, strip accents) + split CJK, punctuation, ##pieces."""
     tok = tokenizers.Tokenizer(_wordpiece_model(vocab))
-    # strip_accents=None follows `lowercase`, as BERT's uncased/cased releases do.
     tok.normalizer = normalizers.BertNormalizer(
-        clean_text=True, handle_chinese_chars=True, strip_accents=None, lowercase=lowercase
+        clean_text=True, handle_chinese_chars=True, strip_accents=strip_accents,
+        lowercase=lowercase
     )
     tok.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
     tok.decoder = decoders.WordPiece(prefix="##", cleanup=True)
@@ -752,7 +758,9 @@ def load_tokenizer_dir(directory: str) -> Tokenizer:
     kind = meta.get("kind")
     if kind == "wordpiece":
         vocab_file = os.path.join(directory, meta["vocab_file"])
-        return WordPieceTokenizer(vocab_file, lowercase=meta["lowercase"])
+        # Folders saved before strip_accents was kept strip as they lowercase.
+        return WordPieceTokenizer(vocab_file, lowercase=meta["lowercase"],
+                                  strip_accents=meta.get("strip_accents"))
     if kind == "sentencepiece":
         return SentencePieceTokenizer(os.path.join(directory, meta["model_file"]))
     raise ValueError(f"{meta_path} names an unknown tokenizer kind {kind!r}")

@@ -99,23 +99,30 @@ def _hf_tokenizer(folder: str, lowercase: bool | None) -> tokenization.Tokenizer
                              "import it without a lowercase choice")
     vocab_path = os.path.join(folder, "vocab.txt")
     json_path = os.path.join(folder, "tokenizer.json")
-    config_lowercase = _read_json(os.path.join(folder, "tokenizer_config.json"), {}).get(
-        "do_lower_case")
+    tokenizer_config = _read_json(os.path.join(folder, "tokenizer_config.json"), {})
+    config_lowercase = tokenizer_config.get("do_lower_case")
     if tf.io.gfile.exists(vocab_path):
-        tokens, json_lowercase = None, None
+        tokens, normalizer = None, {}
     elif tf.io.gfile.exists(json_path):
-        tokens, json_lowercase = _tokenizer_json_wordpiece(json_path)
+        tokens, normalizer = _tokenizer_json_wordpiece(json_path)
         vocab_path = json_path
     else:
         raise FileNotFoundError(f"{folder} has no tokenizer (neither vocab.txt nor "
                                 f"tokenizer.json): {_NO_TOKENIZER}")
-    lowercase = next(choice for choice in (lowercase, config_lowercase, json_lowercase, True)
+    lowercase = next(choice for choice in (lowercase, config_lowercase,
+                                           normalizer.get("lowercase"), True)
                      if choice is not None)
-    return tokenization.WordPieceTokenizer(vocab_path, lowercase=lowercase, tokens=tokens)
+    # None (the usual) strips accents as it lowercases; some models lowercase and keep them.
+    strip_accents = next((choice for choice in (tokenizer_config.get("strip_accents"),
+                                                normalizer.get("strip_accents"))
+                          if choice is not None), None)
+    return tokenization.WordPieceTokenizer(vocab_path, lowercase=lowercase,
+                                           strip_accents=strip_accents, tokens=tokens)
 
 
-def _tokenizer_json_wordpiece(path: str) -> tuple[list[str], bool | None]:
-    """The tokens (by id) of a fast tokenizer's tokenizer.json, and its normaliser's casing."""
+def _tokenizer_json_wordpiece(path: str) -> tuple[list[str], dict]:
+    """The tokens (by id) of a fast tokenizer's tokenizer.json, and its BertNormalizer's
+    settings ({} for another normaliser)."""
     saved = _read_json(path, None)
     model = saved.get("model") or {}
     if model.get("type") != "WordPiece":
@@ -129,9 +136,9 @@ def _tokenizer_json_wordpiece(path: str) -> tuple[list[str], bool | None]:
         raise ValueError(f"{path}: vocabulary ids are not 0..{len(model['vocab']) - 1}, each "
                          "once")
     normalizer = saved.get("normalizer") or {}
-    json_lowercase = (normalizer.get("lowercase") if normalizer.get("type") == "BertNormalizer"
-                      else None)
-    return [by_id[i] for i in range(len(by_id))], json_lowercase
+    if normalizer.get("type") != "BertNormalizer":
+        normalizer = {}
+    return [by_id[i] for i in range(len(by_id))], normalizer
 
 
 def _read_json(path: str, missing):
@@ -224,6 +231,10 @@ def export_tf1(checkpoint_path: str, output: str) -> str:
     vocab = [tokenizer.id_to_token(i) for i in range(tokenizer.vocab_size)]
     logging.info("%s: %s vocab; the original code needs --do_lower_case=%s", output,
                  "uncased" if tokenizer.lowercase else "cased", tokenizer.lowercase)
+    if tokenizer.strip_accents != tokenizer.lowercase:
+        logging.warning("%s: the tokenizer %s accents, but the original code strips them "
+                        "exactly when it lowercases: its ids will differ on accented text",
+                        output, "strips" if tokenizer.strip_accents else "keeps")
     return tf1.write_tf1_folder(output, config, tensors, vocab)
 
 

@@ -33,6 +33,8 @@ def write_hf_tokenizer(tokenizer: tokenization.Tokenizer, folder: str,
               "model_input_names": ["input_ids", "token_type_ids", "attention_mask"]}
     if isinstance(tokenizer, tokenization.WordPieceTokenizer):
         config.update(tokenizer_class="BertTokenizer", do_lower_case=tokenizer.lowercase)
+        if tokenizer.strip_accents != tokenizer.lowercase:  # else transformers' default
+            config.update(strip_accents=tokenizer.strip_accents)
     elif isinstance(tokenizer, tokenization.SentencePieceTokenizer):
         fast = sentencepiece_to_tokenizers(tokenizer)
         if fast is None:
