@@ -201,6 +201,26 @@ def test_large_token_embedding_rule_without_devices():
     assert memory.shard_shape((30522, 1024), spec, sizes) == (30522, 128)
 
 
+def test_a_layout_whose_shards_do_not_divide_is_refused_by_name():
+    # BERT's own vocabulary (30,522 rows) over a tensor axis of 4: jax would refuse it only
+    # when placing the parameters, naming no config key; the planner would round it up.
+    config = _large_fsdp8()
+    config.mesh.update(dict(data=1, fsdp=1, tensor=4, rules="fsdp_tensor"))
+    with pytest.raises(ValueError, match=(
+            r"params\['bert'\]\['embeddings'\]\['token_embed'\]\['embedding'\] has shape "
+            r"\(30522, 1024\): its dimension 0 \(30522\) does not divide over 4 devices "
+            r"\(mesh.tensor=4, mesh.rules='fsdp_tensor'\).*set model.vocab_size to a multiple "
+            r"of 4 \(e.g. 30524;")):
+        memory.memory_plan(config, 4)
+    config.model.vocab_size = 30524
+    assert memory.memory_plan(config, 4).per_device_bytes > 0
+    for axis, size in (("fsdp", 0), ("data", -2)):
+        config.mesh.update({"data": 1, "fsdp": 1, axis: size})
+        with pytest.raises(ValueError, match=rf"mesh.{axis}={size}: expected a number of "
+                                             r"devices >= 1, or -1"):
+            memory.memory_plan(config, 4)
+
+
 def test_memory_plan_data_parallel_replicates():
     config = _large_fsdp8()
     config.mesh.update(dict(data=-1, fsdp=1, rules="data"))

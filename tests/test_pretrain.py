@@ -541,6 +541,40 @@ def test_a_negative_seed_is_refused_by_name(data_dir, tmp_path):
                                 str(tmp_path))
 
 
+@pytest.mark.parametrize("key, value", [
+    ("checkpoint.keep", 0),  # Orbax would delete every checkpoint as it is written
+    ("train.grad_accum_steps", 0), ("train.grad_accum_steps", -2), ("eval.num_batches", 0),
+    ("train.batch_size", 0), ("optimizer.learning_rate", -1e-3)])
+def test_a_count_or_rate_out_of_range_is_refused_before_training(data_dir, tmp_path, key,
+                                                                 value):
+    expected = "expected a peak learning rate > 0" if "rate" in key else (
+        "expected a whole number >= 1")
+    with pytest.raises(ValueError, match=rf"{key}={value}: {expected}"):
+        loop.train_and_evaluate(_config({**_small_overrides(data_dir), key: value}),
+                                str(tmp_path))
+    assert not (tmp_path / "metrics.jsonl").exists()
+
+
+def test_held_out_text_is_read_before_the_first_step(data_dir, tmp_path):
+    # No held-out documents: the run fails before training, not at its first evaluation.
+    with pytest.raises(ValueError, match="yields no eval examples"):
+        loop.train_and_evaluate(_config({**_small_overrides(data_dir),
+                                         "data.eval_fraction": 0.0}), str(tmp_path))
+    assert not _metrics(tmp_path)
+
+
+def test_a_failing_evaluation_keeps_the_checkpoint_of_its_step(data_dir, tmp_path,
+                                                               monkeypatch):
+    def evaluate(self, params):
+        raise RuntimeError("evaluation failed")
+
+    monkeypatch.setattr(loop.Trainer, "evaluate", evaluate)
+    with pytest.raises(RuntimeError, match="evaluation failed"):
+        loop.train_and_evaluate(_config({**_small_overrides(data_dir), "eval.every_steps": 10}),
+                                str(tmp_path))
+    assert _checkpoint_steps(tmp_path) == [10]
+
+
 def test_unknown_config_key_is_rejected(data_dir, tmp_path):
     with pytest.raises(AttributeError, match="num_step"):
         _get_config("tiny").train.num_step = 5

@@ -84,6 +84,12 @@ def memory_plan(config, num_devices: int) -> MemoryPlan:
                 whole.append((jax.tree_util.keystr(path), nbytes))
         return total, per_device, whole
 
+    is_spec = lambda x: isinstance(x, jax.sharding.PartitionSpec)  # noqa: E731
+    mesh_lib.check_shards_divide(
+        [(jax.tree_util.keystr(path), leaf.shape, spec) for (path, leaf), spec in zip(
+            jax.tree_util.tree_flatten_with_path(abstract)[0],
+            jax.tree_util.tree_leaves(specs, is_leaf=is_spec))],
+        sizes, config.mesh.rules, model_config_from_section(config.model).vocab_size)
     p_total, p_local, p_whole = sizes_of(abstract.params, specs.params)
     o_total, o_local, o_whole = sizes_of(abstract.opt_state, specs.opt_state)
     largest = sorted(p_whole + o_whole, key=lambda x: -x[1])[:5]

@@ -20,6 +20,10 @@ from bert_jax.parallel.rules import MESH_AXES
 def mesh_shape(config, num_devices: int) -> tuple[int, int, int]:
     """Resolves -1 ("the remaining devices") and checks the product against the device count."""
     sizes = [config.data, config.fsdp, config.tensor]
+    for axis, size in zip(MESH_AXES, sizes):
+        if not isinstance(size, int) or not (size == -1 or size >= 1):
+            raise ValueError(f"mesh.{axis}={size!r}: expected a number of devices >= 1, or -1 "
+                             f"for the remaining devices")
     unknown = [i for i, s in enumerate(sizes) if s == -1]
     if len(unknown) > 1:
         raise ValueError(f"at most one mesh axis may be -1, got data={sizes[0]} "
@@ -82,6 +86,26 @@ def logical_shardings(abstract_tree, mesh, rules):
     """NamedShardings for a tree whose leaves carry logical names (nn.LogicallyPartitioned)."""
     specs = nn.get_partition_spec(abstract_tree)
     return nn.logical_to_mesh_sharding(specs, mesh, rules)
+
+
+def check_shards_divide(leaves, mesh_sizes: dict, rules: str, vocab_size: int) -> None:
+    """Every sharded dimension divides over its mesh axes. `leaves`: (name, shape, spec) of
+    each array. jax would refuse the layout only when placing it, with no config key named;
+    BERT's own vocabulary (30,522 = 2 x 15,261) divides over no tensor axis of 4 or 8."""
+    for name, shape, spec in leaves:
+        name = name.lstrip(".")
+        for dim, (size, entry) in enumerate(zip(shape, tuple(spec))):
+            axes = () if entry is None else (entry,) if isinstance(entry, str) else tuple(entry)
+            devices = math.prod(mesh_sizes[a] for a in axes)
+            if size % devices == 0:
+                continue
+            sizes = ", ".join(f"mesh.{a}={mesh_sizes[a]}" for a in axes)
+            hint = (f", or set model.vocab_size to a multiple of {devices} (e.g. "
+                    f"{-(-size // devices) * devices}; rows past the tokenizer's stay unused)"
+                    if size == vocab_size else "")
+            raise ValueError(f"{name} has shape {tuple(shape)}: its dimension {dim} ({size}) "
+                             f"does not divide over {devices} devices ({sizes}, "
+                             f"mesh.rules={rules!r}): choose mesh sizes that divide it{hint}")
 
 
 def batch_sharding(mesh) -> NamedSharding:

@@ -243,6 +243,12 @@ class Trainer:
             "train.log_every_steps": config.train.log_every_steps,
             "eval.every_steps": config.eval.every_steps,
             "checkpoint.every_steps": config.checkpoint.every_steps})
+        setup_lib.check_counts({
+            "train.batch_size": config.train.batch_size,
+            "train.grad_accum_steps": config.train.grad_accum_steps,
+            "eval.num_batches": config.eval.num_batches,
+            # 0 would let Orbax delete every checkpoint as soon as it is written.
+            "checkpoint.keep": config.checkpoint.keep})
         setup_lib.check_seeds("train.seed", [config.train.seed])
         self.config = config
         self.workdir = workdir
@@ -371,6 +377,10 @@ class Trainer:
         pauses = {}  # "evaluate"/"save" -> seconds the latest one took, for the ETA
         with PreemptionFlag() as preemption:
             self._preemption = preemption
+            if start_step < cfg.num_steps:
+                # Now rather than at the first evaluation, hours in: a source without held-out
+                # documents fails before any training is spent.
+                self._eval_batches()
             # The prefetch thread starts now and fills its queue while the first step compiles.
             self.train_data.start()
             for step in range(start_step, cfg.num_steps):
@@ -399,10 +409,8 @@ class Trainer:
                     # Steps so far count as training time; evaluation and saving do not.
                     jax.block_until_ready(state)
                     with throughput.excluded():
-                        if evaluate:
-                            start = time.perf_counter()
-                            self._write_evaluation(done, state.params)
-                            pauses["evaluate"] = time.perf_counter() - start
+                        # Saved first: a failing evaluation must not cost the step's checkpoint
+                        # (and the save's writes overlap the evaluation).
                         if save:
                             if pending is not None:  # never checkpoint unchecked parameters
                                 history.append(self._checked(*pending))
@@ -410,6 +418,10 @@ class Trainer:
                             start = time.perf_counter()
                             self.save(state, done)
                             pauses["save"] = time.perf_counter() - start
+                        if evaluate:
+                            start = time.perf_counter()
+                            self._write_evaluation(done, state.params)
+                            pauses["evaluate"] = time.perf_counter() - start
                 if stop:
                     break
         self.checkpointer.wait()

@@ -30,6 +30,9 @@ def make_optimizer(config, total_steps: int):
     correction, which the original TF optimizer omits; with 10k warmup steps the two agree
     after the first few hundred steps.
     """
+    if not config.learning_rate > 0:
+        raise ValueError(f"optimizer.learning_rate={config.learning_rate!r}: expected a peak "
+                         "learning rate > 0")
     schedule = learning_rate_schedule(config.learning_rate, config.warmup_steps, total_steps)
     if config.name == "adamw":
         core = optax.adamw(schedule, b1=config.b1, b2=config.b2, eps=config.eps,

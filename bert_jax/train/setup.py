@@ -116,6 +116,14 @@ def check_step_intervals(intervals: dict) -> None:
                              "train.num_steps: the run also evaluates and saves at its end)")
 
 
+def check_counts(counts: dict) -> None:
+    """Every {config key: value} is a whole number >= 1 (batch sizes, micro-batches,
+    evaluation batches, checkpoints kept): checked before anything compiles or is read."""
+    for key, value in counts.items():
+        if not isinstance(value, int) or value < 1:
+            raise ValueError(f"{key}={value!r}: expected a whole number >= 1")
+
+
 def check_seeds(key: str, seeds) -> None:
     """Random seeds are >= 0: numpy's generators (data order, masks) refuse negative ones."""
     for seed in seeds:
@@ -179,6 +187,10 @@ def build(config, tokenizer, model_config: ModelConfig | None = None) -> RunSetu
     boxed = jax.eval_shape(init_boxed, jax.random.key(0))
     shardings = mesh_lib.logical_shardings(boxed, mesh, rules)
     abstract = abstract_state(boxed, shardings)
+    mesh_lib.check_shards_divide(
+        [(jax.tree_util.keystr(path), leaf.shape, leaf.sharding.spec)
+         for path, leaf in jax.tree_util.tree_flatten_with_path(abstract)[0]],
+        dict(mesh.shape), config.mesh.rules, model_config.vocab_size)
     init_state = jax.jit(lambda rng: nn.unbox(init_boxed(rng)), out_shardings=shardings)
     return RunSetup(model_config, pipeline_config, model, mesh, rules, optimizer, schedule,
                     abstract, shardings, init_state)
