@@ -58,6 +58,8 @@ def test_detect_slurm():
 
 @pytest.mark.parametrize("nodelist, first", [
     ("node1", "node1"), ("a[3-5]", "a3"), ("gpu[007,009-011]", "gpu007"), ("x1,x2", "x1"),
+    ("node[1-2]-ib", "node1-ib"), ("rack[1-2]-node[01-04]", "rack1-node01"),
+    ("gpu[3,5]-ib,cpu[1-2]", "gpu3-ib"),
 ])
 def test_first_slurm_node(nodelist, first):
     assert multihost.first_slurm_node(nodelist) == first

@@ -56,14 +56,13 @@ def _env_int(environ, name):
 
 
 def first_slurm_node(nodelist: str) -> str:
-    """The first host of a SLURM node list: 'gpu[003-005,9],cpu1' -> 'gpu003'."""
-    match = re.match(r"([^,\[]+)(\[([^\]]+)\])?", nodelist.strip())
+    """The first host of a SLURM node list: 'gpu[003-005,9],cpu1' -> 'gpu003',
+    'rack[1-2]-node[01-04]-ib' -> 'rack1-node01-ib' (every bracket at its first value)."""
+    match = re.match(r"(?:[^,\[\]]|\[[^\]]+\])+", nodelist.strip())  # up to a top-level comma
     if not match:
         raise ClusterStartError(f"cannot read the SLURM node list {nodelist!r}")
-    prefix, ranges = match.group(1), match.group(3)
-    if ranges is None:
-        return prefix
-    return prefix + ranges.split(",")[0].split("-")[0]
+    return re.sub(r"\[([^\]]+)\]", lambda group: group.group(1).split(",")[0].split("-")[0],
+                  match.group(0))
 
 
 def _on_tpu_vm(environ) -> bool:
