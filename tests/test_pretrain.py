@@ -575,6 +575,17 @@ def test_a_failing_evaluation_keeps_the_checkpoint_of_its_step(data_dir, tmp_pat
     assert _checkpoint_steps(tmp_path) == [10]
 
 
+def test_resuming_under_another_optimizer_names_it(data_dir, tmp_path):
+    # Orbax would say only that the trees differ, and suggest a partial restore.
+    small = {**_small_overrides(data_dir), "train.num_steps": 10}
+    loop.train_and_evaluate(_config(small), str(tmp_path))
+    with pytest.raises(ValueError, match=r"checkpoints/10 holds the state of another optimizer "
+                                         r"than this run's \(written with optimizer=.*'name': "
+                                         r"'adamw'"):
+        loop.train_and_evaluate(_config({**small, "train.num_steps": 12,
+                                         "optimizer.name": "lamb"}), str(tmp_path))
+
+
 def test_unknown_config_key_is_rejected(data_dir, tmp_path):
     with pytest.raises(AttributeError, match="num_step"):
         _get_config("tiny").train.num_step = 5

@@ -264,8 +264,17 @@ class TrainCheckpointer:
         Checks every parameter's stored shape first, so a workdir of another model fails with
         the parameter named instead of a deep Orbax error.
         """
-        stored = self._manager.item_metadata(step)[PARAMS]
-        check_same_shapes(stored, abstract_state.params, where=f"{self.root}/{step}")
+        stored = self._manager.item_metadata(step)
+        where = f"{self.root}/{step}"
+        check_same_shapes(stored[PARAMS], abstract_state.params, where=where)
+        if _array_paths(stored[OPT_STATE]) != _array_paths(abstract_state.opt_state):
+            written_with = self._manager.restore(step, args=ocp.args.Composite(**{
+                META: ocp.args.JsonRestore()}))[META].get("run_config", {}).get("optimizer")
+            raise ValueError(
+                f"checkpoint {where} holds the state of another optimizer than this run's "
+                f"(written with optimizer={written_with}): resume with the optimizer settings "
+                f"it was written with, or start a new workdir (init_checkpoint=PATH takes its "
+                f"weights alone)")
         items = {
             PARAMS: ocp.args.StandardRestore(abstract_state.params),
             OPT_STATE: ocp.args.StandardRestore(abstract_state.opt_state),
@@ -312,6 +321,19 @@ def flat_names(tree) -> dict:
     """{"bert/encoder/layer_0/...": leaf}: a parameter tree's leaves by slash-joined path."""
     leaves = jax.tree_util.tree_flatten_with_path(tree)[0]
     return {"/".join(str(getattr(k, "key", k)) for k in path): leaf for path, leaf in leaves}
+
+
+def _array_paths(tree) -> dict:
+    """{path: shape} of a state tree or of Orbax's metadata of one, which stores an optax
+    NamedTuple's fields as dict keys ('count' where the live tree has the attribute .count)."""
+    def key(k):
+        for attribute in ("key", "name", "idx"):
+            if hasattr(k, attribute):
+                return str(getattr(k, attribute))
+        return str(k)
+
+    return {"/".join(map(key, path)): tuple(leaf.shape)
+            for path, leaf in jax.tree_util.tree_flatten_with_path(tree)[0]}
 
 
 def check_same_shapes(stored, expected, where: str) -> None:
