@@ -609,6 +609,20 @@ def test_unwritable_workdir_fails_before_training(data_dir, tmp_path, monkeypatc
         loop.train_and_evaluate(_config(_small_overrides(data_dir)), str(workdir))
 
 
+def test_a_step_folder_without_its_commit_marker_is_no_checkpoint(tmp_path, monkeypatch):
+    # On gs:// Orbax writes a step in place and adds commit_success.txt last: a numbered
+    # folder alone may be a save cut short, which resolve/load_model must not take as latest.
+    from orbax.checkpoint._src.path import atomicity, atomicity_defaults
+
+    root = tmp_path / "checkpoints"
+    (root / "10").mkdir(parents=True)
+    (root / "10" / "commit_success.txt").write_text("")
+    (root / "20" / "params").mkdir(parents=True)
+    monkeypatch.setattr(atomicity_defaults, "get_default_temporary_path_class",
+                        lambda path, **kwargs: atomicity.CommitFileTemporaryPath)  # as gs://
+    assert checkpoint.resolve(str(root))[1] == 10
+
+
 def test_relative_workdir_checkpoints_and_loads(data_dir, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)  # users type --workdir=runs/x; Orbax wants absolute paths
     overrides = {**_small_overrides(data_dir), "train.num_steps": 2, "checkpoint.every_steps": 2}

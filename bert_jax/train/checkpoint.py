@@ -8,8 +8,9 @@ step; each step holds the Orbax items:
   loss_scale the dynamic loss scale and its counter (training with float16 compute only)
   meta       JSON: step, model config, run config, and the tokenizer's files (base64), so the
              checkpoint describes itself: inference and fine-tuning need only its path.
-Orbax writes each step to a temporary folder and renames it when complete, so a killed save
-never spoils an earlier checkpoint.
+Orbax writes each step to a temporary folder and renames it when complete (on gs://, in place,
+with a commit_success.txt written last), so a killed save never spoils an earlier checkpoint
+nor passes for a finished one.
 """
 
 import base64
@@ -24,6 +25,7 @@ import numpy as np
 import orbax.checkpoint as ocp
 import tensorflow as tf
 from absl import logging
+from etils import epath
 
 from bert_jax.data import tokenization
 from bert_jax.model.config import ModelConfig
@@ -123,15 +125,18 @@ def make_meta(step: int, model_config: ModelConfig, tokenizer, run_config: dict 
 
 
 def _step_dirs(root: str) -> list[int]:
+    """The committed steps under `root`. On a local disk Orbax writes a step under a temporary
+    name and renames it when done; on gs:// it writes in place and adds commit_success.txt
+    last, so there a numbered folder alone may be a save cut short."""
     if not tf.io.gfile.isdir(root):
         return []
-    return sorted(int(name.rstrip("/")) for name in tf.io.gfile.listdir(root)
-                  if name.rstrip("/").isdigit())
+    names = [name.rstrip("/") for name in tf.io.gfile.listdir(root)]
+    return sorted(int(name) for name in names if name.isdigit()
+                  and ocp.step.is_path_finalized(epath.Path(root) / name))
 
 
 def has_steps(root: str) -> bool:
-    """Whether the checkpoint root holds a committed step (Orbax's unfinished saves have
-    temporary, non-numeric names)."""
+    """Whether the checkpoint root holds a committed step (see _step_dirs)."""
     return bool(_step_dirs(absolute(root)))
 
 
