@@ -50,7 +50,8 @@ def get_config(arg: str = "base") -> config_dict.ConfigDict:
         source_repeats=(),
         mode="nsp",  # nsp | full_sentences
         max_seq_length=128,
-        max_predictions_per_seq=20,
+        # Unset: BERT's 20 at 128 tokens, 80 at 512 (15% of the row); follows max_seq_length.
+        max_predictions_per_seq=config_dict.placeholder(int),
         masked_lm_prob=0.15,
         whole_word_masking=False,
         short_seq_prob=0.1,

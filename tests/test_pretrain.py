@@ -586,6 +586,16 @@ def test_resuming_under_another_optimizer_names_it(data_dir, tmp_path):
                                          "optimizer.name": "lamb"}), str(tmp_path))
 
 
+def test_predictions_per_row_follow_the_sequence_length_unless_set():
+    # A second phase at 512 that kept a fixed 20 would mask ~4% of its tokens, not 15%.
+    config = _get_config("base")
+    assert pipeline.PipelineConfig.from_config(config.data).num_predictions == 20
+    config.data.max_seq_length = 512
+    assert pipeline.PipelineConfig.from_config(config.data).num_predictions == 80
+    config.data.max_predictions_per_seq = 76
+    assert pipeline.PipelineConfig.from_config(config.data).num_predictions == 76
+
+
 def test_unknown_config_key_is_rejected(data_dir, tmp_path):
     with pytest.raises(AttributeError, match="num_step"):
         _get_config("tiny").train.num_step = 5
