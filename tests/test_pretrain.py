@@ -766,6 +766,14 @@ def test_lamb_steps_by_the_trust_ratio():
     for key in [("mlm_head", "transform", "kernel"), ("bert", "pooler", "dense", "kernel")]:
         ratio = np.linalg.norm(flat_u[key]) / np.linalg.norm(flat_p[key])
         assert ratio == pytest.approx(1e-2, rel=1e-3), key
+    # Biases and LayerNorm scales (no weight decay) take Adam's first step, -lr g / (|g| + eps),
+    # without the trust ratio, as in BERT's reference LAMB (under it a scale of ones would
+    # move by lr ||p|| / ||step|| times that, a zero bias not at all).
+    flat_g = flax.traverse_util.flatten_dict(grads)
+    for key in [("bert", "pooler", "dense", "bias"),
+                ("bert", "embeddings", "layer_norm", "scale")]:
+        adam = flat_g[key] / (np.abs(flat_g[key]) + config.eps)
+        np.testing.assert_allclose(flat_u[key], -1e-2 * adam, rtol=1e-4, err_msg="/".join(key))
     with pytest.raises(ValueError, match="sgd"):
         config.name = "sgd"
         optim.make_optimizer(config, total_steps=10)

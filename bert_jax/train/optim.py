@@ -38,13 +38,24 @@ def make_optimizer(config, total_steps: int):
         core = optax.adamw(schedule, b1=config.b1, b2=config.b2, eps=config.eps,
                            weight_decay=config.weight_decay, mask=weight_decay_mask)
     elif config.name == "lamb":
-        core = optax.lamb(schedule, b1=config.b1, b2=config.b2, eps=config.eps,
-                          weight_decay=config.weight_decay, mask=weight_decay_mask)
+        core = _lamb(schedule, config)
     else:
         raise ValueError(f"optimizer.name {config.name!r} is not one of 'adamw', 'lamb'")
     if config.grad_clip_norm and config.grad_clip_norm > 0:
         return optax.chain(optax.clip_by_global_norm(config.grad_clip_norm), core), schedule
     return core, schedule
+
+
+def _lamb(schedule, config):
+    """LAMB as BERT's reference implementations apply it: the layer-wise trust ratio only on
+    the parameters that take weight decay, so biases and LayerNorm scales get Adam's step
+    (optax.lamb would rescale theirs too, by their own norms)."""
+    return optax.chain(
+        optax.scale_by_adam(b1=config.b1, b2=config.b2, eps=config.eps),
+        optax.add_decayed_weights(config.weight_decay, mask=weight_decay_mask),
+        optax.masked(optax.scale_by_trust_ratio(), weight_decay_mask),
+        optax.scale_by_learning_rate(schedule),
+    )
 
 
 def schedule_count(opt_state, default: jax.Array) -> jax.Array:
