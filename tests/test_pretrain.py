@@ -803,7 +803,13 @@ def test_throughput_counts_training_time_only(monkeypatch):
     assert report["mfu"] == pytest.approx(report["tflops_per_device"] * 1e12 / peak)
     assert report["input_wait_fraction"] == pytest.approx(0.05)
     assert report["eta_minutes"] == pytest.approx(100 * 0.5 / 60)
-    assert "padding_fraction" not in report  # pre-training counts padded positions as tokens
+    assert "padding_fraction" not in report  # every position counted, none padding
+    # Pre-training's steps report every position; the real share comes with their metrics.
+    real = throughput.report(step=4, real_fraction=0.75)
+    assert real["tokens_per_sec"] == pytest.approx(0.75 * report["tokens_per_sec"])
+    assert real["mfu"] == pytest.approx(0.75 * report["mfu"])
+    assert real["padding_fraction"] == pytest.approx(0.25)
+    assert real["sequences_per_sec"] == report["sequences_per_sec"]
     throughput.reset()
     clock[0] += 1.0
     assert throughput.report(step=4) == {}  # no timed step in the window: no rates
@@ -846,6 +852,17 @@ def test_first_step_and_evaluations_stay_out_of_the_logged_rates(data_dir, tmp_p
     assert all(entry["seconds"] > 0 for entry in evals.values())
     # The first window would otherwise hold the compilation (seconds) in its 10 steps (ms).
     assert train[10]["sequences_per_sec"] > 0.3 * train[30]["sequences_per_sec"]
+    # Tokens are the real ones: the first window's 10 batches, read again.
+    config = _config(overrides)
+    data = pipeline.make_pretraining_iterator(
+        pipeline.PipelineConfig.from_config(config.data),
+        tokenization.load_tokenizer(config.data.tokenizer), batch_size=8, seed=config.train.seed)
+    real = sum(int(next(data)["attention_mask"].sum()) for _ in range(10)) / (10 * 8 * 32)
+    data.close()
+    assert 0.5 < real < 1
+    assert train[10]["padding_fraction"] == pytest.approx(1 - real, abs=1e-9)
+    assert train[10]["tokens_per_sec"] == pytest.approx(
+        real * 32 * train[10]["sequences_per_sec"], rel=1e-9)
 
 
 def test_evaluation_that_rereads_its_documents_says_so(data_dir, tmp_path, caplog):

@@ -101,6 +101,22 @@ def with_stop_vote(train_step):
     return step
 
 
+REAL_TOKENS = "real_tokens"
+
+
+def with_real_tokens(train_step):
+    """train_step(state, batch, rng) that also returns the batch's real (not padding) tokens,
+    summed over the global batch on the devices: exact on any number of hosts, and read with
+    the step's other metrics, so no extra host sync."""
+
+    def step(state, batch, rng):
+        state, step_metrics = train_step(state, batch, rng)
+        real = jnp.sum(batch["attention_mask"], dtype=jnp.int32)
+        return state, {**step_metrics, REAL_TOKENS: real}
+
+    return step
+
+
 class MetricWriter:
     """Console lines on every process; TensorBoard events and metrics.jsonl on process 0."""
 
@@ -149,9 +165,10 @@ class Throughput:
     the training steps of one logging window; time spent `excluded()` (compiling, evaluating,
     checkpointing) is not training time and counts in none of them.
 
-    Each step reports its own work (`step_done`): pre-training's is the same at every step,
-    fine-tuning's follows its length buckets. With `padded_tokens` given, the window also
-    reports the fraction of the computed positions that were padding.
+    Each step reports its own work (`step_done`): pre-training's is the same at every step
+    (every position; its real share comes later, with the steps' metrics: `report`'s
+    real_fraction), fine-tuning's follows its length buckets. With `padded_tokens` given, the
+    window also reports the fraction of the computed positions that were padding.
     """
 
     def __init__(self, num_steps: int, dtype: str):
@@ -186,23 +203,30 @@ class Throughput:
         self._flops += work.flops
         self._padded_tokens += work.padded_tokens or 0
 
-    def report(self, step: int) -> dict:
-        """The window's rates; none when no timed step ran in it (e.g. only the first one)."""
+    def report(self, step: int, real_fraction: float | None = None) -> dict:
+        """The window's rates; none when no timed step ran in it (e.g. only the first one).
+
+        `real_fraction`: the share of the steps' `tokens` that were real, where the steps
+        reported every position (pre-training, whose counts come with the step's metrics);
+        tokens and FLOPs then count the real ones, as fine-tuning's do."""
         if self._steps == 0:
             return {}
+        tokens, flops, padded = self._tokens, self._flops, self._padded_tokens
+        if real_fraction is not None:
+            tokens, flops, padded = tokens * real_fraction, flops * real_fraction, tokens
         elapsed = max(time.perf_counter() - self._start - self._excluded, 1e-9)
-        flops_per_device = self._flops / elapsed / self._num_devices
+        flops_per_device = flops / elapsed / self._num_devices
         seconds_per_step = elapsed / self._steps
         report = {
             "sequences_per_sec": self._sequences / elapsed,
-            "tokens_per_sec": self._tokens / elapsed,
+            "tokens_per_sec": tokens / elapsed,
             "tflops_per_device": flops_per_device / 1e12,
             "mfu": flops_per_device / self._peak,
             "input_wait_fraction": self._input_wait / elapsed,
             "eta_minutes": (self._num_steps - step) * seconds_per_step / 60,
         }
-        if self._padded_tokens:
-            report["padding_fraction"] = 1 - self._tokens / self._padded_tokens
+        if padded:
+            report["padding_fraction"] = 1 - tokens / padded
         return report
 
 
@@ -266,7 +290,9 @@ class Trainer:
         setup_lib.write_run_description(workdir, config, self.setup)
         self.local_batch = config.train.batch_size // jax.process_count()
         data = self.setup.pipeline_config
-        tokens = config.train.batch_size * data.max_seq_length  # global, as the batch
+        # Every position of the global batch; the logged rates count the real ones
+        # (with_real_tokens).
+        tokens = config.train.batch_size * data.max_seq_length
         self._step_work = StepWork(
             sequences=config.train.batch_size, tokens=tokens,
             flops=tokens * metrics.flops_per_token(self.setup.model_config, data.max_seq_length,
@@ -291,7 +317,7 @@ class Trainer:
             steps.train_step, sums_fn=sums_fn, optimizer=s.optimizer, schedule=s.schedule,
             grad_accum_steps=self.config.train.grad_accum_steps)
         self.train_step = setup_lib.with_mesh_and_rules(s, jax.jit(
-            with_stop_vote(train), in_shardings=(s.state_shardings, batch_sharding, replicated),
+            with_stop_vote(with_real_tokens(train)), in_shardings=(s.state_shardings, batch_sharding, replicated),
             out_shardings=(s.state_shardings, replicated), donate_argnums=0))
         self.eval_step = setup_lib.with_mesh_and_rules(s, jax.jit(
             functools.partial(steps.eval_step, sums_fn=sums_fn),
@@ -397,7 +423,10 @@ class Trainer:
                 if done % cfg.log_every_steps == 0 or stop:
                     history.append(self._checked(*pending))
                     pending = None
-                    last_logged = {**_mean_metrics(history), **throughput.report(done)}
+                    real = sum(m.pop(REAL_TOKENS) for m in history)
+                    real_fraction = real / (len(history) * self._step_work.tokens)
+                    last_logged = {**_mean_metrics(history),
+                                   **throughput.report(done, real_fraction)}
                     if "eta_minutes" in last_logged:
                         last_logged["eta_minutes"] += self._pauses_ahead(done, pauses) / 60
                     self.writer.write(done, last_logged)
