@@ -63,7 +63,8 @@ def test_every_task_has_metrics_labels_and_submission_names():
                                   "wnli"]
     assert glue.get_task("mnli").dev_splits == ["dev", "dev_mismatched"]
     assert glue.get_task("mnli").submissions == {"test": "MNLI-m.tsv",
-                                                 "test_mismatched": "MNLI-mm.tsv"}
+                                                 "test_mismatched": "MNLI-mm.tsv",
+                                                 "test_ax": "AX.tsv"}
     assert glue.get_task("stsb").num_labels == 1 and glue.get_task("mnli").num_labels == 3
     with pytest.raises(ValueError, match="unknown GLUE task 'sst'"):
         glue.get_task("sst")
@@ -111,6 +112,23 @@ def test_cola_without_header(glue_dir):
 def test_rte_guids_are_the_index_column(glue_dir):
     examples = glue.load_examples(glue.get_task("rte"), "dev", directory=glue_dir)
     assert [e.guid for e in examples[:3]] == ["0", "1", "2"]
+
+
+def test_mnli_predicts_the_diagnostic_set_for_a_full_submission(tmp_path):
+    # GLUE's AX: its own folder of the distribution, scored by the server from an MNLI model's
+    # predictions in AX.tsv; without the folder there is no such split to predict.
+    task = glue.get_task("mnli")
+    assert not glue.has_split(task, "test_ax", source="tsv", directory=str(tmp_path))
+    _write(tmp_path / "diagnostic" / "diagnostic.tsv",
+           "index\tsentence1\tsentence2\n0\tThe cat sat.\tA cat sat.\n"
+           "1\tNo one came.\tSomeone came.\n")
+    assert glue.has_split(task, "test_ax", source="tsv", directory=str(tmp_path))
+    examples = glue.load_examples(task, "test_ax", directory=str(tmp_path))
+    assert [(e.guid, e.text_b, e.label) for e in examples] == [
+        ("0", "A cat sat.", None), ("1", "Someone came.", None)]
+    path = tmp_path / task.submissions["test_ax"]
+    glue.write_submission(str(path), task, ["0", "1"], np.array([0, 2]))
+    assert path.read_text() == "index\tprediction\n0\tentailment\n1\tcontradiction\n"
 
 
 def test_qqp_test_rows_keep_their_id_column_in_the_submission(tmp_path):

@@ -47,11 +47,11 @@ class GlueTask:
     label_column: str
     labels: tuple[str, ...] | None  # label strings in index order; None = regression
     metrics: tuple[str, ...]  # the first picks the best epoch
-    splits: dict  # split -> TSV file name
+    splits: dict  # split -> TSV file: a name in `folder`, or a path under the GLUE root
     submissions: dict  # test split -> file name in a GLUE submission
     tfds_name: str
     tfds_text_features: tuple[str, ...]
-    tfds_splits: dict  # split -> TFDS split name
+    tfds_splits: dict  # split -> TFDS split name, or DATASET:SPLIT for another glue/ dataset
 
     @property
     def is_regression(self) -> bool:
@@ -77,13 +77,17 @@ class GlueTask:
 def _task(name, folder, text_columns, label_column, labels, metrics, tfds_text_features,
           submission, mnli_style=False) -> GlueTask:
     if mnli_style:
+        # test_ax: GLUE's diagnostic set (AX), which a full submission holds as an MNLI
+        # model's predictions, from its own folder of the distribution.
         splits = {"train": "train.tsv", "dev": "dev_matched.tsv",
                   "dev_mismatched": "dev_mismatched.tsv", "test": "test_matched.tsv",
-                  "test_mismatched": "test_mismatched.tsv"}
-        submissions = {"test": f"{submission}-m.tsv", "test_mismatched": f"{submission}-mm.tsv"}
+                  "test_mismatched": "test_mismatched.tsv",
+                  "test_ax": "diagnostic/diagnostic.tsv"}
+        submissions = {"test": f"{submission}-m.tsv", "test_mismatched": f"{submission}-mm.tsv",
+                       "test_ax": "AX.tsv"}
         tfds_splits = {"train": "train", "dev": "validation_matched",
                        "dev_mismatched": "validation_mismatched", "test": "test_matched",
-                       "test_mismatched": "test_mismatched"}
+                       "test_mismatched": "test_mismatched", "test_ax": "ax:test"}
     else:
         splits = {"train": "train.tsv", "dev": "dev.tsv", "test": "test.tsv"}
         submissions = {"test": f"{submission}.tsv"}
@@ -257,7 +261,8 @@ def _text(value) -> str:
 def split_path(task: GlueTask, split: str, directory: str) -> str:
     if split not in task.splits:
         raise ValueError(f"task {task.name} has no split {split!r}; it has {list(task.splits)}")
-    return os.path.join(directory, task.folder, task.splits[split])
+    file = task.splits[split]
+    return os.path.join(directory, *([file] if "/" in file else [task.folder, file]))
 
 
 def load_examples(task: GlueTask, split: str, *, source: str = "tsv", directory: str = "",
@@ -268,7 +273,8 @@ def load_examples(task: GlueTask, split: str, *, source: str = "tsv", directory:
     if source == "tfds":
         import tensorflow_datasets as tfds
 
-        dataset = tfds.load(f"glue/{task.tfds_name}", split=task.tfds_splits[split],
+        name, _, tfds_split = task.tfds_splits[split].rpartition(":")
+        dataset = tfds.load(f"glue/{name or task.tfds_name}", split=tfds_split,
                             data_dir=tfds_data_dir or None)
         return examples_from_tfds(task, tfds.as_numpy(dataset), split)
     raise ValueError(f"data.source {source!r} is not one of 'tsv', 'tfds'")
