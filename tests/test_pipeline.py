@@ -6,6 +6,7 @@ import subprocess
 import sys
 import textwrap
 import threading
+import time
 
 import jax
 import ml_collections
@@ -504,6 +505,21 @@ def test_place_maps_batches_in_the_prefetch_thread(data_dir, tokenizer):
         assert all(isinstance(v, jax.Array) for v in g.values())
         for key in e:
             np.testing.assert_array_equal(np.asarray(g[key]), e[key], err_msg=key)
+
+
+def test_a_failure_in_the_batch_thread_stops_the_chunk_thread_too(data_dir, tokenizer):
+    def place(batch):
+        raise RuntimeError("placing failed")
+
+    config = pipeline.PipelineConfig(f"prose:{data_dir}/gutenberg/*.txt", max_seq_length=64)
+    stream = pipeline.make_pretraining_iterator(config, tokenizer, batch_size=4, seed=0,
+                                                place=place)
+    with pytest.raises(RuntimeError, match="placing failed"):
+        next(stream)
+    deadline = time.monotonic() + 5
+    while any(t.name == "input-chunks" for t in threading.enumerate()):
+        assert time.monotonic() < deadline, "the chunk thread outlived the failed iterator"
+        time.sleep(0.05)
 
 
 def test_eval_split_holds_out_other_documents(gutenberg, tokenizer):

@@ -412,6 +412,7 @@ class PretrainingIterator:
         self.start()
         item = self._queue.get()
         if isinstance(item, _Failure):
+            self._stop.set()  # the batch thread has ended; this ends its chunk thread too
             self._thread = None
             raise item.error
         batch, self._cursor = item
