@@ -8,6 +8,7 @@ the device count is fixed when jax starts; the tests assert on the JSON it print
 import functools
 import json
 import os
+import re
 import subprocess
 import sys
 import time
@@ -109,6 +110,20 @@ def eight_device_report(data_dir) -> dict:
             "intermediate_kernel_spec": _spec(kernel.sharding),
             "leaves_off_their_sharding": mismatched,
         }
+    # Gradient accumulation over a data-parallel mesh: the micro-batches must come from the
+    # rows each device already holds, with no collective but the gradients' reduction.
+    s = setup_lib.build(tiny_config(data_dir), tokenizer)
+    accumulating = jax.jit(
+        functools.partial(train_fn(s), grad_accum_steps=2),
+        in_shardings=(s.state_shardings, mesh_lib.batch_sharding(s.mesh),
+                      mesh_lib.replicated(s.mesh)),
+        out_shardings=(s.state_shardings, mesh_lib.replicated(s.mesh)))
+    batch_of_16 = {k: jax.ShapeDtypeStruct((16,) + v.shape[1:], v.dtype) for k, v in batch.items()}
+    hlo = setup_lib.with_mesh_and_rules(s, lambda: accumulating.lower(
+        s.abstract_state, batch_of_16, rng).compile().as_text())()
+    report["accumulation_collectives"] = sorted(set(re.findall(
+        r"\b(all-gather|all-to-all|collective-permute|reduce-scatter|all-reduce)(?:-start)?\(",
+        hlo)))
     large = setup_lib.build(tiny_config(data_dir, "fsdp", 1, 8, 1, size="large"), tokenizer)
     token = large.abstract_state.params["bert"]["embeddings"]["token_embed"]["embedding"]
     mu = large.abstract_state.opt_state
@@ -155,6 +170,13 @@ def test_parameters_carry_rule_shardings(report):
     assert cases["fsdp"]["token_embed_shard"] == [30522, 128 // 4]
     assert cases["fsdp_tensor"]["token_embed_spec"] == ["tensor", "fsdp"]
     assert cases["2x2x2"]["intermediate_kernel_spec"] == ["fsdp", "tensor"]
+
+
+@pytest.mark.slow
+def test_gradient_accumulation_moves_no_batch_rows_between_devices(report):
+    # Micro-batches in blocks of rows all-gathered every micro-batch's inputs (18 all-gathers
+    # in a one-layer model's step); strided, each device's rows give every micro-batch its share.
+    assert report["accumulation_collectives"] == ["all-reduce"]
 
 
 @pytest.mark.slow

@@ -39,12 +39,17 @@ def pretraining_sums_fn(model, use_nsp: bool):
 
 
 def _split_micro_batches(batch: dict, num_micro: int) -> dict:
-    """[B, ...] -> [num_micro, B / num_micro, ...]."""
+    """[B, ...] -> [num_micro, B / num_micro, ...], micro-batch i the rows i, i + num_micro, ...
+
+    Strided, not in blocks: the batch is sharded by rows, and every device's block of rows
+    then gives each micro-batch its share, so splitting moves no data (blocks would put the
+    first micro-batch on the first devices, and all-gather every micro-batch's inputs)."""
 
     def split(x):
         if x.shape[0] % num_micro:
             raise ValueError(f"batch of {x.shape[0]} does not split into {num_micro} micro-batches")
-        return x.reshape((num_micro, x.shape[0] // num_micro) + x.shape[1:])
+        strided = x.reshape((x.shape[0] // num_micro, num_micro) + x.shape[1:])
+        return jnp.swapaxes(strided, 0, 1)
 
     return jax.tree_util.tree_map(split, batch)
 
