@@ -139,6 +139,9 @@ def test_tfds_source_reads_a_locally_built_dataset(tmp_path, monkeypatch):
         for i in range(3)
     ]
     assert len(list(sources.iter_documents("tfds:tiny_bert_corpus:validation"))) == 1
+    # A pinned version, with or without a split.
+    assert list(sources.iter_documents("tfds:tiny_bert_corpus:1.0.0")) == docs
+    assert len(list(sources.iter_documents("tfds:tiny_bert_corpus:1.0.0:validation"))) == 1
     assert list(sources.iter_documents("tfds:tiny_bert_corpus", shard_index=1, num_shards=2)) == [
         docs[1]
     ]

@@ -4,7 +4,8 @@ A source spec names where the text is:
     text:GLOB          original BERT format: one sentence per line, a blank line between documents
     prose:GLOB         paragraphs separated by blank lines (books); a document is a run of
                        paragraphs of at least PROSE_DOCUMENT_CHARS characters, split into sentences
-    tfds:NAME[:SPLIT]  a TFDS dataset (default split "train"); a record's "text" is a document
+    tfds:NAME[:VERSION][:SPLIT]  a TFDS dataset (default split "train", version the latest
+                       prepared); a record's "text" is a document
     builtin            Python's own documentation: pydoc topics + standard-library docstrings
     SPEC+SPEC+...      several sources as one corpus, their units together (the BERT paper's
                        BooksCorpus + English Wikipedia: prose:gs://b/books/*.txt+tfds:wikipedia/..);
@@ -28,6 +29,7 @@ import glob as globlib
 import itertools
 import logging
 import os
+import re
 import sysconfig
 import threading
 from collections.abc import Iterator, Sequence
@@ -306,12 +308,16 @@ def open_source(spec: str, skips: SkipCounter | None = None) -> Source:
         return ProseSource(spec, rest, skips)
     if kind == "tfds" and rest:
         name, _, split = rest.partition(":")
+        # NAME:VERSION[:SPLIT], TFDS's way of pinning a version (e.g. wikipedia/20230601.en:1.0.0)
+        version = re.fullmatch(r"(\d+\.\d+\.\d+)(?::(.*))?", split)
+        if version:
+            name, split = f"{name}:{version.group(1)}", version.group(2)
         return TfdsSource(spec, name, split or "train", skips=skips)
     if spec == "builtin":
         return BuiltinSource(spec, skips)
     raise ValueError(
         f"unknown data source {spec!r}; expected builtin, text:GLOB, prose:GLOB or "
-        "tfds:NAME[:SPLIT], or several joined by '+'"
+        "tfds:NAME[:VERSION][:SPLIT], or several joined by '+'"
     )
 
 
