@@ -80,6 +80,19 @@ def test_folder_without_weights_is_named(tmp_path):
         convert.import_hf(str(tmp_path), str(tmp_path / "out"))
 
 
+def test_a_folder_of_another_architecture_is_named(minilm_folder, tmp_path):
+    # An ELECTRA or DistilBERT folder holds a WordPiece vocab.txt too; its tensors are named and
+    # used otherwise, which surfaced only as missing BERT tensors.
+    folder = tmp_path / "electra"
+    folder.mkdir()
+    for name in ("model.safetensors", "vocab.txt"):
+        os.symlink(os.path.join(minilm_folder, name), folder / name)
+    config = json.loads(open(os.path.join(minilm_folder, "config.json")).read())
+    (folder / "config.json").write_text(json.dumps({**config, "model_type": "electra"}))
+    with pytest.raises(ValueError, match="model_type 'electra': only BERT checkpoints"):
+        convert.import_hf(str(folder), str(tmp_path / "out"))
+
+
 def _fast_tokenizer_folder(minilm_folder, folder, edit=lambda saved: None) -> str:
     """The MiniLM folder as a fast tokenizer saves it: tokenizer.json, no vocab.txt."""
     folder.mkdir()

@@ -277,6 +277,10 @@ def _get_path(tree: dict, path: tuple):
 
 def config_from_hf(hf_config: dict, **overrides) -> ModelConfig:
     """transformers' BertConfig fields -> ModelConfig; refuses what this model cannot reproduce."""
+    model_type = hf_config.get("model_type", "bert")  # the original's bert_config.json has none
+    if model_type != "bert":
+        raise ValueError(f"model_type {model_type!r}: only BERT checkpoints (model_type 'bert') "
+                         f"convert; {model_type}'s weights are laid out and used otherwise")
     act = hf_config.get("hidden_act", "gelu")
     if act != "gelu":
         raise ValueError(f"hidden_act {act!r} is not supported; BERT uses the exact erf 'gelu'")
