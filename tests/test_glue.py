@@ -195,10 +195,15 @@ def test_sentence_without_tokens_is_an_error(tokenizer):
         glue.encode(examples, tokenizer, 32)
 
 
-def test_wrong_column_count_names_the_line(tmp_path):
+def test_wrong_column_count_names_the_line(tmp_path, caplog):
     _write(tmp_path / "SST-2" / "dev.tsv", "sentence\tlabel\ngood\t1\nbad\t0\textra\n")
     with pytest.raises(ValueError, match=r"dev.tsv:3: 3 tab-separated fields, expected 2"):
         glue.load_examples(glue.get_task("sst2"), "dev", directory=str(tmp_path))
+    # Skipped and counted with data.skip_empty (a few QQP rows lack a field, say).
+    kept = glue.load_examples(glue.get_task("sst2"), "dev", directory=str(tmp_path),
+                              skip_empty=True)
+    assert [e.text_a for e in kept] == ["good"]
+    assert "skipped 1 rows with a wrong number of fields (lines 3)" in caplog.text
 
 
 # ----------------------------------------------------------------------------------------------

@@ -160,13 +160,19 @@ def _is_cola_row(fields: list[str]) -> bool:
     return len(fields) == 4 and fields[1] in ("0", "1") and fields[0] != "index"
 
 
-def _row_dicts(path: str) -> Iterator[tuple[int, dict]]:
+def _row_dicts(path: str, malformed: list | None = None) -> Iterator[tuple[int, dict]]:
+    """(line, {column: field}) of a GLUE TSV file. A row with another number of fields is an
+    error, or, given a `malformed` list, its line number goes there and the row is skipped."""
     header, rows = read_tsv(path)
     columns = header or list(_COLA_COLUMNS)
     for line, fields in rows:
         if len(fields) != len(columns):
-            raise ValueError(f"{path}:{line}: {len(fields)} tab-separated fields, expected "
-                             f"{len(columns)} ({columns})")
+            if malformed is None:
+                raise ValueError(f"{path}:{line}: {len(fields)} tab-separated fields, expected "
+                                 f"{len(columns)} ({columns}); data.skip_empty=true skips such "
+                                 f"rows of train and dev files")
+            malformed.append(line)
+            continue
         yield line, dict(zip(columns, fields))
 
 
@@ -197,7 +203,9 @@ def read_examples(task: GlueTask, path: str, split: str, skip_empty: bool = Fals
     """Examples of one GLUE TSV file; labels are required except on test splits."""
     with_labels = not split.startswith("test")
     examples, skipped = [], 0
-    for line, row in _row_dicts(path):
+    # Never on a test split: the GLUE server takes a submission only with every row.
+    malformed = [] if skip_empty and with_labels else None
+    for line, row in _row_dicts(path, malformed):
         where = f"{path}:{line}"
         missing = [c for c in task.text_columns + ((task.label_column,) if with_labels else ())
                    if c not in row]
@@ -227,6 +235,9 @@ def read_examples(task: GlueTask, path: str, split: str, skip_empty: bool = Fals
         examples.append(Example(guid, texts[0], texts[1] if len(texts) > 1 else None, label))
     if skipped:
         logging.warning("%s: skipped %d rows with an empty sentence", path, skipped)
+    if malformed:
+        logging.warning("%s: skipped %d rows with a wrong number of fields (lines %s)", path,
+                        len(malformed), ", ".join(map(str, malformed[:10])))
     return examples
 
 
