@@ -26,7 +26,9 @@ def get_config(task: str = "sst2") -> config_dict.ConfigDict:
         max_train_examples=0,  # > 0: a fixed random subset of the train split
         subset_seed=0,
         predict_test=True,  # write GLUE submission files when the test split is present
-        skip_empty=False,  # skip (with a warning) instead of failing on empty sentences
+        # Skip (with a counted warning) train and dev rows with an empty sentence or a wrong
+        # number of fields, instead of failing on them.
+        skip_empty=False,
     )
     config.lock()
     return config
