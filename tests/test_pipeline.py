@@ -522,6 +522,22 @@ def test_a_failure_in_the_batch_thread_stops_the_chunk_thread_too(data_dir, toke
         time.sleep(0.05)
 
 
+def test_special_tokens_spelled_in_the_corpus_are_text(tmp_path, tokenizer):
+    # As the original BERT's tokenizer read them: "[MASK]" -> "[", "mask", "]". Matched as
+    # special tokens, they put a separator or an unlabelled mask inside a segment.
+    corpus = tmp_path / "corpus.txt"
+    corpus.write_text("Type [MASK] to hide a word.\nA [SEP] ends a segment.\n")
+    config = pipeline.PipelineConfig(f"text:{corpus}", mode="full_sentences",
+                                     max_seq_length=32, eval_fraction=0.0)
+    (example, _), = pipeline.iter_examples(config, tokenizer, seed=0)
+    ids = example.ids.tolist()
+    assert tokenizer.mask_id not in ids
+    assert ids.count(tokenizer.sep_id) == 1 and ids[-1] == tokenizer.sep_id
+    spelled = tokenizer.encode("Type [ MASK ] to hide a word.")
+    assert ids[1:1 + len(spelled)] == spelled
+    assert [tokenizer.id_to_token(i) for i in spelled[1:4]] == ["[", "mask", "]"]
+
+
 def test_eval_split_holds_out_other_documents(gutenberg, tokenizer):
     config = pipeline.PipelineConfig(gutenberg, max_seq_length=128, eval_fraction=0.05)
     train_docs, eval_docs = set(), set()

@@ -20,6 +20,7 @@ import dataclasses
 import itertools
 import logging
 import queue
+import re
 import threading
 import zlib
 from collections.abc import Callable, Iterator
@@ -28,7 +29,7 @@ from typing import Any
 import numpy as np
 
 from bert_jax.data import examples as examples_lib
-from bert_jax.data import masking, packing, sources
+from bert_jax.data import masking, packing, sources, tokenization
 from bert_jax.data.examples import Example, TokenizedChunk
 from bert_jax.data.sources import Position
 
@@ -38,6 +39,16 @@ PREFETCH_BATCHES = 8
 CHUNKS_AHEAD = 1  # chunks made ahead of the one being batched (each ~1 MB of text)
 STATE_VERSION = 1
 _SPLITS = {"train": 0, "eval": 1}
+# Corpus text that spells a special token ("[MASK]", "[SEP]") is text, as the original BERT's
+# tokenizer read it ("[", "mask", "]"): spaced out, it no longer matches the tokenizer's special
+# tokens, which would put a separator or an unlabelled mask inside a segment.
+_TYPED_SPECIAL = re.compile("|".join(re.escape(t) for t in tokenization.SPECIAL_TOKENS))
+
+
+def _special_tokens_as_text(sentence: str) -> str:
+    if "[" not in sentence:  # nearly always: no regex
+        return sentence
+    return _TYPED_SPECIAL.sub(lambda m: f"[ {m.group(0)[1:-1]} ]", sentence)
 
 log = logging.getLogger(__name__)
 
@@ -217,7 +228,8 @@ class _ExampleStream:
     def _tokenize(self, docs: list[list[str]]) -> tuple[TokenizedChunk, np.ndarray]:
         """All sentences of the chunk in one batched tokenizer call, as one flat id array, and
         the indices of the documents it keeps: those with at least one token."""
-        flat, lengths = _encode_flat(self.tokenizer, [s for doc in docs for s in doc])  # [T], [S]
+        sentences = [_special_tokens_as_text(s) for doc in docs for s in doc]
+        flat, lengths = _encode_flat(self.tokenizer, sentences)  # [T], [S]
         doc_of_sentence = np.repeat(np.arange(len(docs)), [len(d) for d in docs])  # [S]
         keep = lengths > 0  # sentences with no tokens (e.g. only control characters) vanish
         lengths, doc_of_sentence = lengths[keep], doc_of_sentence[keep]
