@@ -66,6 +66,35 @@ def test_hosts_get_disjoint_documents_covering_the_corpus(gutenberg_docs, num_sh
     assert all(len(h) > 0 for h in seen)
 
 
+@pytest.mark.parametrize("kind", ["text", "prose"])
+def test_a_large_file_is_read_in_parts_that_hold_each_line_once(data_dir, monkeypatch, kind):
+    # Parts of 100 kB of Moby-Dick (1.2 MB, typographic quotes: parts start inside UTF-8
+    # characters): many units from one file, as 64 MB parts give from one wiki.txt.
+    path = data_dir / "gutenberg" / "2701-0.txt"
+    whole = sources.open_source(f"{kind}:{path}")
+    assert whole.num_units == 1
+    monkeypatch.setattr(sources, "FILE_PART_BYTES", 100_000)
+    parts = sources.open_source(f"{kind}:{path}")
+    assert parts.num_units == -(-os.path.getsize(path) // 100_000) == 13
+
+    def text(source):
+        return [s for unit in range(source.num_units) for doc in source.read_unit(unit)
+                for s in doc]
+
+    if kind == "text":  # a line is a sentence: the same lines, in the same order
+        assert text(parts) == text(whole)
+    else:  # paragraphs that a part boundary cuts are split there: the same words
+        assert " ".join(text(parts)).split() == " ".join(text(whole)).split()
+    assert not parts.skips.counts  # no part began inside a character
+    docs = list(parts.read_unit(5))
+    assert list(parts.read_unit(5, start_doc=2)) == docs[2:]  # resuming re-reads one part
+    # Hosts share the parts out: one file no longer means every host reads all of it.
+    shards = [HostShard(parts, host, 4) for host in range(4)]
+    assert [len(shard.units) for shard in shards] == [4, 3, 3, 3]
+    assert sorted(s for shard in shards for _, doc in shard.iter_documents() for s in doc) == (
+        sorted(text(parts)))
+
+
 def test_reading_resumes_at_a_recorded_position(gutenberg_docs):
     spec, docs = gutenberg_docs
     shard = HostShard(sources.open_source(spec), 1, 7)

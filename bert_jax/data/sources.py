@@ -41,6 +41,7 @@ Document = list[str]
 PROSE_DOCUMENT_CHARS = 8000  # ~1,500 words: several 512-token sequences per document
 TFDS_RECORDS_PER_UNIT = 10_000
 READ_BLOCK_BYTES = 1 << 20
+FILE_PART_BYTES = 64 << 20  # a unit of a text file: a part this long (see _FileSource)
 # CPython 3.11's ast.parse is not thread-safe ("AST constructor recursion depth mismatch"),
 # and the train and eval iterators read the built-in corpus from separate threads.
 _AST_PARSE_LOCK = threading.Lock()
@@ -97,39 +98,54 @@ class Source(abc.ABC):
 
 
 class _FileSource(Source):
-    """Files matched by comma-separated globs, local or on a tf.io.gfile file system."""
+    """Files matched by comma-separated globs, local or on a tf.io.gfile file system.
+
+    A unit is a part of a file: FILE_PART_BYTES of it, and the lines that start there. A
+    corpus in a few large files (one wiki.txt) so still has many units: hosts share them out,
+    epochs visit them in new orders, and a resumed run re-reads at most one part.
+    """
 
     def __init__(self, spec: str, patterns: str, skips: SkipCounter | None = None):
         super().__init__(spec, skips)
         self.files = _expand_globs(patterns)
         if not self.files:
             raise FileNotFoundError(f"data source {spec!r}: the glob matches no files")
+        self._parts = [(path, start, min(start + FILE_PART_BYTES, size))
+                       for path, size in zip(self.files, _file_sizes(self.files))
+                       for start in range(0, max(size, 1), FILE_PART_BYTES)]
 
     @property
     def num_units(self) -> int:
-        return len(self.files)
+        return len(self._parts)
 
     def read_unit(self, unit: int, start_doc: int = 0) -> Iterator[Document]:
-        path = self.files[unit]
+        path, start, end = self._parts[unit]
         empty = True
-        for index, doc in enumerate(self._documents(path)):
+        for index, doc in enumerate(self._documents(_read_blocks(path, self.skips, start, end))):
             empty = False
             if index >= start_doc:
                 yield doc
-        if empty:
+        if empty and start == 0 and end == self._file_end(unit):
             self.skips.add("input file without text skipped", path)
 
+    def _file_end(self, unit: int) -> int:
+        """The end of the unit's file: the end of its last part."""
+        path = self._parts[unit][0]
+        while unit + 1 < len(self._parts) and self._parts[unit + 1][0] == path:
+            unit += 1
+        return self._parts[unit][2]
+
     @abc.abstractmethod
-    def _documents(self, path: str) -> Iterator[Document]:
-        """The non-empty documents of a file."""
+    def _documents(self, blocks: Iterator[str]) -> Iterator[Document]:
+        """The non-empty documents of a file part's text (blocks of whole lines)."""
 
 
 class TextSource(_FileSource):
     """Original BERT format: one sentence per line, blank lines between documents."""
 
-    def _documents(self, path: str) -> Iterator[Document]:
+    def _documents(self, blocks: Iterator[str]) -> Iterator[Document]:
         doc: Document = []
-        for line in _read_lines(path, self.skips):
+        for line in _lines(blocks):
             line = line.strip()
             if line:
                 doc.append(line)
@@ -143,10 +159,10 @@ class TextSource(_FileSource):
 class ProseSource(_FileSource):
     """Paragraphs separated by blank lines; documents of >= PROSE_DOCUMENT_CHARS characters."""
 
-    def _documents(self, path: str) -> Iterator[Document]:
+    def _documents(self, blocks: Iterator[str]) -> Iterator[Document]:
         doc: Document = []
         chars = 0
-        for paragraph in sentences_lib.iter_text_paragraphs(_read_blocks(path, self.skips)):
+        for paragraph in sentences_lib.iter_text_paragraphs(blocks):
             doc.extend(sentences_lib.split_sentences(paragraph))
             chars += len(paragraph)
             if chars >= PROSE_DOCUMENT_CHARS:
@@ -383,23 +399,51 @@ def _expand_globs(patterns: str) -> list[str]:
     return sorted(files)
 
 
-def _read_blocks(path: str, skips: SkipCounter) -> Iterator[str]:
-    """Decoded text of a file in blocks of about READ_BLOCK_BYTES that end at a line end (one
-    decode per block, not per line); invalid UTF-8 bytes are dropped and counted."""
+def _open_binary(path: str):
     if "://" in path:
         import tensorflow as tf
 
-        f = tf.io.gfile.GFile(path, "rb")
-    else:
-        f = open(path, "rb")
-    with f:
-        while block := f.read(READ_BLOCK_BYTES):
-            yield _decode(block + f.readline(), path, skips)
+        return tf.io.gfile.GFile(path, "rb")
+    return open(path, "rb")
 
 
-def _read_lines(path: str, skips: SkipCounter) -> Iterator[str]:
-    """Decoded lines of a text file, without their "\n"."""
-    for block in _read_blocks(path, skips):
+def _file_sizes(paths: list[str]) -> list[int]:
+    """Byte sizes; remote ones (a stat each) asked in parallel."""
+    if not any("://" in path for path in paths):
+        return [os.path.getsize(path) for path in paths]
+    import concurrent.futures
+
+    import tensorflow as tf
+
+    with concurrent.futures.ThreadPoolExecutor(32) as pool:
+        return list(pool.map(lambda path: tf.io.gfile.stat(path).length, paths))
+
+
+def _read_blocks(path: str, skips: SkipCounter, start: int = 0,
+                 end: int | None = None) -> Iterator[str]:
+    """Decoded text of the lines of a file that start in bytes [start, end), in blocks of about
+    READ_BLOCK_BYTES that end at a line end (one decode per block, not per line; a line end
+    is never inside a UTF-8 character); invalid UTF-8 bytes are dropped and counted."""
+    with _open_binary(path) as f:
+        position = start
+        if start > 0:
+            f.seek(start - 1)
+            # The rest of the line under way at `start` (or the line end just before it)
+            # belongs to the part before.
+            position += len(f.readline()) - 1
+        while end is None or position < end:
+            size = READ_BLOCK_BYTES if end is None else min(READ_BLOCK_BYTES, end - position)
+            block = f.read(size)
+            if not block:
+                return
+            block += f.readline()  # the block's last line started before `end`: it is ours
+            position += len(block)
+            yield _decode(block, path, skips)
+
+
+def _lines(blocks: Iterator[str]) -> Iterator[str]:
+    """The lines of blocks of whole lines, without their "\n"."""
+    for block in blocks:
         lines = block.split("\n")
         if block.endswith("\n"):
             lines.pop()  # the "" after the block's last line end
