@@ -1,4 +1,4 @@
-"""Our pre-training learning curve beside transformers' BERT trained the same way.
+r"""Our pre-training learning curve beside transformers' BERT trained the same way.
 
     python benchmarks/reference_learning_curve.py        (sequences of 64: the unigram plateau)
     python benchmarks/reference_learning_curve.py --steps=1000 --learning_rate=1e-3

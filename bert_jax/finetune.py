@@ -1,4 +1,4 @@
-"""Fine-tune a checkpoint on a GLUE task, SQuAD, CoNLL-2003 NER, multiple choice (SWAG) or one's
+r"""Fine-tune a checkpoint on a GLUE task, SQuAD, CoNLL-2003 NER, multiple choice (SWAG) or one's
 own classification files (configs/finetune/).
 
     python -m bert_jax.finetune --config=configs/finetune/glue.py:sst2 --workdir=OUT \

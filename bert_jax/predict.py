@@ -1,4 +1,4 @@
-"""Run a checkpoint on texts; one JSON line per input on stdout (logs go to stderr).
+r"""Run a checkpoint on texts; one JSON line per input on stdout (logs go to stderr).
 
     python -m bert_jax.predict fill_mask --checkpoint=PATH --text="Paris is the [MASK] of France."
     python -m bert_jax.predict embed --checkpoint=PATH --input_file=texts.txt --pooling=mean

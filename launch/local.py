@@ -1,4 +1,4 @@
-"""N processes of one command on this machine, as N hosts of a multi-process JAX run (CPU).
+r"""N processes of one command on this machine, as N hosts of a multi-process JAX run (CPU).
 
     python -m bert_jax.tokenizer train --input=builtin --vocab_size=4000 --output=/tmp/demo_tok
     python launch/local.py --num_processes=2 --devices_per_process=4 -- \

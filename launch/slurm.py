@@ -1,4 +1,4 @@
-"""Pre-train on a SLURM GPU cluster: writes an sbatch script and submits it.
+r"""Pre-train on a SLURM GPU cluster: writes an sbatch script and submits it.
 
     python launch/slurm.py --nodes=4 --gpus_per_node=8 --workdir=/shared/runs/bert_large -- \
         python -m bert_jax.pretrain --config=configs/pretrain.py:large \

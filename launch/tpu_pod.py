@@ -1,4 +1,4 @@
-"""Pre-train on a Cloud TPU pod: create or reuse a TPU VM, ship the code, install, run everywhere.
+r"""Pre-train on a Cloud TPU pod: create or reuse a TPU VM, ship the code, install, run everywhere.
 
     python launch/tpu_pod.py --name=bert-large --zone=us-central2-b --accelerator_type=v4-32 \
         --workdir=gs://BUCKET/bert_large -- \

@@ -1,4 +1,4 @@
-"""Memory plan without allocating: per-device bytes of parameters and optimizer state.
+r"""Memory plan without allocating: per-device bytes of parameters and optimizer state.
 
     python -m bert_jax.parallel.memory --config=configs/pretrain.py:large --num_devices=8 \
         --config.mesh.data=1 --config.mesh.fsdp=8 --config.mesh.rules=fsdp

@@ -1,4 +1,4 @@
-"""Multiple choice: pick the right continuation (or answer) among several, SWAG as in the paper.
+r"""Multiple choice: pick the right continuation (or answer) among several, SWAG as in the paper.
 
     python -m bert_jax.finetune --config=configs/finetune/multiple_choice.py --workdir=OUT \
         --config.init_checkpoint=PATH --config.data.train_file=train.csv \

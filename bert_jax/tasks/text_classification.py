@@ -1,4 +1,4 @@
-"""Classification (or regression) of texts and text pairs from one's own data files.
+r"""Classification (or regression) of texts and text pairs from one's own data files.
 
     python -m bert_jax.finetune --config=configs/finetune/classify.py --workdir=OUT \
         --config.init_checkpoint=PATH --config.data.train_file=train.csv \

@@ -1,4 +1,4 @@
-"""Fine-tuning on one's own classification (or regression) data: CSV, TSV or JSON lines files.
+r"""Fine-tuning on one's own classification (or regression) data: CSV, TSV or JSON lines files.
 
     python -m bert_jax.finetune --config=configs/finetune/classify.py --workdir=OUT \
         --config.init_checkpoint=PATH --config.data.train_file=train.csv \

@@ -1,4 +1,4 @@
-"""GLUE fine-tuning configs: one per task, with the BERT paper's recipe as defaults.
+r"""GLUE fine-tuning configs: one per task, with the BERT paper's recipe as defaults.
 
     python -m bert_jax.finetune --config=configs/finetune/glue.py:sst2 --workdir=OUT \
         --config.init_checkpoint=PATH [--config.seeds="(0,1,2)"] [--config.k=v ...]

@@ -1,4 +1,4 @@
-"""Multiple choice (SWAG, as in the BERT paper, or one's own files): the right choice of several.
+r"""Multiple choice (SWAG, as in the BERT paper, or one's own files): the right choice of several.
 
     python -m bert_jax.finetune --config=configs/finetune/multiple_choice.py --workdir=OUT \
         --config.init_checkpoint=PATH --config.data.train_file=swag/train.csv \

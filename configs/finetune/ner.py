@@ -1,4 +1,4 @@
-"""CoNLL-2003 NER fine-tuning (token classification on every word's first piece).
+r"""CoNLL-2003 NER fine-tuning (token classification on every word's first piece).
 
     python -m bert_jax.finetune --config=configs/finetune/ner.py --workdir=OUT \
         --config.init_checkpoint=PATH [--config.k=v ...]

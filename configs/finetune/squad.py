@@ -1,4 +1,4 @@
-"""SQuAD fine-tuning: `configs/finetune/squad.py` (v1.1) or `configs/finetune/squad.py:v2`.
+r"""SQuAD fine-tuning: `configs/finetune/squad.py` (v1.1) or `configs/finetune/squad.py:v2`.
 
     python -m bert_jax.finetune --config=configs/finetune/squad.py --workdir=OUT \
         --config.init_checkpoint=PATH \
