@@ -38,7 +38,8 @@ from configs.finetune import glue as glue_configs
 
 _WORKDIR = flags.DEFINE_string(
     "workdir", None, "run folder: pretrain/, then pretrained_N/ and random_init_N/ for N "
-    "training examples", required=True)
+    "training examples (with _lrX and _epochsE added for another --finetune_lr or "
+    "--finetune_epochs)", required=True)
 _SIZE = flags.DEFINE_string("size", "mini", "model size pre-trained and compared")
 _STEPS = flags.DEFINE_integer("pretrain_steps", 2000, "pre-training steps")
 _BATCH = flags.DEFINE_integer("pretrain_batch", 64, "pre-training sequences per step")

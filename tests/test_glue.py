@@ -195,6 +195,12 @@ def test_sentence_without_tokens_is_an_error(tokenizer):
         glue.encode(examples, tokenizer, 32)
 
 
+def test_a_missing_split_names_its_file(tmp_path):
+    with pytest.raises(FileNotFoundError, match=r"task mnli's dev split: no file .*MNLI/"
+                                                r"dev_matched.tsv \(data.dir holds"):
+        glue.load_examples(glue.get_task("mnli"), "dev", directory=str(tmp_path))
+
+
 def test_wrong_column_count_names_the_line(tmp_path, caplog):
     _write(tmp_path / "SST-2" / "dev.tsv", "sentence\tlabel\ngood\t1\nbad\t0\textra\n")
     with pytest.raises(ValueError, match=r"dev.tsv:3: 3 tab-separated fields, expected 2"):

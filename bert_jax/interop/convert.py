@@ -51,8 +51,10 @@ def import_tf1(folder: str, output: str, lowercase: bool | None = None) -> str:
     """
     if lowercase is None:
         lowercase = tf1.lowercase_from_name(folder)
-        logging.info("%s: %s vocab (from the folder name)", folder,
-                     "uncased" if lowercase else "cased")
+        says = "cased" in os.path.basename(os.path.normpath(folder)).lower()
+        logging.info("%s: %s vocab (%s)", folder, "uncased" if lowercase else "cased",
+                     "from the folder name" if says else "the folder name says neither cased "
+                     "nor uncased: the default; --nolowercase reads a cased vocab")
     vocab_path = os.path.join(folder, tf1.VOCAB_FILE)
     if not tf.io.gfile.exists(vocab_path):
         raise FileNotFoundError(f"{folder} has no {tf1.VOCAB_FILE}: {_NO_TOKENIZER}")

@@ -280,7 +280,12 @@ def load_examples(task: GlueTask, split: str, *, source: str = "tsv", directory:
                   tfds_data_dir: str | None = None, skip_empty: bool = False) -> list[Example]:
     """A split from the GLUE TSV distribution under `directory`, or from TFDS glue/<task>."""
     if source == "tsv":
-        return read_examples(task, split_path(task, split, directory), split, skip_empty)
+        path = split_path(task, split, directory)
+        if not tf.io.gfile.exists(path):
+            raise FileNotFoundError(f"task {task.name}'s {split} split: no file {path} (data.dir "
+                                    f"holds the GLUE distribution's folders, e.g. "
+                                    f"{task.folder}/{task.splits[split]})")
+        return read_examples(task, path, split, skip_empty)
     if source == "tfds":
         import tensorflow_datasets as tfds
 
