@@ -557,7 +557,9 @@ def test_a_count_or_rate_out_of_range_is_refused_before_training(data_dir, tmp_p
 
 def test_held_out_text_is_read_before_the_first_step(data_dir, tmp_path):
     # No held-out documents: the run fails before training, not at its first evaluation.
-    with pytest.raises(ValueError, match="yields no eval examples"):
+    with pytest.raises(ValueError, match=r"yields no eval examples on host 0: "
+                                         r"data.eval_fraction=0.0 holds out none of its \d+ "
+                                         r"documents"):
         loop.train_and_evaluate(_config({**_small_overrides(data_dir),
                                          "data.eval_fraction": 0.0}), str(tmp_path))
     assert not _metrics(tmp_path)

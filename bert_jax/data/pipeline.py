@@ -168,16 +168,25 @@ class _ExampleStream:
         while True:
             made = 0
             order = self._unit_order(epoch)
+            self._read = {"documents": 0, "kept": 0}  # this epoch's, for the error below
             for chunk in self._epoch_chunks(epoch, start, index, order):
                 made += len(chunk.examples)
                 yield chunk
             if made == 0 and start == Position() and index == 0 and order:
-                raise ValueError(
-                    f"data source {self.shard.source.spec!r} yields no {self.split} examples "
-                    f"on host {self.host} (empty input, all documents too short, or "
-                    f"eval_fraction={self.config.eval_fraction} selects none)"
-                )
+                raise ValueError(f"data source {self.shard.source.spec!r} yields no "
+                                 f"{self.split} examples on host {self.host}: {self._why_none()}")
             epoch, start, index = epoch + 1, Position(), 0
+
+    def _why_none(self) -> str:
+        read, kept = self._read["documents"], self._read["kept"]
+        if read == 0:
+            return "it holds no text (empty input)"
+        if kept == 0:
+            return (f"data.eval_fraction={self.config.eval_fraction} holds out none of its "
+                    f"{read} documents" if self.split == "eval" else
+                    f"data.eval_fraction={self.config.eval_fraction} holds out all of its "
+                    f"{read} documents")
+        return f"its {kept} {self.split} documents make none (too short, or no tokens)"
 
     def _epoch_chunks(self, epoch: int, start: Position, index: int,
                       order: list[int]) -> Iterator[_Chunk]:
@@ -185,8 +194,10 @@ class _ExampleStream:
         positions: list[Position] = []
         chars = 0
         for position, doc in self.shard.iter_documents(start, order):
+            self._read["documents"] += 1
             if self._is_held_out(doc) != (self.split == "eval"):
                 continue
+            self._read["kept"] += 1
             docs.append(doc)
             positions.append(position)
             chars += sum(map(len, doc))
