@@ -3,8 +3,9 @@
     python -m bert_jax.tokenizer train --input=SOURCE --vocab_size=30000 --output=PREFIX
 
 SOURCE is a data source spec (`text:GLOB`, `prose:GLOB`, `tfds:NAME[:VERSION][:SPLIT]`,
-`builtin`, or several joined by `+`); a plain GLOB means `text:GLOB`. Writes PREFIX.model and PREFIX.vocab
-(gs:// works); use the model with `--config.data.tokenizer=sentencepiece:PREFIX.model`.
+`builtin`, or several joined by `+`); a plain GLOB means `text:GLOB`. Writes PREFIX.model and
+PREFIX.vocab (gs:// works); use the model with
+`--config.data.tokenizer=sentencepiece:PREFIX.model`.
 """
 
 from absl import app, flags, logging

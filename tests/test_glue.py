@@ -123,6 +123,11 @@ def test_mnli_predicts_the_diagnostic_set_for_a_full_submission(tmp_path):
            "index\tsentence1\tsentence2\n0\tThe cat sat.\tA cat sat.\n"
            "1\tNo one came.\tSomeone came.\n")
     assert glue.has_split(task, "test_ax", source="tsv", directory=str(tmp_path))
+    # From TFDS only once glue/ax is prepared: a run offline would fail on it, before training.
+    tfds_dir = str(tmp_path / "tfds")
+    assert glue.has_split(task, "test", source="tfds", directory="", tfds_data_dir=tfds_dir)
+    assert not glue.has_split(task, "test_ax", source="tfds", directory="",
+                              tfds_data_dir=tfds_dir)
     examples = glue.load_examples(task, "test_ax", directory=str(tmp_path))
     assert [(e.guid, e.text_b, e.label) for e in examples] == [
         ("0", "A cat sat.", None), ("1", "Someone came.", None)]

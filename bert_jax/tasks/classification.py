@@ -179,7 +179,8 @@ class GlueFinetuneTask(SentenceClassificationTask):
         splits = (["train"] if with_train else []) + task.dev_splits
         if data.predict_test:
             present = [s for s in task.test_splits
-                       if glue.has_split(task, s, source=data.source, directory=directory)]
+                       if glue.has_split(task, s, source=data.source, directory=directory,
+                                         tfds_data_dir=data.tfds_data_dir)]
             if not present:
                 logging.info("no test split of %s found: no submission file", task.name)
             splits += present

@@ -296,10 +296,24 @@ def load_examples(task: GlueTask, split: str, *, source: str = "tsv", directory:
     raise ValueError(f"data.source {source!r} is not one of 'tsv', 'tfds'")
 
 
-def has_split(task: GlueTask, split: str, *, source: str, directory: str) -> bool:
+def has_split(task: GlueTask, split: str, *, source: str, directory: str,
+              tfds_data_dir: str | None = None) -> bool:
+    """Whether the split's file is there; from TFDS, every split of the task's own dataset is
+    (downloaded if need be), another dataset's (glue/ax) only once prepared."""
     if split not in task.splits:
         return False
-    return source == "tfds" or tf.io.gfile.exists(split_path(task, split, directory))
+    if source != "tfds":
+        return tf.io.gfile.exists(split_path(task, split, directory))
+    other, _, _ = task.tfds_splits[split].rpartition(":")
+    if not other:
+        return True
+    import tensorflow_datasets as tfds
+
+    prepared = tfds.builder(f"glue/{other}", data_dir=tfds_data_dir or None).is_prepared()
+    if not prepared:
+        logging.info("TFDS glue/%s is not prepared: no %s predictions (tfds build glue/%s)",
+                     other, split, other)
+    return prepared
 
 
 def subsample(examples: list[Example], max_examples: int, seed: int) -> list[Example]:

@@ -317,7 +317,8 @@ class Trainer:
             steps.train_step, sums_fn=sums_fn, optimizer=s.optimizer, schedule=s.schedule,
             grad_accum_steps=self.config.train.grad_accum_steps)
         self.train_step = setup_lib.with_mesh_and_rules(s, jax.jit(
-            with_stop_vote(with_real_tokens(train)), in_shardings=(s.state_shardings, batch_sharding, replicated),
+            with_stop_vote(with_real_tokens(train)),
+            in_shardings=(s.state_shardings, batch_sharding, replicated),
             out_shardings=(s.state_shardings, replicated), donate_argnums=0))
         self.eval_step = setup_lib.with_mesh_and_rules(s, jax.jit(
             functools.partial(steps.eval_step, sums_fn=sums_fn),
