@@ -168,17 +168,18 @@ class _ExampleStream:
         while True:
             made = 0
             order = self._unit_order(epoch)
-            self._read = {"documents": 0, "kept": 0}  # this epoch's, for the error below
-            for chunk in self._epoch_chunks(epoch, start, index, order):
+            read = {"documents": 0, "kept": 0}  # this epoch's, for the error below
+            for chunk in self._epoch_chunks(epoch, start, index, order, read):
                 made += len(chunk.examples)
                 yield chunk
             if made == 0 and start == Position() and index == 0 and order:
                 raise ValueError(f"data source {self.shard.source.spec!r} yields no "
-                                 f"{self.split} examples on host {self.host}: {self._why_none()}")
+                                 f"{self.split} examples on host {self.host}: "
+                                 f"{self._why_none(read)}")
             epoch, start, index = epoch + 1, Position(), 0
 
-    def _why_none(self) -> str:
-        read, kept = self._read["documents"], self._read["kept"]
+    def _why_none(self, counts: dict) -> str:
+        read, kept = counts["documents"], counts["kept"]
         if read == 0:
             return "it holds no text (empty input)"
         if kept == 0:
@@ -188,16 +189,17 @@ class _ExampleStream:
                     f"{read} documents")
         return f"its {kept} {self.split} documents make none (too short, or no tokens)"
 
-    def _epoch_chunks(self, epoch: int, start: Position, index: int,
-                      order: list[int]) -> Iterator[_Chunk]:
+    def _epoch_chunks(self, epoch: int, start: Position, index: int, order: list[int],
+                      read: dict) -> Iterator[_Chunk]:
+        """The epoch's chunks from `start`; `read` counts the documents read and kept."""
         docs: list[list[str]] = []
         positions: list[Position] = []
         chars = 0
         for position, doc in self.shard.iter_documents(start, order):
-            self._read["documents"] += 1
+            read["documents"] += 1
             if self._is_held_out(doc) != (self.split == "eval"):
                 continue
-            self._read["kept"] += 1
+            read["kept"] += 1
             docs.append(doc)
             positions.append(position)
             chars += sum(map(len, doc))

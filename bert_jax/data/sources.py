@@ -110,7 +110,7 @@ class _FileSource(Source):
         self.files = _expand_globs(patterns)
         if not self.files:
             raise FileNotFoundError(f"data source {spec!r}: the glob matches no files")
-        self._parts = [(path, start, min(start + FILE_PART_BYTES, size))
+        self._parts = [(path, start, min(start + FILE_PART_BYTES, size), size)
                        for path, size in zip(self.files, _file_sizes(self.files))
                        for start in range(0, max(size, 1), FILE_PART_BYTES)]
 
@@ -119,21 +119,14 @@ class _FileSource(Source):
         return len(self._parts)
 
     def read_unit(self, unit: int, start_doc: int = 0) -> Iterator[Document]:
-        path, start, end = self._parts[unit]
+        path, start, end, size = self._parts[unit]
         empty = True
         for index, doc in enumerate(self._documents(_read_blocks(path, self.skips, start, end))):
             empty = False
             if index >= start_doc:
                 yield doc
-        if empty and start == 0 and end == self._file_end(unit):
+        if empty and start == 0 and end == size:  # the whole file
             self.skips.add("input file without text skipped", path)
-
-    def _file_end(self, unit: int) -> int:
-        """The end of the unit's file: the end of its last part."""
-        path = self._parts[unit][0]
-        while unit + 1 < len(self._parts) and self._parts[unit + 1][0] == path:
-            unit += 1
-        return self._parts[unit][2]
 
     @abc.abstractmethod
     def _documents(self, blocks: Iterator[str]) -> Iterator[Document]:

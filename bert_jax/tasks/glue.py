@@ -289,11 +289,16 @@ def load_examples(task: GlueTask, split: str, *, source: str = "tsv", directory:
     if source == "tfds":
         import tensorflow_datasets as tfds
 
-        name, _, tfds_split = task.tfds_splits[split].rpartition(":")
-        dataset = tfds.load(f"glue/{name or task.tfds_name}", split=tfds_split,
-                            data_dir=tfds_data_dir or None)
+        name, tfds_split = _tfds_dataset_and_split(task, split)
+        dataset = tfds.load(f"glue/{name}", split=tfds_split, data_dir=tfds_data_dir or None)
         return examples_from_tfds(task, tfds.as_numpy(dataset), split)
     raise ValueError(f"data.source {source!r} is not one of 'tsv', 'tfds'")
+
+
+def _tfds_dataset_and_split(task: GlueTask, split: str) -> tuple[str, str]:
+    """glue/<dataset> and its split for one of the task's splits (AX: glue/ax's test)."""
+    other, _, tfds_split = task.tfds_splits[split].rpartition(":")
+    return other or task.tfds_name, tfds_split
 
 
 def has_split(task: GlueTask, split: str, *, source: str, directory: str,
@@ -304,15 +309,15 @@ def has_split(task: GlueTask, split: str, *, source: str, directory: str,
         return False
     if source != "tfds":
         return tf.io.gfile.exists(split_path(task, split, directory))
-    other, _, _ = task.tfds_splits[split].rpartition(":")
-    if not other:
+    dataset, _ = _tfds_dataset_and_split(task, split)
+    if dataset == task.tfds_name:
         return True
     import tensorflow_datasets as tfds
 
-    prepared = tfds.builder(f"glue/{other}", data_dir=tfds_data_dir or None).is_prepared()
+    prepared = tfds.builder(f"glue/{dataset}", data_dir=tfds_data_dir or None).is_prepared()
     if not prepared:
         logging.info("TFDS glue/%s is not prepared: no %s predictions (tfds build glue/%s)",
-                     other, split, other)
+                     dataset, split, dataset)
     return prepared
 
 

@@ -272,7 +272,7 @@ class TrainCheckpointer:
         stored = self._manager.item_metadata(step)
         where = f"{self.root}/{step}"
         check_same_shapes(stored[PARAMS], abstract_state.params, where=where)
-        if _array_paths(stored[OPT_STATE]) != _array_paths(abstract_state.opt_state):
+        if _shapes(stored[OPT_STATE]) != _shapes(abstract_state.opt_state):
             written_with = self._manager.restore(step, args=ocp.args.Composite(**{
                 META: ocp.args.JsonRestore()}))[META].get("run_config", {}).get("optimizer")
             raise ValueError(
@@ -323,31 +323,26 @@ class TrainCheckpointer:
 
 
 def flat_names(tree) -> dict:
-    """{"bert/encoder/layer_0/...": leaf}: a parameter tree's leaves by slash-joined path."""
-    leaves = jax.tree_util.tree_flatten_with_path(tree)[0]
-    return {"/".join(str(getattr(k, "key", k)) for k in path): leaf for path, leaf in leaves}
-
-
-def _array_paths(tree) -> dict:
-    """{path: shape} of a state tree or of Orbax's metadata of one, which stores an optax
-    NamedTuple's fields as dict keys ('count' where the live tree has the attribute .count)."""
-    def key(k):
+    """{"bert/encoder/layer_0/...": leaf}: a tree's leaves by slash-joined path. Dict keys,
+    NamedTuple fields and sequence indices name alike, so a live optimizer state and Orbax's
+    metadata of one (which stores a NamedTuple's fields as dict keys) give the same names."""
+    def name(key):
         for attribute in ("key", "name", "idx"):
-            if hasattr(k, attribute):
-                return str(getattr(k, attribute))
-        return str(k)
+            if hasattr(key, attribute):
+                return str(getattr(key, attribute))
+        return str(key)
 
-    return {"/".join(map(key, path)): tuple(leaf.shape)
-            for path, leaf in jax.tree_util.tree_flatten_with_path(tree)[0]}
+    leaves = jax.tree_util.tree_flatten_with_path(tree)[0]
+    return {"/".join(map(name, path)): leaf for path, leaf in leaves}
+
+
+def _shapes(tree) -> dict:
+    return {name: tuple(leaf.shape) for name, leaf in flat_names(tree).items()}
 
 
 def check_same_shapes(stored, expected, where: str) -> None:
     """Raises naming the first parameter whose stored shape differs, or that is missing/extra."""
-
-    def flat(tree):
-        return {name: tuple(leaf.shape) for name, leaf in flat_names(tree).items()}
-
-    have, want = flat(stored), flat(expected)
+    have, want = _shapes(stored), _shapes(expected)
     for name in sorted(set(have) | set(want)):
         if have.get(name) != want.get(name):
             raise ValueError(
