@@ -136,6 +136,18 @@ def test_results_json_per_epoch_best_and_median(finetuned):
     assert (pathlib.Path(workdir) / "seed_0" / "tensorboard").is_dir()
 
 
+def test_metrics_jsonl_holds_each_step_once_and_epoch_means_apart(finetuned):
+    _, workdir, results = finetuned
+    logged = [json.loads(line) for line in
+              (pathlib.Path(workdir) / "seed_0" / "metrics.jsonl").read_text().splitlines()]
+    steps = [e["step"] for e in logged if e["split"] == "train"]
+    assert steps == [2, 4, 6, 8, 10, 12]  # log_every_steps=2: no step twice
+    epochs = [e for e in logged if e["split"] == "train_epoch"]
+    assert [e["step"] for e in epochs] == [6, 12]
+    assert [e["loss"] for e in epochs] == [
+        e["train_loss"] for e in results["seeds"]["0"]["epochs"]]
+
+
 def test_nan_dev_metric_ranks_last_and_is_null_in_results_json(tmp_path):
     # A regression head that predicts one constant has no correlation: scipy answers NaN,
     # which compares false with every score and so would stay "best" once it was first.
@@ -307,6 +319,12 @@ def test_cli_writes_results(pretrained, mrpc_dir, tmp_path):
         cwd=REPO, check=True, capture_output=True, timeout=600)
     results = json.loads((workdir / "results.json").read_text())
     assert results["best"]["seed"] == 3 and 0.0 <= results["best"]["f1"] <= 1.0
+    # 6 steps, fewer than a window (log_every_steps=50): the epoch's last step is still
+    # logged, with the rates of the steps that did not compile.
+    logged = [json.loads(line) for line in
+              (workdir / "seed_3" / "metrics.jsonl").read_text().splitlines()]
+    [last] = [e for e in logged if e["split"] == "train"]
+    assert last["step"] == 6 and last["tokens_per_sec"] > 0
 
 
 def test_classify_from_the_best_checkpoint_matches_evaluation(finetuned, mrpc_dir):

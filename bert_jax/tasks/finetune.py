@@ -15,7 +15,9 @@ WORKDIR/
   config.json            the run config and the model config
   predictions/<file>     the task's prediction files (GLUE submissions, SQuAD predictions JSON,
                          CoNLL columns) from the best seed's best epoch
-  seed_<s>/tensorboard, seed_<s>/metrics.jsonl, seed_<s>/checkpoints/<step>  (the best epoch)
+  seed_<s>/tensorboard, seed_<s>/metrics.jsonl  steps ("train": every train.log_every_steps
+                         and each epoch's last), epoch means ("train_epoch") and "dev" metrics
+  seed_<s>/checkpoints/<step>  the best epoch's parameters
   seed_<s>/result.json   the seed's epochs and best, once it has finished
   seed_<s>/progress/<step>  while it runs: its state, to resume from (tasks/progress.py)
 
@@ -362,14 +364,16 @@ def train_epoch(run: Run, state: TrainState, epoch: int, seed: int, rng, writer,
     every = cfg.checkpoint_every_steps
     throughput.reset()
 
-    def settle():
-        """The pending step's metrics into the epoch's sums (and the log)."""
+    def settle(log: bool = False):
+        """The pending step's metrics into the epoch's sums, and into the log at multiples of
+        train.log_every_steps or when `log` (an epoch's last step, a stop): a run shorter than
+        a window still logs its rates."""
         nonlocal pending
         if pending is None:
             return
         values = host_step_metrics(*pending, cfg.skip_nonfinite_updates, preemption)
         progress.add_step(values)
-        if pending[0] % cfg.log_every_steps == 0:
+        if log or pending[0] % cfg.log_every_steps == 0:
             writer.write(pending[0], {**values, **throughput.report(pending[0])})
             throughput.reset()
         pending = None
@@ -398,12 +402,12 @@ def train_epoch(run: Run, state: TrainState, epoch: int, seed: int, rng, writer,
         settle()
         pending = (step, step_metrics)
         if preemption.stop or (every > 0 and step % every == 0):
-            settle()  # never save unchecked parameters
+            settle(log=preemption.stop)  # never save unchecked parameters
             with throughput.excluded():
                 save(state)
             if preemption.stop:
                 return state, None
-    settle()
+    settle(log=True)
     return state, progress.train_means()
 
 
@@ -434,7 +438,8 @@ def run_seed(run: Run, seed: int, preemption) -> dict | None:
             if train_means is None:
                 return None
             step = int(jax.device_get(state.step))
-            writer.write(step, train_means, prefix="train")
+            # Its own split: the epoch's last step is logged under "train" at the same step.
+            writer.write(step, train_means, prefix="train_epoch")
             dev = evaluate(run, state.params)
             writer.write(step, dev, prefix="dev")
             record = {"epoch": epoch, "step": step, "train_loss": train_means["loss"], **dev,
