@@ -7,11 +7,12 @@ import jax.numpy as jnp
 
 from bert_jax.model.config import ModelConfig
 
-# Dense peak FLOP/s per device from datasheets, by compute dtype.
+# Dense peak FLOP/s per device from datasheets, by the arithmetic the matmuls run in. "tf32":
+# float32 matmuls on Ampere and newer GPUs, which JAX's default precision runs as TensorFloat-32.
 DATASHEET_PEAK = {
-    "H100": {"bfloat16": 989e12, "float16": 989e12, "float32": 67e12},
-    "H200": {"bfloat16": 989e12, "float16": 989e12, "float32": 67e12},
-    "A100": {"bfloat16": 312e12, "float16": 312e12, "float32": 19.5e12},
+    "H100": {"bfloat16": 989e12, "float16": 989e12, "tf32": 495e12, "float32": 67e12},
+    "H200": {"bfloat16": 989e12, "float16": 989e12, "tf32": 495e12, "float32": 67e12},
+    "A100": {"bfloat16": 312e12, "float16": 312e12, "tf32": 156e12, "float32": 19.5e12},
     # No fast bfloat16 before the A100: these train in float16 (with a loss scale).
     "V100": {"float16": 125e12, "float32": 15.7e12},
     "Tesla T4": {"float16": 65e12, "float32": 8.1e12},
@@ -20,6 +21,12 @@ DATASHEET_PEAK = {
     "TPU v5e": {"bfloat16": 197e12},
     "TPU v5p": {"bfloat16": 459e12},
 }
+
+# jax_default_matmul_precision values under which float32 matmuls run as the hardware's fast
+# default (TF32 on GPUs that have it, one bfloat16 pass on TPUs), and those that ask for true
+# float32. Other values (multi-pass bfloat16, named algorithms) have no datasheet figure.
+_FAST_FLOAT32 = (None, "default", "fastest")
+_TRUE_FLOAT32 = ("highest", "float32", "F32_F32_F32")
 
 
 def non_embedding_params(config: ModelConfig) -> int:
@@ -39,11 +46,28 @@ def flops_per_token(config: ModelConfig, seq_len: int, predictions_per_seq: int)
 
 
 def datasheet_peak(dtype: str, device=None) -> float | None:
-    kind = (device or jax.devices()[0]).device_kind
+    """The device's datasheet peak for matmuls of `dtype` inputs, as they run at the current
+    jax_default_matmul_precision; None where the datasheet or the arithmetic is unknown."""
+    device = device or jax.devices()[0]
     for name, peaks in DATASHEET_PEAK.items():
-        if name.lower() in kind.lower():
-            return peaks.get(dtype)
+        if name.lower() in device.device_kind.lower():
+            return peaks.get(_matmul_arithmetic(dtype, peaks))
     return None
+
+
+def _matmul_arithmetic(dtype: str, peaks: dict) -> str | None:
+    """The DATASHEET_PEAK key that `dtype` matmuls run at: float32 ones are by default faster
+    than float32 (a float32 peak would let MFU exceed 1 on an H100)."""
+    if dtype != "float32":
+        return dtype
+    precision = jax.config.jax_default_matmul_precision
+    if precision in _TRUE_FLOAT32:
+        return "float32"
+    if precision in _FAST_FLOAT32:
+        if "tf32" in peaks:
+            return "tf32"
+        return "float32" if "float32" in peaks else "bfloat16"  # a TPU: one bfloat16 pass
+    return {"tensorfloat32": "tf32", "high": "tf32", "bfloat16": "bfloat16"}.get(precision)
 
 
 def measure_matmul_peak(dtype: str = "float32", size: int = 2048, trials: int = 5,
