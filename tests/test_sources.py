@@ -4,7 +4,7 @@ import os
 
 import pytest
 
-from bert_jax.data import sentences, sources
+from bert_jax.data import pipeline, sentences, sources
 from bert_jax.data.sources import HostShard
 
 
@@ -64,6 +64,48 @@ def test_hosts_get_disjoint_documents_covering_the_corpus(gutenberg_docs, num_sh
     assert len(flat) == len(set(flat))  # disjoint
     assert sorted(flat) == sorted((p.unit, p.doc) for p, _ in docs)  # together: everything
     assert all(len(h) > 0 for h in seen)
+
+
+def test_balanced_assignment_deals_the_heaviest_unit_to_the_lightest_shard():
+    assert sources.balanced_assignment([5, 4, 3, 3, 3], 2) == [[0, 3], [1, 2, 4]]
+    assert sources.balanced_assignment([1] * 5, 2) == [[0, 2, 4], [1, 3]]  # round-robin
+    # Empty files weigh nothing, yet every shard gets a unit while there are enough.
+    assert sources.balanced_assignment([0, 0, 0, 7], 3) == [[3], [0, 2], [1]]
+
+
+def test_hosts_share_out_the_books_by_size(gutenberg_docs):
+    """The five books (151 kB to 1.2 MB) on two hosts: dealt by size, the shares differ by
+    13%; dealt round-robin they differed by 72% (the smaller share read 1.7 times as often)."""
+    spec, _ = gutenberg_docs
+    source = sources.open_source(spec)
+    sizes = source.unit_sizes
+    assert sizes == [os.path.getsize(path) for path in source.files]
+    shards = [HostShard(source, host, 2) for host in range(2)]
+    assert shards[0].shares == shards[1].shares == [
+        sum(sizes[u] for u in shard.units) for shard in shards]
+    assert max(shards[0].shares) / min(shards[0].shares) < 1.15
+    round_robin = [sum(sizes[host::2]) for host in range(2)]
+    assert max(round_robin) / min(round_robin) > 1.7
+    # The source's own sizes unless told otherwise: weights (e.g. under source_repeats).
+    assert HostShard(source, 0, 2, unit_weights=[1, 1, 1, 1, 100]).units == [4]
+
+
+def test_uneven_host_shares_are_warned(gutenberg_docs, caplog):
+    """Five books over four hosts cannot be evened out: process 0 says so, with the figures."""
+    spec, _ = gutenberg_docs
+    config = pipeline.PipelineConfig(spec)
+    with caplog.at_level("WARNING"):
+        pipeline._host_shard(config, sources.SkipCounter(), "train", 0, 2)
+    assert "uneven" not in caplog.text
+    with caplog.at_level("WARNING"):
+        pipeline._host_shard(config, sources.SkipCounter(), "train", 0, 4)
+    assert ("shares of its train text are uneven: 1.23 MB on process 0, 0.573 MB on process 3 "
+            "(5 units over 4 processes)") in caplog.text
+    assert "read 2.2 times as often" in caplog.text
+    caplog.clear()
+    with caplog.at_level("WARNING"):  # every process computes the shares; one reports them
+        pipeline._host_shard(config, sources.SkipCounter(), "train", 1, 4)
+    assert "uneven" not in caplog.text
 
 
 @pytest.mark.parametrize("kind", ["text", "prose"])
@@ -174,6 +216,9 @@ def test_tfds_source_reads_a_locally_built_dataset(tmp_path, monkeypatch):
     assert list(sources.iter_documents("tfds:tiny_bert_corpus", shard_index=1, num_shards=2)) == [
         docs[1]
     ]
+    # One unit of 3 records, sized from the split's bytes: dealt out by size among files.
+    [size] = sources.open_source("tfds:tiny_bert_corpus").unit_sizes
+    assert 3 * 60 < size < 3 * 200
     with pytest.raises(ValueError, match="unknown TFDS dataset"):
         sources.open_source("tfds:no_such_dataset_xyz")
     with pytest.raises(ValueError, match="no split"):
@@ -195,7 +240,8 @@ def test_sources_joined_by_plus_read_as_one_corpus(data_dir, gutenberg_docs):
     assert sorted(map(tuple, seen)) == sorted(tuple(d) for _, d in docs)
 
     shard = HostShard(joined, 1, 2)
-    order = [2, 0, 1]
+    assert shard.units == [0, 1, 2, 3]  # the sample and three books (host 0: the two largest)
+    order = [0, 2, 1, 3]
     full = list(shard.iter_documents(order=order))
     k = len(full) // 2
     assert full[k][0].unit > 0 and list(shard.iter_documents(full[k][0], order=order)) == full[k:]

@@ -544,7 +544,34 @@ def _host_shard(config: PipelineConfig, skips, split: str, process_index: int,
     source = sources.open_source(config.source, skips)
     if split == "eval":
         return sources.HostShard(source)
-    return sources.HostShard(source, process_index, process_count)
+    weights = source.unit_sizes
+    if weights is not None and config.source_repeats:  # the text an epoch reads of each unit
+        part_of = getattr(source, "part_of", lambda unit: 0)
+        weights = [size * config.source_repeats[part_of(u)] for u, size in enumerate(weights)]
+    shard = sources.HostShard(source, process_index, process_count, weights)
+    if process_index == 0:
+        _warn_uneven_shares(config.source, shard.shares, source.num_units)
+    return shard
+
+
+# Hosts' shares of the train text this far apart get a warning (with few units, no
+# assignment evens them out).
+UNEVEN_SHARES_RATIO = 1.25
+
+
+def _warn_uneven_shares(spec: str, shares: list[float] | None, num_units: int) -> None:
+    if not shares or len(shares) < 2:
+        return
+    small, large = min(shares), max(shares)
+    if large <= UNEVEN_SHARES_RATIO * small or small == 0:  # none at all fails on its host
+        return
+    log.warning(
+        "data source %r: the processes' shares of its train text are uneven: %.3g MB on "
+        "process %d, %.3g MB on process %d (%d units over %d processes). Each process fills "
+        "the same rows of every batch, so the smaller share is read %.1f times as often as "
+        "the larger. More files of similar size even them out (a file is read in parts of "
+        "%d MB).", spec, large / 1e6, shares.index(large), small / 1e6, shares.index(small),
+        num_units, len(shares), large / small, sources.FILE_PART_BYTES >> 20)
 
 
 def _check_tokenizer(tokenizer) -> None:

@@ -15,7 +15,7 @@ GLOBs may be local or on gs:// (read through tf.io.gfile), comma-separated for s
 Every source is a list of *units* (a file, a slice of TFDS records, a stdlib module) holding
 documents in a fixed order, so that a position (unit, document index) names any point of the
 stream and reading can restart there cheaply. Hosts split the units between them when there are
-enough, else they split each unit's documents by index.
+enough (evening out their sizes), else they split each unit's documents by index.
 """
 
 from __future__ import annotations
@@ -96,6 +96,12 @@ class Source(abc.ABC):
         An empty list stands for a record without text, so that indices stay stable.
         """
 
+    @property
+    def unit_sizes(self) -> list[float] | None:
+        """Each unit's size in bytes of text (approximate), or None where unknown; hosts share
+        units out by it (HostShard)."""
+        return None
+
 
 class _FileSource(Source):
     """Files matched by comma-separated globs, local or on a tf.io.gfile file system.
@@ -117,6 +123,10 @@ class _FileSource(Source):
     @property
     def num_units(self) -> int:
         return len(self._parts)
+
+    @property
+    def unit_sizes(self) -> list[float]:
+        return [end - start for _, start, end, _ in self._parts]
 
     def read_unit(self, unit: int, start_doc: int = 0) -> Iterator[Document]:
         path, start, end, size = self._parts[unit]
@@ -196,10 +206,19 @@ class TfdsSource(Source):
             raise ValueError(f"data source {spec!r}: the dataset has no 'text' feature")
         self._split = split
         self._num_records = splits[split].num_examples
+        self._num_bytes = splits[split].num_bytes
 
     @property
     def num_units(self) -> int:
         return -(-self._num_records // TFDS_RECORDS_PER_UNIT)
+
+    @property
+    def unit_sizes(self) -> list[float] | None:
+        if not self._num_bytes:  # a dataset whose info has no size
+            return None
+        per_record = self._num_bytes / self._num_records
+        return [per_record * (min(first + TFDS_RECORDS_PER_UNIT, self._num_records) - first)
+                for first in range(0, self._num_records, TFDS_RECORDS_PER_UNIT)]
 
     def read_unit(self, unit: int, start_doc: int = 0) -> Iterator[Document]:
         first = unit * TFDS_RECORDS_PER_UNIT
@@ -293,6 +312,11 @@ class ConcatSource(Source):
     def num_units(self) -> int:
         return self._first_units[-1]
 
+    @property
+    def unit_sizes(self) -> list[float] | None:
+        sizes = [part.unit_sizes for part in self.parts]
+        return None if None in sizes else [size for part in sizes for size in part]
+
     def read_unit(self, unit: int, start_doc: int = 0) -> Iterator[Document]:
         part = self.part_of(unit)
         return self.parts[part].read_unit(unit - self._first_units[part], start_doc)
@@ -338,15 +362,26 @@ class HostShard:
     """One host's disjoint part of a source; all hosts' parts together cover it.
 
     By units when there are at least as many units as hosts (every host reads whole files),
-    else by document index inside every unit.
+    else by document index inside every unit. Units of known size (`unit_weights`, by default
+    the source's unit_sizes) are dealt out to even the hosts' totals, in `shares`: each host
+    fills the same rows of every batch, so a host with less text reads its text more often.
+    Units of unknown size go round-robin.
     """
 
-    def __init__(self, source: Source, shard_index: int = 0, num_shards: int = 1):
+    def __init__(self, source: Source, shard_index: int = 0, num_shards: int = 1,
+                 unit_weights: Sequence[float] | None = None):
         if not 0 <= shard_index < num_shards:
             raise ValueError(f"shard_index {shard_index} not in [0, {num_shards})")
         self.source = source
+        self.shares: list[float] | None = None  # each host's total weight, where known
         if source.num_units >= num_shards:
-            self.units = list(range(shard_index, source.num_units, num_shards))
+            weights = source.unit_sizes if unit_weights is None else unit_weights
+            if weights is None:
+                self.units = list(range(shard_index, source.num_units, num_shards))
+            else:
+                assignment = balanced_assignment(weights, num_shards)
+                self.units = assignment[shard_index]
+                self.shares = [sum(weights[u] for u in units) for units in assignment]
             self._stride, self._offset = 1, 0
         else:
             self.units = list(range(source.num_units))
@@ -365,6 +400,20 @@ class HostShard:
             for i, doc in enumerate(docs):
                 if i % self._stride == 0 and doc:
                     yield Position(u, first + i), doc
+
+
+def balanced_assignment(weights: Sequence[float], num_shards: int) -> list[list[int]]:
+    """Units dealt to shards, heaviest first, each to the lightest shard so far (among equals,
+    the one with fewest units, then the lowest index: with at least as many units as shards,
+    every shard gets one, empty files or not); every shard's units in ascending order.
+    Deterministic: every host computes the same assignment."""
+    totals = [0.0] * num_shards
+    assignment: list[list[int]] = [[] for _ in range(num_shards)]
+    for unit in sorted(range(len(weights)), key=lambda u: (-weights[u], u)):
+        lightest = min(range(num_shards), key=lambda i: (totals[i], len(assignment[i]), i))
+        totals[lightest] += weights[unit]
+        assignment[lightest].append(unit)
+    return [sorted(units) for units in assignment]
 
 
 def iter_documents(
