@@ -256,3 +256,17 @@ def test_a_bad_part_of_joined_sources_is_named(data_dir, tmp_path):
         sources.open_source(f"{sample}+")
     with pytest.raises(ValueError, match="unknown data source 'csv:x'"):
         sources.open_source(f"{sample}+csv:x")
+
+
+def test_a_plus_inside_a_path_is_explained_and_a_wildcard_reads_it(data_dir, tmp_path):
+    folder = tmp_path / "c++"
+    folder.mkdir()
+    (folder / "notes.txt").write_text("A first sentence.\nA second one.\n")
+    with pytest.raises(ValueError, match=r"an empty source between '\+' signs \('\+' joins "
+                                         r"sources; for a '\+' inside a path, write the glob "
+                                         r"wildcard '\?' in its place\)"):
+        sources.open_source(f"text:{folder}/notes.txt")
+    with pytest.raises(ValueError, match=r"unknown data source 'b.txt' between '\+' signs"):
+        sources.open_source(f"text:{tmp_path}/a+b.txt")
+    assert list(sources.iter_documents(f"text:{tmp_path}/c??/notes.txt")) == [
+        ["A first sentence.", "A second one."]]

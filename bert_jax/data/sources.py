@@ -331,8 +331,17 @@ def open_source(spec: str, skips: SkipCounter | None = None) -> Source:
     if "+" in spec:
         skips = skips or SkipCounter()
         names = [name.strip() for name in spec.split("+")]
+        # A path with '+' in it (c++/...) reads as joined sources: say so, and how to give it.
+        hint = ("'+' joins sources; for a '+' inside a path, write the glob wildcard '?' in "
+                "its place")
         if not all(names):
-            raise ValueError(f"data source {spec!r}: an empty source between '+' signs")
+            raise ValueError(f"data source {spec!r}: an empty source between '+' signs ({hint})")
+        for name in names:
+            kind, _, rest = name.partition(":")
+            if name != "builtin" and not (kind in ("text", "prose", "tfds") and rest):
+                raise ValueError(f"data source {spec!r}: unknown data source {name!r} between "
+                                 f"'+' signs; expected builtin, text:GLOB, prose:GLOB or "
+                                 f"tfds:NAME[:VERSION][:SPLIT] ({hint})")
         return ConcatSource(spec, [open_source(name, skips) for name in names], skips)
     kind, _, rest = spec.partition(":")
     if kind == "text" and rest:
