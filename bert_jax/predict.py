@@ -19,6 +19,9 @@ input line at its first tab. qa pairs the i-th --question with the i-th --contex
 JSON objects {"question": ..., "context": ...} from --input_file lines. choose takes one
 --context with its --choice values (2 or more), and JSON objects {"context": ..., "choices":
 [...]} from --input_file lines.
+
+Python logs only warnings and errors to stderr; --verbosity=0 adds the info logs (checkpoint
+reads).
 """
 
 import dataclasses
@@ -27,7 +30,7 @@ import sys
 from collections.abc import Callable
 
 import numpy as np
-from absl import app, flags
+from absl import app, flags, logging
 
 from bert_jax import inference
 
@@ -253,6 +256,8 @@ def main(argv):
         raise app.UsageError(
             f"expected one command, one of {' | '.join(COMMANDS)}; got {argv[1:] or 'none'}"
         )
+    if not FLAGS["verbosity"].present:
+        logging.set_verbosity(logging.WARNING)
     for record in records(argv[1], FLAGS):
         sys.stdout.write(json.dumps(record, ensure_ascii=False) + "\n")
     sys.stdout.flush()

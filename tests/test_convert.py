@@ -72,6 +72,16 @@ def test_checkpoint_without_its_tokenizer_is_named(tmp_path):
         checkpoint.load_model(str(tmp_path))
 
 
+def test_orbax_checkpoint_of_another_program_is_named(tmp_path):
+    import orbax.checkpoint as ocp
+
+    with ocp.CheckpointManager(str(tmp_path)) as manager:  # weights only, no metadata
+        manager.save(3, args=ocp.args.Composite(params=ocp.args.StandardSave(
+            {"w": np.zeros(2, np.float32)})))
+    with pytest.raises(ValueError, match=r"/3 has no 'meta/': not written by bert_jax"):
+        checkpoint.load_model(str(tmp_path))
+
+
 def test_folder_without_weights_is_named(tmp_path):
     (tmp_path / "config.json").write_text("{}")
     _write_vocab(tmp_path)

@@ -2,6 +2,7 @@
 on random fine-tuned checkpoints (in-process, through `records`); how inputs are read and paired."""
 
 import json
+import re
 import subprocess
 import sys
 import types
@@ -47,6 +48,13 @@ def test_cli_classify_writes_the_predictors_labels_for_pairs(classifier, mrpc_di
         check=True, capture_output=True, text=True)
     records = [json.loads(line) for line in result.stdout.splitlines()]
     assert [(r["text"], r["text_b"]) for r in records] == pairs
+    # Quiet: no info logs of Python modules (the checkpoint reader's dozens), no warnings about
+    # checkpoint items it does not read.
+    info = [line for line in result.stderr.splitlines()
+            if re.match(r"I\d{4} [\d:.]+ +\d+ \w+\.py:\d+\]", line)]
+    assert not info, "\n".join(info[:10])
+    assert "was found in the checkpoint" not in result.stderr
+    assert "read_only" not in result.stderr
     expected = inference.load(classifier).classify(pairs)
     for record, want in zip(records, expected):
         assert record["label"] == want["label"] and record["label"] in ("0", "1")

@@ -167,6 +167,12 @@ def resolve(path: str) -> tuple[str, int]:
     )
 
 
+def _step_item(root: str, step: int, item: str) -> epath.Path:
+    """One item's folder in a committed step (see resolve). Read through its handler, not a
+    CheckpointManager: a manager warns about every item of the step it was not told of."""
+    return epath.Path(root) / str(step) / item
+
+
 def save_model(root: str, step: int, params, meta: dict) -> str:
     """Writes params + metadata as one step of a checkpoint root (what the converter makes)."""
     root = absolute(root)
@@ -180,10 +186,11 @@ def save_model(root: str, step: int, params, meta: dict) -> str:
 def load_meta(path: str) -> tuple[str, int, dict]:
     """(checkpoint root, step, metadata) of the checkpoint at `path`, without its arrays."""
     root, step = resolve(path)
-    with ocp.CheckpointManager(root, options=ocp.CheckpointManagerOptions(read_only=True),
-                               item_names=(META,)) as manager:
-        meta = manager.restore(step, args=ocp.args.Composite(**{
-            META: ocp.args.JsonRestore()}))[META]
+    item = _step_item(root, step, META)
+    if not item.exists():
+        raise ValueError(f"checkpoint {root}/{step} has no '{META}/': not written by bert_jax "
+                         "(pretrain, finetune, convert)")
+    meta = ocp.JsonCheckpointHandler().restore(item, args=ocp.args.JsonRestore())
     if "tokenizer" not in meta:  # checked before the params: they are useless without it
         raise ValueError(f"checkpoint {root}/{step} has no tokenizer in its metadata: "
                          "write checkpoints with bert_jax (pretrain, finetune, convert), "
@@ -200,13 +207,14 @@ def load_model(path: str) -> LoadedModel:
     addressable and the restore fails.
     """
     root, step, meta = load_meta(path)
-    with ocp.CheckpointManager(root, options=ocp.CheckpointManagerOptions(read_only=True),
-                               item_handlers={PARAMS: ocp.PyTreeCheckpointHandler()}) as manager:
-        stored = manager.item_metadata(step)[PARAMS].tree
+    item = _step_item(root, step, PARAMS)
+    handler = ocp.PyTreeCheckpointHandler()
+    try:
         as_numpy = jax.tree_util.tree_map(
-            lambda _: ocp.RestoreArgs(restore_type=np.ndarray), stored)
-        params = manager.restore(step, args=ocp.args.Composite(**{
-            PARAMS: ocp.args.PyTreeRestore(restore_args=as_numpy)}))[PARAMS]
+            lambda _: ocp.RestoreArgs(restore_type=np.ndarray), handler.metadata(item).tree)
+        params = handler.restore(item, args=ocp.args.PyTreeRestore(restore_args=as_numpy))
+    finally:
+        handler.close()
     return LoadedModel(
         model_config=ModelConfig.from_dict(meta["model_config"]),
         params=params,
