@@ -8,6 +8,20 @@ from bert_jax.data import pipeline, sentences, sources
 from bert_jax.data.sources import HostShard
 
 
+def test_split_sentences_in_other_scripts():
+    # Sentences that open with an upper-case letter beyond Latin-1, or a caseless script's.
+    assert sentences.split_sentences("Он пришёл. Она ушла! Ωραία. Łódź leży. Ş bitti.") == [
+        "Он пришёл.", "Она ушла!", "Ωραία.", "Łódź leży.", "Ş bitti."]
+    assert sentences.split_sentences("هل أتيت؟ نعم. यह वाक्य है। दूसरा वाक्य।") == [
+        "هل أتيت؟", "نعم.", "यह वाक्य है।", "दूसरा वाक्य।"]
+    # Chinese and Japanese full stops, with or without a space after them.
+    assert sentences.split_sentences("我来了。你呢？好！ 「行。」他说。") == [
+        "我来了。", "你呢？", "好！", "「行。」", "他说。"]
+    # Lower-case openings in any script stay continuations.
+    assert sentences.split_sentences("«Да?» спросил он. Ça va. é bien.") == [
+        "«Да?» спросил он.", "Ça va. é bien."]
+
+
 def test_split_sentences_keeps_abbreviations_initials_and_dialogue():
     text = (
         "Mr. Darcy arrived at 4 A. M. with Dr. Watson. He was late! \u201cWhy?\u201d said she. "

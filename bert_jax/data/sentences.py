@@ -1,4 +1,5 @@
-"""A rule-based English sentence splitter for prose (books, docstrings, TFDS articles).
+"""A rule-based sentence splitter for prose (books, docstrings, TFDS articles): English
+abbreviations, sentences that open in any script, Chinese and Japanese full stops.
 
 Good enough for pre-training (NSP only needs plausible sentence boundaries), fast (one regex pass
 per paragraph plus a set look-up per candidate boundary) and dependency-free.
@@ -17,12 +18,37 @@ ABBREVIATIONS = frozenset(
     """.split()
 )
 
+
+def _letters(keep) -> str:
+    """A regex character class body of the letters `keep` accepts, as ranges."""
+    ranges, start, prev = [], None, None
+    for code in range(0x10000):
+        char = chr(code)
+        if char.isalpha() and keep(char):
+            if start is None or code != prev + 1:
+                if start is not None:
+                    ranges.append((start, prev))
+                start = code
+            prev = code
+    ranges.append((start, prev))
+    return "".join(re.escape(chr(a)) if a == b else f"{re.escape(chr(a))}-{re.escape(chr(b))}"
+                   for a, b in ranges)
+
+
+# A sentence opens with a letter that is not lower-case: upper-case in any cased script (A, É,
+# Ł, Σ, Д), or any letter of a caseless one (CJK, Arabic, Devanagari); or with a digit.
+_OPENING = _letters(lambda char: not char.islower()) + "0-9"
 # A candidate boundary: terminal punctuation, optional closing quotes/brackets, whitespace, and a
-# next sentence that opens with (quotes/brackets/underscores and) an upper-case letter or digit.
-# Lower-case continuations ('"Why?" said he.') are deliberately not boundaries.
+# next sentence that opens with (quotes/brackets/underscores and) such a letter or digit.
+# Lower-case continuations ('"Why?" said he.') are deliberately not boundaries (so lowercased
+# prose is not split: give such a corpus as text:, one sentence per line).
 _CANDIDATE = re.compile(
-    r"[.!?\u2026]+[\"'\u2019\u201d)\]_]*(\s+)(?=[\"'\u2018\u201c(\[_]*[A-Z0-9\u00c0-\u00de])"
+    rf"[.!?\u2026\u061f\u0964]+[\"'\u2019\u201d)\]_]*(\s+)"  # ... Arabic ?, Devanagari danda
+    rf"(?=[\"'\u2018\u201c(\[_]*[{_OPENING}])"
 )
+# Chinese and Japanese full stops end a sentence with or without a space after them.
+_CJK_STOPS = "\u3002\uff01\uff1f"  # 。！？
+_CJK_END = re.compile(r"[\u3002\uff01\uff1f]+[\u300d\u300f\uff09\u201d]*(\s*)(?=\S)")
 _LEADING_PUNCT = "\"'\u2018\u201c([_*"
 _PARAGRAPH_BREAK = re.compile(r"\n\s*\n")  # a line end, blank lines, the next line's start
 
@@ -31,7 +57,10 @@ def split_sentences(paragraph: str) -> list[str]:
     """Sentences of one paragraph, in order; their concatenation keeps every word."""
     sentences = []
     start = 0
-    for match in _CANDIDATE.finditer(paragraph):
+    matches = _CANDIDATE.finditer(paragraph)
+    if any(stop in paragraph for stop in _CJK_STOPS):
+        matches = sorted([*matches, *_CJK_END.finditer(paragraph)], key=lambda m: m.start())
+    for match in matches:
         end = match.start(1)  # just after the punctuation and closing quotes
         if paragraph[end - 1] == ".":
             # The word ending here, with its period: an abbreviation or an initial
