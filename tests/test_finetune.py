@@ -146,6 +146,11 @@ def test_metrics_jsonl_holds_each_step_once_and_epoch_means_apart(finetuned):
     assert [e["step"] for e in epochs] == [6, 12]
     assert [e["loss"] for e in epochs] == [
         e["train_loss"] for e in results["seeds"]["0"]["epochs"]]
+    # Each logged step holds its window's means: three windows of two steps make the epoch.
+    windows = {e["step"]: e["loss"] for e in logged if e["split"] == "train"}
+    assert np.mean([windows[s] for s in (2, 4, 6)]) == pytest.approx(epochs[0]["loss"], rel=1e-6)
+    assert np.mean([windows[s] for s in (8, 10, 12)]) == pytest.approx(epochs[1]["loss"],
+                                                                       rel=1e-6)
 
 
 def test_nan_dev_metric_ranks_last_and_is_null_in_results_json(tmp_path):

@@ -62,7 +62,7 @@ from bert_jax.train import checkpoint, metrics, optim, steps
 from bert_jax.train import loss_scale as loss_scale_lib
 from bert_jax.train import setup as setup_lib
 from bert_jax.train.loop import (MetricWriter, PreemptionFlag, StepWork, Throughput,
-                                 host_step_metrics, with_stop_vote)
+                                 host_step_metrics, mean_metrics, with_stop_vote)
 from bert_jax.train.state import TrainState
 
 # ----------------------------------------------------------------------------------------------
@@ -351,9 +351,9 @@ def train_epoch(run: Run, state: TrainState, epoch: int, seed: int, rng, writer,
     (state, the epoch's mean train metrics), or (state, None) when SIGTERM stopped it.
 
     `save(state)` saves the seed (progress included) every train.checkpoint_every_steps steps
-    and before stopping. Logged lines carry the window's rates (loop.Throughput). The first
-    step at each batch shape (bucket length) compiles: it is awaited and left out of them, as
-    are evaluations between epochs.
+    and before stopping. Logged lines carry the window's metric means and rates
+    (loop.Throughput). The first step at each batch shape (bucket length) compiles: it is
+    awaited and left out of the rates, as are evaluations between epochs.
     """
     cfg = run.config.train
     order_rng = np.random.default_rng([seed, epoch])
@@ -362,19 +362,22 @@ def train_epoch(run: Run, state: TrainState, epoch: int, seed: int, rng, writer,
         next(batches)
     pending, step = None, int(jax.device_get(state.step))
     every = cfg.checkpoint_every_steps
+    window = []  # the metrics of the steps since the last logged one
     throughput.reset()
 
     def settle(log: bool = False):
-        """The pending step's metrics into the epoch's sums, and into the log at multiples of
-        train.log_every_steps or when `log` (an epoch's last step, a stop): a run shorter than
-        a window still logs its rates."""
-        nonlocal pending
+        """The pending step's metrics into the epoch's sums, and the window's means into the
+        log at multiples of train.log_every_steps or when `log` (an epoch's last step, a
+        stop): a run shorter than a window still logs its rates."""
+        nonlocal pending, window
         if pending is None:
             return
         values = host_step_metrics(*pending, cfg.skip_nonfinite_updates, preemption)
         progress.add_step(values)
+        window.append(values)
         if log or pending[0] % cfg.log_every_steps == 0:
-            writer.write(pending[0], {**values, **throughput.report(pending[0])})
+            writer.write(pending[0], {**mean_metrics(window), **throughput.report(pending[0])})
+            window = []
             throughput.reset()
         pending = None
 

@@ -244,7 +244,7 @@ def _peak_flops(dtype: str) -> float:
     return metrics.datasheet_peak(dtype) or metrics.measure_matmul_peak(dtype, size=1024)
 
 
-def _mean_metrics(history: list[dict]) -> dict:
+def mean_metrics(history: list[dict]) -> dict:
     """Each metric's mean over the window's steps. A step whose float16 gradients overflowed
     (the update skipped) has an infinite gradient norm: the norm's mean leaves those steps out,
     and `overflow`'s mean says how many there were."""
@@ -426,7 +426,7 @@ class Trainer:
                     pending = None
                     real = sum(m.pop(REAL_TOKENS) for m in history)
                     real_fraction = real / (len(history) * self._step_work.tokens)
-                    last_logged = {**_mean_metrics(history),
+                    last_logged = {**mean_metrics(history),
                                    **throughput.report(done, real_fraction)}
                     if "eta_minutes" in last_logged:
                         last_logged["eta_minutes"] += self._pauses_ahead(done, pauses) / 60
