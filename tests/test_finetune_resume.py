@@ -149,6 +149,36 @@ def test_seed_progress_sums_and_epochs():
         lambda x: x, state.__dict__)))) == state
 
 
+def test_an_epoch_ending_on_a_periodic_save_rewrites_only_its_progress(finetuned, pretrained,
+                                                                       mrpc_dir, monkeypatch,
+                                                                       tmp_path):
+    """Step 6 is both a periodic save and epoch 1's end: the epoch's record joins the saved
+    step in place, with no moment when no step is on disk (it was deleted, then saved again).
+    A crash right after resumes from it, in epoch 2."""
+    _, reference, _ = finetuned
+    config = _finetune_config(pretrained, mrpc_dir, **{"train.checkpoint_every_steps": 3})
+    steps_on_disk, real_replace = [], checkpoint.TrainCheckpointer.replace_data
+
+    def replace_data(self, step, data_state):
+        steps_on_disk.append(self.latest_step())
+        real_replace(self, step, data_state)
+
+    monkeypatch.setattr(checkpoint.TrainCheckpointer, "replace_data", replace_data)
+    calls = _interrupt_at_call(monkeypatch, 7, _crash)
+    with pytest.raises(RuntimeError, match="simulated crash"):
+        finetune.finetune_and_evaluate(config, str(tmp_path))
+    assert steps_on_disk == [6]
+    saver = progress.ProgressCheckpointer(str(tmp_path / "seed_0"), config.to_dict())
+    _, saved = saver.restore(finetune.build(config, str(tmp_path)).abstract_state)
+    saver.close()
+    assert saved.epoch == 2 and saved.batches_done == 0 and len(saved.epochs) == 1
+
+    calls.clear()
+    finetune.finetune_and_evaluate(config, str(tmp_path))
+    assert len(calls) == STEPS_PER_SEED - 6
+    _assert_same_seed(tmp_path, reference, 0)
+
+
 def test_crash_after_a_best_checkpoint_before_the_progress_naming_it(finetuned, pretrained,
                                                                     mrpc_dir, monkeypatch,
                                                                     tmp_path):

@@ -94,8 +94,12 @@ class ProgressCheckpointer:
     def save(self, state: TrainState, progress: SeedProgress) -> None:
         """Starts an async save (the arrays reach host memory before it returns)."""
         step = int(jax.device_get(state.step))
-        if step == self._saved_step:  # e.g. an epoch that ended on a periodic save
-            self._checkpointer.delete(step)
+        if step == self._saved_step:
+            # The same train state with more progress (an epoch that ended on a periodic save,
+            # or a run stopped at an epoch's end): only the progress is rewritten. Deleting the
+            # step to save it again would leave nothing to resume from until the save commits.
+            self._checkpointer.replace_data(step, dataclasses.asdict(progress))
+            return
         self._saved_step = step
         self._checkpointer.save(step, state, dataclasses.asdict(progress),
                                 {"step": step, "run_config": self.run_config})

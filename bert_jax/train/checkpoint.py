@@ -178,8 +178,13 @@ def save_model(root: str, step: int, params, meta: dict) -> str:
     root = absolute(root)
     with ocp.CheckpointManager(root, options=ocp.CheckpointManagerOptions(
             enable_async_checkpointing=False)) as manager:
-        manager.save(step, args=ocp.args.Composite(**{
+        saved = manager.save(step, args=ocp.args.Composite(**{
             PARAMS: ocp.args.StandardSave(params), META: ocp.args.JsonSave(meta)}))
+        if not saved:  # Orbax skips, returning False, a step not after the root's latest one
+            raise FileExistsError(
+                f"checkpoint root {root} already holds step {manager.latest_step()}: step "
+                f"{step} was not written (Orbax writes only steps after the latest); save into "
+                "a new folder or remove it")
     return os.path.join(root, str(step))
 
 
@@ -321,10 +326,16 @@ class TrainCheckpointer:
     def wait(self) -> None:
         self._manager.wait_until_finished()
 
-    def delete(self, step: int) -> None:
-        """Removes a saved step (after any save in flight has finished)."""
+    def replace_data(self, step: int, data_state: dict) -> None:
+        """Rewrites this process's data state in the committed `step` (after any save in
+        flight has finished): written beside it, then renamed over it, so the step stays whole
+        whenever the process stops."""
         self.wait()
-        self._manager.delete(step)
+        name = f"process_{jax.process_index()}-of-{jax.process_count()}.json"
+        path = os.path.join(self.root, str(step), DATA, name)
+        with tf.io.gfile.GFile(path + ".tmp", "w") as f:
+            f.write(json.dumps(data_state))
+        tf.io.gfile.rename(path + ".tmp", path, overwrite=True)
 
     def close(self) -> None:
         self._manager.close()
