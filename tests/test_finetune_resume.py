@@ -179,6 +179,27 @@ def test_an_epoch_ending_on_a_periodic_save_rewrites_only_its_progress(finetuned
     _assert_same_seed(tmp_path, reference, 0)
 
 
+def test_a_rerun_cleans_up_after_a_seed_stopped_right_after_its_result(pretrained, mrpc_dir,
+                                                                       monkeypatch, tmp_path):
+    """Killed between writing seed_0/result.json and dropping its progress and older bests:
+    the rerun takes the result and removes what the seed no longer needs."""
+    config = _finetune_config(pretrained, mrpc_dir)
+    real_write = progress.write_result
+
+    def write_then_crash(*args):
+        real_write(*args)
+        raise RuntimeError("simulated crash")
+
+    monkeypatch.setattr(progress, "write_result", write_then_crash)
+    with pytest.raises(RuntimeError, match="simulated crash"):
+        finetune.finetune_and_evaluate(config, str(tmp_path))
+    assert (tmp_path / "seed_0" / progress.PROGRESS_DIR).is_dir()
+    monkeypatch.setattr(progress, "write_result", real_write)
+    results = finetune.finetune_and_evaluate(config, str(tmp_path))
+    assert not (tmp_path / "seed_0" / progress.PROGRESS_DIR).exists()
+    assert os.listdir(tmp_path / "seed_0" / "checkpoints") == [str(results["best"]["step"])]
+
+
 def test_crash_after_a_best_checkpoint_before_the_progress_naming_it(finetuned, pretrained,
                                                                     mrpc_dir, monkeypatch,
                                                                     tmp_path):

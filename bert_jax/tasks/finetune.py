@@ -422,6 +422,10 @@ def run_seed(run: Run, seed: int, preemption) -> dict | None:
     if finished is not None:
         logging.info("seed %d finished in an earlier run: its result comes from %s", seed,
                      seed_dir)
+        # What a run stopped right after writing the result left (both steps are idempotent).
+        _drop_other_bests(seed_dir, finished["best"]["step"] if "checkpoint" in finished
+                          else None)
+        progress_lib.drop_progress(seed_dir)
         return finished
     saver = progress_lib.ProgressCheckpointer(seed_dir, run.config.to_dict())
     restored = saver.restore(run.abstract_state)

@@ -118,9 +118,15 @@ class ProgressCheckpointer:
     def remove(self) -> None:
         """Drops the progress once the seed's result is written."""
         self.close()
-        multihost_utils.sync_global_devices(f"bert_jax_progress_done_{self.root}")
-        if jax.process_index() == 0 and tf.io.gfile.isdir(self.root):
-            tf.io.gfile.rmtree(self.root)
+        drop_progress(self.seed_dir)
+
+
+def drop_progress(seed_dir: str) -> None:
+    """Removes SEED_DIR/progress, if any (every process calls it; process 0 removes)."""
+    root = os.path.join(checkpoint.absolute(seed_dir), PROGRESS_DIR)
+    multihost_utils.sync_global_devices(f"bert_jax_progress_done_{root}")
+    if jax.process_index() == 0 and tf.io.gfile.isdir(root):
+        tf.io.gfile.rmtree(root)
 
 
 def check_same_run(saved: dict, current: dict, where: str) -> None:
