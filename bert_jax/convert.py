@@ -13,6 +13,10 @@ and the tokenizer twice: as this package saves it, and as transformers' AutoToke
 bert_jax.interop.hf_tokenizer). `--to=tf1` writes an original Google BERT folder (WordPiece
 vocabularies only; the encoder, pooler and pre-training heads) for the original code.
 
+--output must be a new or an empty folder: a conversion never writes over or beside earlier
+files. A local output appears only once complete (it is written into OUTPUT.tmp-* beside it,
+then renamed); a failed conversion leaves none.
+
 Fine-tuned checkpoints travel with their heads (bert_jax.interop.hf_tasks): a GLUE classifier
 exports as a BertForSequenceClassification with its label names, a SQuAD model as a
 BertForQuestionAnswering, a CoNLL tagger as a BertForTokenClassification; importing one of
@@ -29,7 +33,7 @@ flags.DEFINE_enum("from", None, ["hf", "tf1", "tf"],
 flags.DEFINE_enum("to", None, ["hf", "tf1", "tf"],
                   "Export a bert_jax checkpoint to this format.")
 flags.DEFINE_string("input", None, "Folder to read.", required=True)
-flags.DEFINE_string("output", None, "Folder to write.", required=True)
+flags.DEFINE_string("output", None, "Folder to write: new, or empty.", required=True)
 flags.DEFINE_boolean(
     "lowercase", None,
     "Imports: whether the WordPiece vocab lowercases text. Unset: hf takes the casing our "

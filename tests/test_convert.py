@@ -3,8 +3,11 @@ self-describing checkpoint -> HF folder; parity with transformers on the way."""
 
 import copy
 import dataclasses
+import errno
 import json
 import os
+import pathlib
+import re
 import subprocess
 import sys
 
@@ -14,7 +17,7 @@ import numpy as np
 import pytest
 
 from bert_jax.data import tokenization
-from bert_jax.interop import convert, hf, tf1
+from bert_jax.interop import convert, hf, hf_tokenizer, tf1
 from bert_jax.model.config import ModelConfig
 from bert_jax.model import BertEncoder, BertForPreTraining
 from bert_jax.train import checkpoint
@@ -192,6 +195,91 @@ def test_folder_without_tokenizer_fails_before_its_weights_are_read(tmp_path):
     with pytest.raises(FileNotFoundError, match="has no tokenizer "
                                                 r"\(neither vocab.txt nor tokenizer.json\)"):
         convert.import_hf(str(tmp_path), str(tmp_path / "out"))
+
+
+# ----------------------------------------------------------------------------------------------
+# Outputs: a new (or empty) folder, written whole or not at all.
+
+
+def _contents(folder: pathlib.Path) -> dict:
+    return {str(path.relative_to(folder)): path.read_bytes() if path.is_file() else "folder"
+            for path in sorted(folder.rglob("*"))}
+
+
+@pytest.mark.parametrize("conversion", [convert.import_hf, convert.import_tf1, convert.export_hf,
+                                        convert.export_tf1], ids=lambda f: f.__name__)
+def test_conversion_into_a_non_empty_folder_is_refused_before_reading(conversion, tmp_path):
+    """Files of an earlier conversion would mix with the new one's (an old tokenizer.json, which
+    AutoTokenizer prefers), and Orbax keeps an existing step instead of writing ours: refused,
+    the folder as it was. The input does not exist: the refusal comes before any reading."""
+    output = tmp_path / "out"
+    output.mkdir()
+    (output / "tokenizer.json").write_text("an earlier export's")
+    before = _contents(output)
+    with pytest.raises(FileExistsError, match=re.escape(f"output folder {output} is not empty")
+                       + ".*choose a new folder or remove it"):
+        conversion(str(tmp_path / "missing"), str(output))
+    assert _contents(output) == before
+    assert os.listdir(tmp_path) == ["out"]  # no temporary folder either
+
+
+def test_cli_import_over_an_earlier_import_fails_and_keeps_it(minilm_folder, converted):
+    """Orbax skipped the second save (step 0 existed) and the command printed OUT/0 all the
+    same: predict and finetune then used the first model without a word."""
+    before = _contents(pathlib.Path(converted))
+    result = subprocess.run([sys.executable, "-m", "bert_jax.convert", "--from=hf",
+                             f"--input={minilm_folder}", f"--output={converted}"],
+                            capture_output=True, text=True)
+    assert result.returncode != 0
+    assert "is not empty" in result.stderr and "choose a new folder or remove it" in result.stderr
+    assert _contents(pathlib.Path(converted)) == before
+
+
+def test_save_model_refuses_a_step_not_after_the_latest(tmp_path):
+    params = {"w": np.zeros(2, np.float32)}
+    checkpoint.save_model(str(tmp_path), 5, params, {"step": 5})
+    for step in (3, 5):
+        with pytest.raises(FileExistsError, match=f"already holds step 5: step {step} was not "
+                                                  "written"):
+            checkpoint.save_model(str(tmp_path), step, params, {"step": step})
+    assert sorted(os.listdir(tmp_path)) == ["5"]
+
+
+def _disk_full(*args, **kwargs):
+    raise OSError(errno.ENOSPC, "No space left on device")
+
+
+@pytest.mark.parametrize("made_first", [False, True], ids=["new", "empty"])
+def test_export_failing_midway_leaves_no_partial_folder(made_first, converted, tmp_path,
+                                                        monkeypatch):
+    """A failure (a full disk) after config.json and model.safetensors: no half export under
+    the output's name, where it would pass for a whole one, nor the temporary folder it was
+    written in; a folder made beforehand stays, empty."""
+    output = tmp_path / "hf"
+    if made_first:
+        output.mkdir()
+    monkeypatch.setattr(hf_tokenizer, "write_hf_tokenizer", _disk_full)
+    with pytest.raises(OSError, match="No space left on device"):
+        convert.export_hf(converted, str(output))
+    assert os.listdir(tmp_path) == (["hf"] if made_first else [])
+    assert not made_first or os.listdir(output) == []
+
+
+def test_import_failing_midway_leaves_no_folder(minilm_folder, tmp_path):
+    """A folder whose model.safetensors lacks a tensor fails after the tokenizer and weights
+    are read: neither the output nor its temporary sibling is left."""
+    from safetensors.numpy import load_file, save_file
+
+    folder = tmp_path / "hf"
+    folder.mkdir()
+    for name in ("config.json", "vocab.txt"):
+        os.symlink(os.path.join(minilm_folder, name), folder / name)
+    tensors = load_file(os.path.join(minilm_folder, "model.safetensors"))
+    del tensors["encoder.layer.3.output.dense.bias"]
+    save_file(tensors, str(folder / "model.safetensors"))
+    with pytest.raises(KeyError, match="lacks 1 tensor"):
+        convert.import_hf(str(folder), str(tmp_path / "out"))
+    assert os.listdir(tmp_path) == ["hf"]
 
 
 # ----------------------------------------------------------------------------------------------

@@ -1,6 +1,7 @@
 """Tokenizers: WordPiece parity with the reference BERT tokenizer, SentencePiece training, specs."""
 
 import csv
+import errno
 import importlib
 import json
 import os
@@ -350,6 +351,42 @@ def test_save_keeps_case_option(minilm_vocab, tmp_path):
     WordPieceTokenizer(minilm_vocab, lowercase=False).save(str(tmp_path))
     assert json.loads((tmp_path / METADATA_FILE).read_text("utf-8"))["lowercase"] is False
     assert load_tokenizer_dir(str(tmp_path)).lowercase is False
+
+
+class _FillsTheDisk:
+    """A file opened for writing whose disk fills halfway through what it is given."""
+
+    def __init__(self, path):
+        self._file = open(path, "wb")
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self._file.close()
+
+    def write(self, data: bytes):
+        self._file.write(data[: len(data) // 2])
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+
+def test_a_failed_write_keeps_the_previous_file(tmp_path, monkeypatch):
+    """`tokenizer train --output=PREFIX` and Tokenizer.save write over earlier files: a write
+    that fails (a full disk) leaves the earlier file whole, and no partial one beside it."""
+    path = tmp_path / "spm.model"
+    path.write_bytes(b"the previous, good model")
+
+    def open_on_a_full_disk(file, mode="r", *args, **kwargs):
+        return _FillsTheDisk(file) if "w" in mode else open(file, mode, *args, **kwargs)
+
+    monkeypatch.setattr(tokenization, "open", open_on_a_full_disk, raising=False)
+    with pytest.raises(OSError, match="No space left on device"):
+        tokenization._write_bytes(str(path), b"a new model, longer than the previous one")
+    assert path.read_bytes() == b"the previous, good model"
+    assert os.listdir(tmp_path) == ["spm.model"]
+    monkeypatch.undo()  # a disk with room: the new file replaces the old, nothing else left
+    tokenization._write_bytes(str(path), b"a new model")
+    assert path.read_bytes() == b"a new model" and os.listdir(tmp_path) == ["spm.model"]
 
 
 # ---- Command line -------------------------------------------------------------------------------

@@ -25,6 +25,7 @@ import re
 import tempfile
 import threading
 import unicodedata
+import uuid
 from collections.abc import Iterable, Iterator, Sequence
 
 import numpy as np
@@ -802,9 +803,27 @@ def _read_bytes(path: str, what: str) -> bytes:
 
 
 def _write_bytes(path: str, data: bytes) -> None:
+    """Writes `path` whole or not at all: into a temporary name beside it, then renamed over it,
+    so a failed write (a full disk) or a kill leaves the previous file as it was."""
     parent = os.path.dirname(path)
     if parent:
         _makedirs(parent)
+    partial = f"{path}.tmp-{uuid.uuid4().hex[:8]}"
     gfile = _gfile(path)
-    with gfile.GFile(path, "wb") if gfile else open(path, "wb") as f:
-        f.write(data)
+    try:
+        with gfile.GFile(partial, "wb") if gfile else open(partial, "wb") as f:
+            f.write(data)
+        if gfile:
+            gfile.rename(partial, path, overwrite=True)
+        else:
+            os.replace(partial, path)
+    except BaseException:
+        _remove_if_there(partial)
+        raise
+
+
+def _remove_if_there(path: str) -> None:
+    """Best effort: the error that got here matters more than a leftover temporary file."""
+    gfile = _gfile(path)
+    with contextlib.suppress(Exception):  # tf's NotFoundError is no OSError
+        (gfile.remove if gfile else os.remove)(path)

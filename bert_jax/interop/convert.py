@@ -1,7 +1,11 @@
 """Conversion between foreign BERT checkpoints and this package's self-describing checkpoints."""
 
+import contextlib
 import json
 import os
+import shutil
+import uuid
+from collections.abc import Iterator
 
 import jax
 import numpy as np
@@ -28,18 +32,22 @@ def import_hf(folder: str, output: str, lowercase: bool | None = None) -> str:
     tokenizer only); a folder that export_hf wrote gives back the exported tokenizer itself
     (SentencePiece ones included).
     """
-    # The tokenizer first: a folder without one fails before its weights are read.
-    tokenizer = _hf_tokenizer(folder, lowercase)
-    hf_config = hf.read_hf_config(folder)
-    tensors = hf.read_hf_weights(folder)
-    config = hf.config_from_hf(hf_config)
-    if hf_tasks.task_architecture(hf_config) is None:
-        return _save_imported(output, config, tensors, tokenizer, f"hf:{folder}")
-    name = os.path.basename(os.path.normpath(folder))
-    params, task = hf_tasks.from_hf(tensors, config, hf_config, name)
-    _check_vocab_size(tokenizer, config, f"hf:{folder}")
-    meta = checkpoint.make_meta(0, config, tokenizer, source=f"hf:{folder}", task=task)
-    return checkpoint.save_model(output, 0, params, meta)
+    with _fresh_output(output) as staging:
+        # The tokenizer first: a folder without one fails before its weights are read.
+        tokenizer = _hf_tokenizer(folder, lowercase)
+        hf_config = hf.read_hf_config(folder)
+        tensors = hf.read_hf_weights(folder)
+        config = hf.config_from_hf(hf_config)
+        if hf_tasks.task_architecture(hf_config) is None:
+            _save_imported(staging, config, tensors, tokenizer, f"hf:{folder}")
+        else:
+            name = os.path.basename(os.path.normpath(folder))
+            params, task = hf_tasks.from_hf(tensors, config, hf_config, name)
+            _check_vocab_size(tokenizer, config, f"hf:{folder}")
+            meta = checkpoint.make_meta(_IMPORTED_STEP, config, tokenizer, source=f"hf:{folder}",
+                                        task=task)
+            checkpoint.save_model(staging, _IMPORTED_STEP, params, meta)
+    return _imported_step_path(output)
 
 
 def import_tf1(folder: str, output: str, lowercase: bool | None = None) -> str:
@@ -49,18 +57,20 @@ def import_tf1(folder: str, output: str, lowercase: bool | None = None) -> str:
     lowercase=None infers it from the folder name: `cased_...` and `multi_cased_...` keep case;
     `uncased_...` and other names lowercase.
     """
-    if lowercase is None:
-        lowercase = tf1.lowercase_from_name(folder)
-        says = "cased" in os.path.basename(os.path.normpath(folder)).lower()
-        logging.info("%s: %s vocab (%s)", folder, "uncased" if lowercase else "cased",
-                     "from the folder name" if says else "the folder name says neither cased "
-                     "nor uncased: the default; --nolowercase reads a cased vocab")
-    vocab_path = os.path.join(folder, tf1.VOCAB_FILE)
-    if not tf.io.gfile.exists(vocab_path):
-        raise FileNotFoundError(f"{folder} has no {tf1.VOCAB_FILE}: {_NO_TOKENIZER}")
-    tokenizer = tokenization.WordPieceTokenizer(vocab_path, lowercase=lowercase)
-    config, tensors = tf1.read_tf1_folder(folder)
-    return _save_imported(output, config, tensors, tokenizer, f"tf1:{folder}")
+    with _fresh_output(output) as staging:
+        if lowercase is None:
+            lowercase = tf1.lowercase_from_name(folder)
+            says = "cased" in os.path.basename(os.path.normpath(folder)).lower()
+            logging.info("%s: %s vocab (%s)", folder, "uncased" if lowercase else "cased",
+                         "from the folder name" if says else "the folder name says neither "
+                         "cased nor uncased: the default; --nolowercase reads a cased vocab")
+        vocab_path = os.path.join(folder, tf1.VOCAB_FILE)
+        if not tf.io.gfile.exists(vocab_path):
+            raise FileNotFoundError(f"{folder} has no {tf1.VOCAB_FILE}: {_NO_TOKENIZER}")
+        tokenizer = tokenization.WordPieceTokenizer(vocab_path, lowercase=lowercase)
+        config, tensors = tf1.read_tf1_folder(folder)
+        _save_imported(staging, config, tensors, tokenizer, f"tf1:{folder}")
+    return _imported_step_path(output)
 
 
 _NO_TOKENIZER = ("a checkpoint is imported together with its vocabulary, so that nobody pairs "
@@ -68,8 +78,8 @@ _NO_TOKENIZER = ("a checkpoint is imported together with its vocabulary, so that
 
 
 def _save_imported(output: str, config: ModelConfig, tensors: dict,
-                   tokenizer: tokenization.Tokenizer, source: str) -> str:
-    """HF-named tensors + config + tokenizer -> step 0 of a checkpoint at `output`."""
+                   tokenizer: tokenization.Tokenizer, source: str) -> None:
+    """HF-named tensors + config + tokenizer -> the imported step of a checkpoint at `output`."""
     with_heads = any(name.startswith("cls.predictions.") for name in tensors)
     if not with_heads and any(name.startswith(hf.NSP_PREFIX) for name in tensors):
         logging.warning("%s has a next-sentence head but no masked-LM head (transformers' "
@@ -78,15 +88,66 @@ def _save_imported(output: str, config: ModelConfig, tensors: dict,
                         source)
     params = hf.params_from_hf(tensors, config, with_heads=with_heads)
     _check_vocab_size(tokenizer, config, source)
-    meta = checkpoint.make_meta(0, config, tokenizer, source=source,
+    meta = checkpoint.make_meta(_IMPORTED_STEP, config, tokenizer, source=source,
                                 has_pretraining_heads=with_heads)
-    return checkpoint.save_model(output, 0, jax.tree_util.tree_map(np.asarray, params), meta)
+    checkpoint.save_model(output, _IMPORTED_STEP, jax.tree_util.tree_map(np.asarray, params),
+                          meta)
 
 
 def _check_vocab_size(tokenizer: tokenization.Tokenizer, config: ModelConfig, source: str):
     if tokenizer.vocab_size != config.vocab_size:
         raise ValueError(f"{source}: vocab.txt has {tokenizer.vocab_size} tokens but the model "
                          f"config says vocab_size={config.vocab_size}")
+
+
+_IMPORTED_STEP = 0  # an import is the one step of a new checkpoint root
+
+
+def _imported_step_path(output: str) -> str:
+    """The step folder an import into `output` wrote (what the CLI prints)."""
+    return os.path.join(checkpoint.absolute(output), str(_IMPORTED_STEP))
+
+
+@contextlib.contextmanager
+def _fresh_output(output: str) -> Iterator[str]:
+    """The folder every conversion writes its result into, all or nothing.
+
+    Entered before anything is read, it refuses an OUTPUT that holds files: an earlier
+    conversion's would mix with this one's (an old tokenizer.json, which transformers prefers),
+    and Orbax keeps an existing step rather than write ours. A local result goes into a
+    temporary sibling renamed to OUTPUT once complete, so a failure or a kill leaves no partial
+    OUTPUT. A remote one (gs://...) is written in place: renaming a folder there copies it file
+    by file, no more atomic than writing it.
+    """
+    output = checkpoint.absolute(output)
+    _refuse_nonempty(output)
+    if "://" in output:
+        yield output
+        return
+    if os.path.islink(output):  # a link to an empty folder: the rename replaces its target
+        output = os.path.realpath(output)
+    staging = f"{output}.tmp-{uuid.uuid4().hex[:8]}"  # a sibling: the rename stays on one disk
+    os.makedirs(staging)
+    try:
+        yield staging
+        os.replace(staging, output)  # replaces an empty OUTPUT; fails if one was filled meanwhile
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)  # what a failure left; nothing once renamed
+
+
+def _refuse_nonempty(output: str) -> None:
+    """Raises unless `output` is missing or an empty folder (users often create it first)."""
+    if not tf.io.gfile.exists(output):
+        return
+    if not tf.io.gfile.isdir(output):
+        raise FileExistsError(f"output {output} is a file, not a folder: choose a new folder")
+    held = sorted(tf.io.gfile.listdir(output))
+    if held:
+        more = ", ..." if len(held) > 3 else ""
+        raise FileExistsError(
+            f"output folder {output} is not empty (it holds {', '.join(held[:3])}{more}): a "
+            "conversion writes a folder of its own, so that no earlier files mix with its "
+            "result; choose a new folder or remove it")
 
 
 def _hf_tokenizer(folder: str, lowercase: bool | None) -> tokenization.Tokenizer:
@@ -166,29 +227,29 @@ def export_hf(checkpoint_path: str, output: str) -> str:
     import flax.linen as nn
     from safetensors.numpy import save_file
 
-    loaded = checkpoint.load_model(checkpoint_path)
-    config = loaded.model_config
-    params = _unrolled(nn.unbox(loaded.params), config)
-    hf_config = hf.config_to_hf(config)
-    task = loaded.meta.get("task")
-    if task:
-        tensors, task_fields = hf_tasks.to_hf(params, config, task, checkpoint_path)
-        hf_config.update(task_fields)
-    else:
-        with_heads = "mlm_head" in params
-        tensors = hf.params_to_hf(params, config, with_heads=with_heads)
-        if not with_heads:
-            hf_config["architectures"] = ["BertModel"]
-        elif "nsp_head" not in params:  # imported from one
-            hf_config["architectures"] = ["BertForMaskedLM"]
-    os.makedirs(output, exist_ok=True)
-    with open(os.path.join(output, "config.json"), "w", encoding="utf-8") as f:
-        json.dump(hf_config, f, indent=2)
-    save_file({k: np.ascontiguousarray(v, np.float32) for k, v in tensors.items()},
-              os.path.join(output, "model.safetensors"))
-    # Ours (exact re-import by import_hf), then the files transformers reads.
-    loaded.tokenizer.save(output)
-    hf_tokenizer.write_hf_tokenizer(loaded.tokenizer, output, config.max_position_embeddings)
+    with _fresh_output(output) as staging:
+        loaded = checkpoint.load_model(checkpoint_path)
+        config = loaded.model_config
+        params = _unrolled(nn.unbox(loaded.params), config)
+        hf_config = hf.config_to_hf(config)
+        task = loaded.meta.get("task")
+        if task:
+            tensors, task_fields = hf_tasks.to_hf(params, config, task, checkpoint_path)
+            hf_config.update(task_fields)
+        else:
+            with_heads = "mlm_head" in params
+            tensors = hf.params_to_hf(params, config, with_heads=with_heads)
+            if not with_heads:
+                hf_config["architectures"] = ["BertModel"]
+            elif "nsp_head" not in params:  # imported from one
+                hf_config["architectures"] = ["BertForMaskedLM"]
+        with open(os.path.join(staging, "config.json"), "w", encoding="utf-8") as f:
+            json.dump(hf_config, f, indent=2)
+        save_file({k: np.ascontiguousarray(v, np.float32) for k, v in tensors.items()},
+                  os.path.join(staging, "model.safetensors"))
+        # Ours (exact re-import by import_hf), then the files transformers reads.
+        loaded.tokenizer.save(staging)
+        hf_tokenizer.write_hf_tokenizer(loaded.tokenizer, staging, config.max_position_embeddings)
     return output
 
 
@@ -204,40 +265,43 @@ def export_tf1(checkpoint_path: str, output: str) -> str:
     """
     import flax.linen as nn
 
-    loaded = checkpoint.load_model(checkpoint_path)
-    tokenizer, config = loaded.tokenizer, loaded.model_config
-    if not isinstance(tokenizer, tokenization.WordPieceTokenizer):
-        raise ValueError(f"{checkpoint_path} has a {type(tokenizer).__name__}: the original BERT "
-                         "code reads a WordPiece vocab.txt only; export it with --to=hf")
-    params = _unrolled(nn.unbox(loaded.params), config)
-    if loaded.meta.get("task"):
-        logging.warning("%s is fine-tuned (%s): its task head is not written; the original "
-                        "BERT folder holds the encoder and pooler (--to=hf keeps the head)",
-                        checkpoint_path, loaded.meta["task"].get("name"))
-        params = {"bert": params["bert"]}
-    with_heads = "mlm_head" in params
-    if with_heads and "nsp_head" not in params:
-        raise ValueError(f"{checkpoint_path} has an MLM head but no NSP head (an import of a "
-                         "BertForMaskedLM), which the original BertForPreTraining always has; "
-                         "export it with --to=hf")
-    encoder = params.get("bert", params)  # an encoder-only import holds it at the top level
-    if hf.is_zero_pooler(encoder):
-        raise ValueError(f"{checkpoint_path} has no pooler (an import of a transformers model "
-                         "without one), which the original BERT always has; export it with "
-                         "--to=hf")
-    if with_heads:
-        tensors = hf.params_to_hf(params, config, with_heads=True)
-    else:  # the original names the encoder's variables bert/... all the same
-        tensors = {f"bert.{name}": value for name, value in
-                   hf.params_to_hf(encoder, config, with_heads=False).items()}
-    vocab = [tokenizer.id_to_token(i) for i in range(tokenizer.vocab_size)]
-    logging.info("%s: %s vocab; the original code needs --do_lower_case=%s", output,
-                 "uncased" if tokenizer.lowercase else "cased", tokenizer.lowercase)
-    if tokenizer.strip_accents != tokenizer.lowercase:
-        logging.warning("%s: the tokenizer %s accents, but the original code strips them "
-                        "exactly when it lowercases: its ids will differ on accented text",
-                        output, "strips" if tokenizer.strip_accents else "keeps")
-    return tf1.write_tf1_folder(output, config, tensors, vocab)
+    with _fresh_output(output) as staging:
+        loaded = checkpoint.load_model(checkpoint_path)
+        tokenizer, config = loaded.tokenizer, loaded.model_config
+        if not isinstance(tokenizer, tokenization.WordPieceTokenizer):
+            raise ValueError(f"{checkpoint_path} has a {type(tokenizer).__name__}: the "
+                             "original BERT code reads a WordPiece vocab.txt only; export it "
+                             "with --to=hf")
+        params = _unrolled(nn.unbox(loaded.params), config)
+        if loaded.meta.get("task"):
+            logging.warning("%s is fine-tuned (%s): its task head is not written; the original "
+                            "BERT folder holds the encoder and pooler (--to=hf keeps the head)",
+                            checkpoint_path, loaded.meta["task"].get("name"))
+            params = {"bert": params["bert"]}
+        with_heads = "mlm_head" in params
+        if with_heads and "nsp_head" not in params:
+            raise ValueError(f"{checkpoint_path} has an MLM head but no NSP head (an import of a "
+                             "BertForMaskedLM), which the original BertForPreTraining always has; "
+                             "export it with --to=hf")
+        encoder = params.get("bert", params)  # an encoder-only import holds it at the top level
+        if hf.is_zero_pooler(encoder):
+            raise ValueError(f"{checkpoint_path} has no pooler (an import of a transformers model "
+                             "without one), which the original BERT always has; export it with "
+                             "--to=hf")
+        if with_heads:
+            tensors = hf.params_to_hf(params, config, with_heads=True)
+        else:  # the original names the encoder's variables bert/... all the same
+            tensors = {f"bert.{name}": value for name, value in
+                       hf.params_to_hf(encoder, config, with_heads=False).items()}
+        vocab = [tokenizer.id_to_token(i) for i in range(tokenizer.vocab_size)]
+        logging.info("%s: %s vocab; the original code needs --do_lower_case=%s", output,
+                     "uncased" if tokenizer.lowercase else "cased", tokenizer.lowercase)
+        if tokenizer.strip_accents != tokenizer.lowercase:
+            logging.warning("%s: the tokenizer %s accents, but the original code strips them "
+                            "exactly when it lowercases: its ids will differ on accented text",
+                            output, "strips" if tokenizer.strip_accents else "keeps")
+        tf1.write_tf1_folder(staging, config, tensors, vocab)
+    return output
 
 
 def _unrolled(params: dict, config) -> dict:
