@@ -87,6 +87,10 @@ def test_sigterm_mid_epoch_then_rerun_finishes_as_if_never_stopped(finetuned, mo
 
     changed = config.copy_and_resolve_references()
     changed.optimizer.learning_rate = 2e-3
+    with pytest.raises(ValueError, match=rf"{tmp_path} holds a seed begun under another "
+                       r"config \(optimizer.learning_rate: 0.001 then, 0.002 now\)"):
+        finetune.finetune_and_evaluate(changed, str(tmp_path))
+    (tmp_path / "config.json").unlink()  # without it, each seed checks its own
     with pytest.raises(ValueError, match=r"seed_0/result.json holds a seed begun under "
                        r"another config \(optimizer.learning_rate: 0.001 then, 0.002 now\)"):
         finetune.finetune_and_evaluate(changed, str(tmp_path))  # finished seeds are checked too
@@ -111,6 +115,12 @@ def test_crash_between_periodic_saves_resumes_from_the_last(finetuned, pretraine
         finetune.finetune_and_evaluate(config, str(tmp_path))
     changed = config.copy_and_resolve_references()
     changed.train.batch_size = 16
+    described = (tmp_path / "config.json").read_text()
+    with pytest.raises(ValueError, match=rf"{tmp_path} holds a seed begun under another "
+                       r"config \(train.batch_size: 8 then, 16 now\)"):
+        finetune.finetune_and_evaluate(changed, str(tmp_path))
+    assert (tmp_path / "config.json").read_text() == described  # refused before rewriting it
+    (tmp_path / "config.json").unlink()  # without it, each seed checks its own
     with pytest.raises(ValueError, match=r"seed_0/progress/9 holds a seed begun under another "
                        r"config \(train.batch_size: 8 then, 16 now\)"):
         finetune.finetune_and_evaluate(changed, str(tmp_path))

@@ -11,6 +11,7 @@ import math
 import pathlib
 import random
 import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -503,6 +504,25 @@ def test_checkpoint_of_another_model_shape_is_named(data_dir, tmp_path):
                                          r"checkpoint but \(64,\)"):
         loop.train_and_evaluate(_config(wider), str(tmp_path))
     assert _checkpoint_steps(tmp_path) == [2]  # nothing overwritten
+    # ... and the workdir still describes the run that wrote it.
+    described = json.loads((tmp_path / "config.json").read_text())
+    assert described["model_config"]["hidden_size"] == 32
+    assert described["config"]["train"]["num_steps"] == 2
+
+
+def test_a_resumed_run_logs_the_steps_after_its_checkpoint_once(data_dir, tmp_path):
+    """Killed after logging steps its last checkpoint does not hold (and mid-line): the rerun
+    resumes at the checkpoint, and metrics.jsonl holds every step once, every line whole."""
+    overrides = {**_small_overrides(data_dir), "checkpoint.every_steps": 10,
+                 "eval.every_steps": 10}
+    loop.train_and_evaluate(_config(overrides), str(tmp_path))
+    shutil.rmtree(tmp_path / "checkpoints" / "20")  # as if killed while saving step 20
+    with open(tmp_path / "metrics.jsonl", "a") as f:
+        f.write('{"step": 2')  # and while writing a line
+    loop.train_and_evaluate(_config(overrides), str(tmp_path))
+    records = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert [(r["split"], r["step"]) for r in records] == [
+        ("train", 10), ("eval", 10), ("train", 20), ("eval", 20)]
 
 
 def test_every_model_config_field_is_a_run_config_key():
@@ -657,6 +677,30 @@ def test_trained_tokenizer_follows_tokenizer_lowercase(tmp_path, lowercase):
     # The choice is the saved tokenizer's, so a resumed run tokenizes as the first did.
     reloaded = setup_lib.load_or_train_tokenizer(data, str(tmp_path / "run"))
     assert reloaded.encode_batch(["The River"]) == [upper]
+
+
+def test_a_trained_tokenizer_is_kept_only_for_the_settings_it_was_trained_with(tmp_path):
+    corpus = tmp_path / "corpus.txt"
+    corpus.write_text("".join(f"The river ran past the mill {i}. Then THE rain came.\n"
+                              for i in range(200)))
+    data = _get_config("tiny").data
+    data.update({"source": f"text:{corpus}", "tokenizer": "train", "tokenizer_vocab_size": 40})
+    workdir = tmp_path / "run"
+    assert setup_lib.load_or_train_tokenizer(data, str(workdir)).vocab_size == 40
+    # An attempt that failed before saving a checkpoint: the corrected rerun's settings win.
+    data.update({"tokenizer_vocab_size": 50, "tokenizer_lowercase": True})
+    retrained = setup_lib.load_or_train_tokenizer(data, str(workdir))
+    assert retrained.vocab_size == 50
+    assert retrained.encode_batch(["The River"]) == retrained.encode_batch(["the river"])
+    # Once the workdir holds a checkpoint, its vocabulary stays, and other settings are refused.
+    (workdir / "checkpoints" / "10" / "meta").mkdir(parents=True)
+    data.tokenizer_vocab_size = 60
+    with pytest.raises(ValueError, match=r"tokenizer holds the vocabulary this workdir's "
+                       r"checkpoints were trained with \(data.tokenizer_vocab_size: 50 then, "
+                       r"60 now\)"):
+        setup_lib.load_or_train_tokenizer(data, str(workdir))
+    data.update({"tokenizer_vocab_size": 50, "source": f"prose:{corpus}"})  # other text: fine
+    assert setup_lib.load_or_train_tokenizer(data, str(workdir)).vocab_size == 50
 
 
 def test_tokenizer_lowercase_is_rejected_with_a_given_tokenizer(data_dir, tmp_path):

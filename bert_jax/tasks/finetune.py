@@ -435,6 +435,7 @@ def run_seed(run: Run, seed: int, preemption) -> dict | None:
     main = run.task.main_metric
     num_epochs = run.config.train.num_epochs
     writer = MetricWriter(seed_dir)
+    writer.drop_after(int(jax.device_get(state.step)))  # what it logs again from here
     throughput = Throughput(run.total_steps, run.model_config.dtype)
     try:
         for epoch in range(progress.epoch, num_epochs + 1):
@@ -564,27 +565,68 @@ def finetune_and_evaluate(config, workdir: str) -> dict:
     rates = learning_rates(config)
     if config.train.num_epochs == 0 and config.learning_rates:
         raise ValueError("learning_rates is set but train.num_epochs=0 trains nothing")
+    checked = _check_resumes_the_same_run(workdir, config)
     run = build(config, workdir)
-    if jax.process_index() == 0:
-        with tf.io.gfile.GFile(os.path.join(workdir, "config.json"), "w") as f:
-            json.dump({"config": config.to_dict(), "model_config": run.model_config.to_dict(),
-                       "train_examples": (run.task.num_examples(run.features["train"])
-                                          if "train" in run.features else 0),
-                       "total_steps_per_seed": run.total_steps}, f, indent=2, default=str)
+    if checked:
+        _write_run_config(run)
     start = time.perf_counter()
     if config.train.num_epochs == 0:
         return _score_checkpoint(run, start)
     with PreemptionFlag() as preemption:
         if not config.learning_rates:
-            return _train_seeds(run, preemption, start)
-        per_rate = {}
-        for rate in rates:
-            rate_run = with_learning_rate(run, rate, os.path.join(workdir, rate_dir(rate)))
-            logging.info("learning rate %g: %s", rate, rate_run.workdir)
-            per_rate[rate] = _train_seeds(rate_run, preemption, start)
-            if per_rate[rate].get("preempted"):
-                return {**per_rate[rate], "learning_rate": rate}
+            results = _train_seeds(run, preemption, start)
+        else:
+            results = _train_rates(run, rates, preemption, start)
+    if not checked and not results.get("preempted"):
+        _write_run_config(run)  # every seed has now passed its own check
+    return results
+
+
+def _train_rates(run: Run, rates: tuple[float, ...], preemption, start: float) -> dict:
+    """A learning-rate sweep: every seed at each rate, in WORKDIR/lr_<rate>."""
+    per_rate = {}
+    for rate in rates:
+        rate_run = with_learning_rate(run, rate, os.path.join(run.workdir, rate_dir(rate)))
+        logging.info("learning rate %g: %s", rate, rate_run.workdir)
+        per_rate[rate] = _train_seeds(rate_run, preemption, start)
+        if per_rate[rate].get("preempted"):
+            return {**per_rate[rate], "learning_rate": rate}
     return _choose_learning_rate(run, per_rate, start)
+
+
+def _write_run_config(run: Run) -> None:
+    """WORKDIR/config.json: the run config, the model config and the run's size (process 0);
+    whole, or the previous one."""
+    if jax.process_index() != 0:
+        return
+    path = os.path.join(run.workdir, "config.json")
+    with tf.io.gfile.GFile(path + ".tmp", "w") as f:
+        json.dump({"config": run.config.to_dict(), "model_config": run.model_config.to_dict(),
+                   "train_examples": (run.task.num_examples(run.features["train"])
+                                      if "train" in run.features else 0),
+                   "total_steps_per_seed": run.total_steps}, f, indent=2, default=str)
+    tf.io.gfile.rename(path + ".tmp", path, overwrite=True)
+
+
+def _check_resumes_the_same_run(workdir: str, config) -> bool:
+    """A workdir whose seeds have saved progress or results takes only the config they began
+    under (tasks/progress.py's rule), checked here against config.json before it is rewritten:
+    a refused rerun would otherwise leave it describing a run that never happened. False when
+    saved seeds have no config.json to check against: each seed checks its own as it starts,
+    and config.json waits until they all have."""
+    path = os.path.join(workdir, "config.json")
+    saved_seeds = [pattern for rate in ("", "lr_*/")
+                   for pattern in (f"{workdir}/{rate}seed_*/{progress_lib.RESULT_FILE}",
+                                   f"{workdir}/{rate}seed_*/{progress_lib.PROGRESS_DIR}/*")
+                   if tf.io.gfile.glob(pattern)]
+    if not saved_seeds:
+        return True
+    if not tf.io.gfile.exists(path):
+        return False
+    with tf.io.gfile.GFile(path) as f:
+        saved = json.load(f)["config"]
+    progress_lib.check_same_run(saved, config.to_dict(), workdir)
+    return True
 
 
 def learning_rates(config) -> tuple[float, ...]:

@@ -126,7 +126,8 @@ class MetricWriter:
         self._jsonl = None
         if self._process == 0:
             self._writer = tf.summary.create_file_writer(os.path.join(workdir, "tensorboard"))
-            self._jsonl = tf.io.gfile.GFile(os.path.join(workdir, "metrics.jsonl"), "a")
+            self._path = os.path.join(workdir, "metrics.jsonl")
+            self._jsonl = tf.io.gfile.GFile(self._path, "a")
 
     def write(self, step: int, values: dict, prefix: str = "train") -> None:
         line = " ".join(f"{k}={_format(v)}" for k, v in values.items())
@@ -139,10 +140,36 @@ class MetricWriter:
         self._jsonl.write(json.dumps({"step": step, "split": prefix, **values}) + "\n")
         self._jsonl.flush()
 
+    def drop_after(self, step: int) -> None:
+        """Forgets metrics.jsonl's records of steps after `step` (and a line cut short): a run
+        resumed there logs them again. TensorBoard's event files keep theirs."""
+        if self._jsonl is None or not tf.io.gfile.exists(self._path):
+            return
+        self._jsonl.close()
+        path = self._path
+        with tf.io.gfile.GFile(path) as f:
+            lines = f.read().splitlines()
+        kept = [line for line in lines if _logged_step(line) <= step]
+        if len(kept) < len(lines):
+            logging.info("%s: %d records after step %d dropped (logged again from there)",
+                         path, len(lines) - len(kept), step)
+            with tf.io.gfile.GFile(path + ".tmp", "w") as f:
+                f.write("".join(line + "\n" for line in kept))
+            tf.io.gfile.rename(path + ".tmp", path, overwrite=True)
+        self._jsonl = tf.io.gfile.GFile(path, "a")
+
     def close(self) -> None:
         if self._writer is not None:
             self._writer.flush()
             self._jsonl.close()
+
+
+def _logged_step(line: str) -> float:
+    """A metrics.jsonl line's step; infinity for a line cut short (a run killed mid-write)."""
+    try:
+        return json.loads(line)["step"]
+    except (json.JSONDecodeError, KeyError, TypeError):
+        return math.inf
 
 
 def _format(value: float) -> str:
@@ -287,7 +314,6 @@ class Trainer:
             self.tokenizer = setup_lib.load_or_train_tokenizer(config.data, workdir)
         self.setup = setup_lib.build(
             config, self.tokenizer, self.warm_start and self.warm_start.model_config)
-        setup_lib.write_run_description(workdir, config, self.setup)
         self.local_batch = config.train.batch_size // jax.process_count()
         data = self.setup.pipeline_config
         # Every position of the global batch; the logged rates count the real ones
@@ -399,6 +425,11 @@ class Trainer:
         cfg = self.config.train
         state = self.initial_state()
         start_step = int(jax.device_get(state.step))
+        # Only now: a rerun that the checkpoint refuses (another model) keeps the description
+        # of the run that wrote it; and records of steps after the checkpoint, which this run
+        # logs again, go.
+        setup_lib.write_run_description(self.workdir, self.config, self.setup)
+        self.writer.drop_after(start_step)
         throughput = Throughput(cfg.num_steps, self.setup.model_config.dtype)
         history, pending, last_logged = [], None, {}
         pauses = {}  # "evaluate"/"save" -> seconds the latest one took, for the ETA

@@ -18,6 +18,7 @@ from bert_jax.model import BertForPreTraining
 from bert_jax.model.config import ModelConfig, model_config_from_section
 from bert_jax.parallel import mesh as mesh_lib
 from bert_jax.parallel import rules as rules_lib
+from bert_jax.train import checkpoint
 from bert_jax.train import loss_scale as loss_scale_lib
 from bert_jax.train import optim
 from bert_jax.train.state import TrainState
@@ -46,8 +47,13 @@ def load_or_train_tokenizer(data_config, workdir: str) -> tokenization.Tokenizer
                 f"with)")
         return tokenization.load_tokenizer(data_config.tokenizer)
     directory = os.path.join(workdir, "tokenizer")
-    if tf.io.gfile.exists(os.path.join(directory, tokenization.METADATA_FILE)):
-        return tokenization.load_tokenizer_dir(directory)
+    settings = {"source": data_config.source, "vocab_size": data_config.tokenizer_vocab_size,
+                "lowercase": bool(data_config.tokenizer_lowercase)}
+    complete = os.path.join(directory, tokenization.METADATA_FILE)
+    if tf.io.gfile.exists(complete):
+        if _trained_tokenizer_fits(directory, settings, workdir):
+            return tokenization.load_tokenizer_dir(directory)
+        tf.io.gfile.remove(complete)  # incomplete until the new one is saved
     if jax.process_count() > 1:
         raise ValueError("data.tokenizer='train' is single-host only: train one with "
                          "`python -m bert_jax.tokenizer train` and pass its path")
@@ -62,8 +68,44 @@ def load_or_train_tokenizer(data_config, workdir: str) -> tokenization.Tokenizer
     except ValueError as e:  # e.g. no text at all: say which source
         raise ValueError(f"cannot train a tokenizer on data.source {data_config.source!r}: "
                          f"{e}") from e
+    tf.io.gfile.makedirs(directory)
+    with tf.io.gfile.GFile(os.path.join(directory, TRAINED_WITH_FILE), "w") as f:
+        json.dump(settings, f)  # before the tokenizer's metadata, which marks it complete
     tokenizer.save(directory)
     return tokenization.load_tokenizer_dir(directory)
+
+
+# Beside a tokenizer trained for a workdir: the settings it was trained with.
+TRAINED_WITH_FILE = "trained_with.json"
+
+
+def _trained_tokenizer_fits(directory: str, settings: dict, workdir: str) -> bool:
+    """Whether the workdir's trained tokenizer is the one `settings` ask for. One trained
+    under other settings is trained again while the workdir holds no checkpoint (an earlier
+    attempt failed before its first save); a run that has saved keeps its vocabulary, and a
+    vocab_size or lowercase that differs from it is refused. Another data.source alone is
+    fine then: training goes on, on other text, with the same vocabulary."""
+    path = os.path.join(directory, TRAINED_WITH_FILE)
+    if not tf.io.gfile.exists(path):  # trained before the settings were kept
+        return True
+    with tf.io.gfile.GFile(path) as f:
+        trained = json.load(f)
+    if trained == settings:
+        return True
+    if not checkpoint.has_steps(checkpoint.train_checkpoints_root(workdir)):
+        logging.info("%s was trained with %s, not %s, by a run that saved no checkpoint: "
+                     "training another", directory, trained, settings)
+        return False
+    changed = {key: (trained[key], settings[key]) for key in ("vocab_size", "lowercase")
+               if trained[key] != settings[key]}
+    if changed:
+        names = {"vocab_size": "tokenizer_vocab_size", "lowercase": "tokenizer_lowercase"}
+        details = "; ".join(f"data.{names[key]}: {old!r} then, {new!r} now"
+                            for key, (old, new) in changed.items())
+        raise ValueError(f"{directory} holds the vocabulary this workdir's checkpoints were "
+                         f"trained with ({details}): resume with its settings, or start "
+                         "another vocabulary in a new workdir")
+    return True
 
 
 def model_config_for(model_section, tokenizer) -> ModelConfig:
@@ -204,7 +246,7 @@ def parameter_counts(abstract_params) -> dict:
 
 
 def write_run_description(workdir: str, config, setup: RunSetup) -> None:
-    """config.json and parameter counts at the start of a run (process 0 only)."""
+    """config.json and parameter counts, once the run has started (process 0 only)."""
     if jax.process_index() != 0:
         return
     description = {
@@ -213,8 +255,10 @@ def write_run_description(workdir: str, config, setup: RunSetup) -> None:
         "parameter_counts": parameter_counts(setup.abstract_state.params),
         "mesh": dict(setup.mesh.shape),
     }
-    with tf.io.gfile.GFile(os.path.join(workdir, "config.json"), "w") as f:
+    path = os.path.join(workdir, "config.json")
+    with tf.io.gfile.GFile(path + ".tmp", "w") as f:  # whole, or the previous one
         json.dump(description, f, indent=2, default=str)
+    tf.io.gfile.rename(path + ".tmp", path, overwrite=True)
 
 
 def with_mesh_and_rules(setup: RunSetup, fn):
