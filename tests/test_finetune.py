@@ -1,6 +1,7 @@
 """Fine-tuning end to end: a checkpoint written by pre-training fine-tunes on (a slice of) real
 MRPC; encoder loaded bit-exactly, results.json, best checkpoint, submission file; bad input."""
 
+import dataclasses
 import importlib.util
 import json
 import pathlib
@@ -302,6 +303,40 @@ def test_a_negative_seed_is_refused_before_training(mrpc_dir, tmp_path):
     with pytest.raises(ValueError, match=r"seeds: seed -3 is not an integer >= 0"):
         finetune.finetune_and_evaluate(_finetune_config("unused", mrpc_dir, seeds=(0, -3)),
                                        str(tmp_path))
+
+
+def test_a_repeated_seed_is_refused_before_training(mrpc_dir, tmp_path):
+    # The repeat was read back as the first run's result: one seed where two were asked for.
+    with pytest.raises(ValueError, match=r"seeds=\(0, 1, 0\) repeats seed\(s\) \[0\]"):
+        finetune.finetune_and_evaluate(_finetune_config("unused", mrpc_dir, seeds=(0, 1, 0)),
+                                       str(tmp_path))
+
+
+@pytest.mark.parametrize("key, value, expected", [
+    ("data.max_train_examples", -5, r"0 \(all of them\) or a number of rows >= 1"),
+    ("train.checkpoint_every_steps", -1, r"0 \(after each epoch only\) or steps >= 1"),
+    ("optimizer.warmup_proportion", 1.5, r"the share of the training steps that warm up, "
+                                         r"in \[0, 1\]")])
+def test_fine_tuning_counts_out_of_range_are_named(pretrained, mrpc_dir, tmp_path, key, value,
+                                                   expected):
+    # A negative max_train_examples trained on every row (67k for SST-2).
+    with pytest.raises(ValueError, match=rf"{key}={value}: expected {expected}"):
+        finetune.build(_finetune_config(pretrained, mrpc_dir, **{key: value}), str(tmp_path))
+
+
+def test_a_pair_task_needs_two_token_types(pretrained, mrpc_dir, tmp_path):
+    run = finetune.build(_finetune_config(pretrained, mrpc_dir), str(tmp_path))
+    one_segment = dataclasses.replace(run.model_config, type_vocab_size=1)
+    with pytest.raises(ValueError, match=r"mrpc pairs two segments, but the checkpoint x has "
+                                         r"type_vocab_size=1"):
+        finetune._check_segments_fit(run.task, run.features["dev"], one_segment, "x")
+
+
+def test_a_fine_tuning_workdir_given_as_a_checkpoint_names_its_seeds(finetuned):
+    _, workdir, _ = finetuned
+    with pytest.raises(FileNotFoundError, match=r"it is a fine-tuning workdir: give one of "
+                                                rf"its seeds, {workdir}/seed_0, {workdir}/seed_1"):
+        checkpoint.load_model(workdir)
 
 
 def test_unknown_config_key_fails_loudly():

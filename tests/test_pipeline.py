@@ -110,6 +110,14 @@ def test_masking_statistics(nsp_batches, tokenizer):
     assert not np.isin(now[is_random], sorted(tokenizer.special_ids)).any()
 
 
+@pytest.mark.parametrize("value", [-1, 0, 33])
+def test_predictions_per_row_outside_1_to_the_row_length_are_refused(value):
+    # -1 failed deep inside jax; more slots than tokens computed logits for nothing.
+    with pytest.raises(ValueError, match=rf"data.max_predictions_per_seq={value}: expected 1 "
+                                         r"to data.max_seq_length=32"):
+        pipeline.PipelineConfig("builtin", max_seq_length=32, max_predictions_per_seq=value)
+
+
 def test_a_prediction_cap_far_below_the_masking_rate_is_warned(caplog):
     with caplog.at_level("WARNING"):
         pipeline.PipelineConfig("text:x", max_seq_length=512, max_predictions_per_seq=20)

@@ -542,8 +542,50 @@ def test_float16_parameters_are_refused_for_training_and_a_dtype_that_is_no_floa
                                          "parameters in float32"):
         loop.train_and_evaluate(_config({**_small_overrides(data_dir), "model.dtype": "float16",
                                          "model.param_dtype": "float16"}), str(tmp_path))
-    with pytest.raises(ValueError, match="dtype='int8' is not a floating-point type"):
-        ModelConfig(dtype="int8")
+    # float64 would run as float32 without jax_enable_x64; bf16 is no dtype name.
+    for dtype in ("int8", "float64", "bf16"):
+        with pytest.raises(ValueError, match=rf"model.dtype='{dtype}': expected one of "
+                                             r"float32, bfloat16, float16"):
+            ModelConfig(dtype=dtype)
+
+
+@pytest.mark.parametrize("name, value", [("hidden_dropout", 1.0), ("hidden_dropout", 1.5),
+                                         ("attention_dropout", -0.1)])
+def test_a_dropout_rate_outside_0_to_1_is_refused(name, value):
+    # 1.0 zeroed every hidden state (gradient norms of 1e9); a negative rate meant none.
+    with pytest.raises(ValueError, match=rf"model.{name}={value}: expected a rate in \[0, 1\)"):
+        ModelConfig(**{name: value})
+
+
+@pytest.mark.parametrize("key, value, expected", [
+    ("b1", 1.0, r"\[0, 1\)"),  # Adam's bias correction would divide by zero
+    ("b2", 1.5, r"\[0, 1\)"), ("eps", -1.0, "> 0"), ("weight_decay", -1.0, ">= 0"),
+    ("grad_clip_norm", -1.0, "a norm > 0, or 0"), ("warmup_steps", -5, ">= 0")])
+def test_optimizer_settings_out_of_range_are_named(key, value, expected):
+    section = _get_config("tiny").optimizer
+    section[key] = value
+    with pytest.raises(ValueError, match=rf"optimizer.{key}={value}: expected {expected}"):
+        optim.make_optimizer(section, 100)
+
+
+def test_warmup_longer_than_the_run_is_warned(caplog):
+    section = _get_config("tiny").optimizer  # warmup_steps=10,000, a run of 1,000 steps
+    with caplog.at_level("WARNING"):
+        optim.make_optimizer(section, 1000)
+    assert ("optimizer.warmup_steps=10000 is not below the run's 1000 steps: the whole run "
+            "warms up") in caplog.text
+    caplog.clear()
+    with caplog.at_level("WARNING"):
+        optim.make_optimizer(section, 100_000)
+    assert "warmup" not in caplog.text
+
+
+def test_next_sentence_pairs_need_two_token_types(data_dir, tmp_path):
+    # Segment B's id 1 past a one-row table would read zeros inside jit, silently.
+    with pytest.raises(ValueError, match=r"data.mode='nsp' pairs two segments, but "
+                                         r"model.type_vocab_size=1"):
+        loop.train_and_evaluate(_config({**_small_overrides(data_dir), "data.mode": "nsp",
+                                         "model.type_vocab_size": 1}), str(tmp_path))
 
 
 @pytest.mark.parametrize("key", ["eval.every_steps", "checkpoint.every_steps",

@@ -522,3 +522,21 @@ def test_answer_ending_in_a_combining_mark_keeps_it(wordpiece):
     predictions, _, _ = squad.postprocess(examples, f, start, end)
     assert predictions == {"q0": ending, "q1": word}
     assert squad_metrics.squad_v1_scores(examples, predictions)["exact_match"] == 100.0
+
+
+@pytest.mark.parametrize("key", ["n_best_size", "max_answer_length"])
+def test_answer_search_settings_below_one_are_refused(key):
+    # 0 answered every question with "" (and was stored with the fine-tuned checkpoint).
+    import importlib.util
+    import pathlib
+
+    from bert_jax.tasks import question_answering
+
+    path = pathlib.Path(__file__).resolve().parents[1] / "configs" / "finetune" / "squad.py"
+    spec = importlib.util.spec_from_file_location("squad_config", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    data = module.get_config().data
+    data[key] = 0
+    with pytest.raises(ValueError, match=rf"data.{key}=0: expected >= 1"):
+        question_answering.SquadFinetuneTask(data)

@@ -94,6 +94,11 @@ class PipelineConfig:
             raise ValueError(f"data.masked_lm_prob={self.masked_lm_prob} not in (0, 1)")
         if not 0.0 <= self.eval_fraction < 1.0:
             raise ValueError(f"data.eval_fraction={self.eval_fraction} not in [0, 1)")
+        if self.max_predictions_per_seq is not None and not (
+                1 <= self.max_predictions_per_seq <= self.max_seq_length):
+            raise ValueError(f"data.max_predictions_per_seq={self.max_predictions_per_seq}: "
+                             f"expected 1 to data.max_seq_length={self.max_seq_length}, or "
+                             "unset to follow the sequence length")
         asked = self.masked_lm_prob * self.max_seq_length
         if self.max_predictions_per_seq and self.max_predictions_per_seq < 0.9 * asked:
             # E.g. the second phase at 512 with the first phase's 20: ~4% of tokens masked.

@@ -17,6 +17,7 @@ NAMED_SIZES = {
 }
 REMAT_POLICIES = ("none", "full", "dots", "dots_no_batch")
 ATTENTION_IMPLEMENTATIONS = (None, "xla", "cudnn")
+FLOAT_DTYPES = ("float32", "bfloat16", "float16")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -62,10 +63,14 @@ class ModelConfig:
                 f"{ATTENTION_IMPLEMENTATIONS}"
             )
         for name in ("dtype", "param_dtype"):
-            dtype = jnp.dtype(getattr(self, name))  # raises TypeError on an unknown dtype name
-            if not jnp.issubdtype(dtype, jnp.floating):
-                raise ValueError(f"{name}={getattr(self, name)!r} is not a floating-point type; "
-                                 "expected float32, bfloat16 or float16")
+            value = getattr(self, name)
+            # float64 is refused too: without jax_enable_x64 it would run as float32.
+            if str(value) not in FLOAT_DTYPES:
+                raise ValueError(f"model.{name}={value!r}: expected one of "
+                                 f"{', '.join(FLOAT_DTYPES)}")
+        for name in ("hidden_dropout", "attention_dropout"):
+            if not 0.0 <= getattr(self, name) < 1.0:  # 1 zeroes every activation
+                raise ValueError(f"model.{name}={getattr(self, name)}: expected a rate in [0, 1)")
         if self.attention_implementation == "cudnn" and self.compute_dtype == jnp.float32:
             raise ValueError("attention_implementation='cudnn' needs dtype bfloat16 or float16 "
                              "(cuDNN's fused attention has no float32 kernel); got float32")

@@ -143,9 +143,23 @@ def _outputs_fn(task: base.FinetuneTask, model):
     return outputs_fn
 
 
+def _check_segments_fit(task, features, model_config: ModelConfig, where: str) -> None:
+    """A pair task's second segment needs a second token-type row: inside jit an id past the
+    table reads zeros, silently (a full-sentence checkpoint may have type_vocab_size=1)."""
+    if model_config.type_vocab_size >= 2:
+        return
+    _, batch = next(iter(task.batches(features, 8)))
+    if batch["token_type_ids"].max() >= model_config.type_vocab_size:
+        raise ValueError(f"{task.name} pairs two segments, but the checkpoint {where} has "
+                         f"type_vocab_size={model_config.type_vocab_size} (one segment)")
+
+
 def _optimizer_section(config, total_steps: int):
     section = dict(config.optimizer)
     proportion = section.pop("warmup_proportion")
+    if not 0 <= proportion <= 1:
+        raise ValueError(f"optimizer.warmup_proportion={proportion!r}: expected the share of "
+                         "the training steps that warm up, in [0, 1]")
     return types.SimpleNamespace(**section, warmup_steps=int(round(proportion * total_steps)))
 
 
@@ -155,6 +169,11 @@ def build(config, workdir: str) -> Run:
         raise ValueError("config.init_checkpoint is required: the checkpoint to fine-tune "
                          "(its architecture and tokenizer are used even with random_init)")
     setup_lib.check_step_intervals({"train.log_every_steps": config.train.log_every_steps})
+    for key, what in (("data.max_train_examples", "0 (all of them) or a number of rows"),
+                      ("train.checkpoint_every_steps", "0 (after each epoch only) or steps")):
+        section, name = key.split(".")
+        if config[section][name] < 0:
+            raise ValueError(f"{key}={config[section][name]}: expected {what} >= 1")
     if config.data.length_buckets not in batching.LENGTH_BUCKETS:  # before any loading
         raise ValueError(f"data.length_buckets={config.data.length_buckets!r}; expected one of "
                          f"{batching.LENGTH_BUCKETS}")
@@ -190,6 +209,7 @@ def build(config, workdir: str) -> Run:
     for split in ([] if scoring else ["train"]) + task.dev_splits:
         if split not in features or task.num_examples(features[split]) == 0:
             raise ValueError(f"the {split} split of {task.name} has no examples")
+    _check_segments_fit(task, features[task.dev_splits[0]], model_config, where)
     init_head = None
     if scoring:
         init_head = checkpoint_head.head_for_task(nn.unbox(loaded.params),

@@ -60,6 +60,9 @@ class SquadFinetuneTask(base.FinetuneTask):
     objective = classification.OBJECTIVE  # per-window example weights, as classification
 
     def __init__(self, data_config, version_2: bool = False):
+        for key in ("n_best_size", "max_answer_length"):  # 0 answers every question with ""
+            if data_config[key] < 1:
+                raise ValueError(f"data.{key}={data_config[key]}: expected >= 1")
         self.data = data_config
         self.version_2 = version_2
         self.name = "squad_v2" if version_2 else "squad"

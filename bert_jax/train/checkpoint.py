@@ -161,9 +161,15 @@ def resolve(path: str) -> tuple[str, int]:
         steps = _step_dirs(root)
         if steps:
             return root, steps[-1]
+    # A fine-tuning workdir keeps a best checkpoint per seed (and learning rate), a level down.
+    seeds = sorted(name.rstrip("/") for pattern in ("seed_*", "lr_*/seed_*")
+                   for name in tf.io.gfile.glob(os.path.join(path, pattern))
+                   if _step_dirs(os.path.join(name.rstrip("/"), "checkpoints")))
+    hint = (f"; it is a fine-tuning workdir: give one of its seeds, "
+            f"{', '.join(seeds[:4])}{', ...' if len(seeds) > 4 else ''}" if seeds else "")
     raise FileNotFoundError(
         f"no checkpoint found at {path}: expected a step folder holding '{META}/', a checkpoint "
-        f"root with numbered step folders, or a workdir with 'checkpoints/'"
+        f"root with numbered step folders, or a workdir with 'checkpoints/'{hint}"
     )
 
 

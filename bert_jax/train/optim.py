@@ -3,6 +3,7 @@
 import flax
 import jax
 import optax
+from absl import logging
 
 # Parameters BERT does not decay: LayerNorm scales and every bias.
 _NO_DECAY_NAMES = frozenset({"bias", "scale", "output_bias"})
@@ -33,6 +34,11 @@ def make_optimizer(config, total_steps: int):
     if not config.learning_rate > 0:
         raise ValueError(f"optimizer.learning_rate={config.learning_rate!r}: expected a peak "
                          "learning rate > 0")
+    _check_settings(config)
+    if 0 < total_steps <= config.warmup_steps:
+        logging.warning("optimizer.warmup_steps=%d is not below the run's %d steps: the whole "
+                        "run warms up, reaching the peak rate only at its end, and never decays",
+                        config.warmup_steps, total_steps)
     schedule = learning_rate_schedule(config.learning_rate, config.warmup_steps, total_steps)
     if config.name == "adamw":
         core = optax.adamw(schedule, b1=config.b1, b2=config.b2, eps=config.eps,
@@ -44,6 +50,24 @@ def make_optimizer(config, total_steps: int):
     if config.grad_clip_norm and config.grad_clip_norm > 0:
         return optax.chain(optax.clip_by_global_norm(config.grad_clip_norm), core), schedule
     return core, schedule
+
+
+def _check_settings(config) -> None:
+    """Adam's and LAMB's numbers in their ranges, named: b1 = 1 leaves Adam's bias correction
+    dividing by zero (a non-finite first step), a negative clip norm turned clipping off."""
+    ranges = {"b1": (0.0, 1.0, "[0, 1)"), "b2": (0.0, 1.0, "[0, 1)"),
+              "eps": (0.0, None, "> 0"), "weight_decay": (0.0, None, ">= 0")}
+    for name, (low, high, expected) in ranges.items():
+        value = getattr(config, name)
+        inside = (value > low if name == "eps" else value >= low) and (
+            high is None or value < high)
+        if not inside:
+            raise ValueError(f"optimizer.{name}={value!r}: expected {expected}")
+    if config.grad_clip_norm is not None and config.grad_clip_norm < 0:
+        raise ValueError(f"optimizer.grad_clip_norm={config.grad_clip_norm!r}: expected a norm "
+                         "> 0, or 0 (or None) for no clipping")
+    if not 0 <= config.warmup_steps:
+        raise ValueError(f"optimizer.warmup_steps={config.warmup_steps!r}: expected >= 0")
 
 
 def _lamb(schedule, config):

@@ -171,6 +171,9 @@ def check_seeds(key: str, seeds) -> None:
     for seed in seeds:
         if not isinstance(seed, int) or seed < 0:
             raise ValueError(f"{key}: seed {seed!r} is not an integer >= 0")
+    repeated = sorted({seed for seed in seeds if list(seeds).count(seed) > 1})
+    if repeated:  # one run each: a repeat would be read back as the first's result
+        raise ValueError(f"{key}={tuple(seeds)} repeats seed(s) {repeated}: give each once")
 
 
 def check_batch_divides(batch_size: int, grad_accum_steps: int, mesh) -> None:
@@ -218,6 +221,11 @@ def build(config, tokenizer, model_config: ModelConfig | None = None) -> RunSetu
     if pipeline_config.max_seq_length > model_config.max_position_embeddings:
         raise ValueError(f"data.max_seq_length={pipeline_config.max_seq_length} exceeds "
                          f"model max_position_embeddings={model_config.max_position_embeddings}")
+    if pipeline_config.mode == "nsp" and model_config.type_vocab_size < 2:
+        # Inside jit, segment B's id past the table would read zeros, silently.
+        raise ValueError(f"data.mode='nsp' pairs two segments, but model.type_vocab_size="
+                         f"{model_config.type_vocab_size}; expected 2 (or data.mode="
+                         "'full_sentences', one segment)")
     mesh = mesh_lib.make_mesh(config.mesh)
     check_batch_divides(config.train.batch_size, config.train.grad_accum_steps, mesh)
     rules = rules_lib.logical_axis_rules(config.mesh.rules)
