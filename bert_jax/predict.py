@@ -129,6 +129,12 @@ def _input_lines(input_file: str | None) -> list[tuple[int, str]]:
         return []
     import tensorflow as tf  # gfile reads gs:// as well as local paths
 
+    # gfile's NotFoundError would name neither the flag nor, for a folder, the problem.
+    if not tf.io.gfile.exists(input_file):
+        raise app.UsageError(f"--input_file={input_file}: no such file")
+    if tf.io.gfile.isdir(input_file):
+        raise app.UsageError(f"--input_file={input_file} is a folder; it takes a file with one "
+                             "input per line")
     with tf.io.gfile.GFile(input_file, "r") as f:
         lines = [(n, line.rstrip("\r\n")) for n, line in enumerate(f, 1)]
     if lines:  # a UTF-8 byte-order mark (Notepad, PowerShell) is not part of the first line

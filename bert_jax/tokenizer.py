@@ -4,9 +4,11 @@
 
 SOURCE is a data source spec (`text:GLOB`, `prose:GLOB`, `tfds:NAME[:VERSION][:SPLIT]`,
 `builtin`, or several joined by `+`); a plain GLOB means `text:GLOB`. Writes PREFIX.model and
-PREFIX.vocab (gs:// works); use the model with
+PREFIX.vocab (gs:// works; neither may exist yet); use the model with
 `--config.data.tokenizer=sentencepiece:PREFIX.model`.
 """
+
+import os
 
 from absl import app, flags, logging
 
@@ -32,6 +34,7 @@ flags.mark_flags_as_required(["input", "output"])
 def main(argv: list[str]) -> None:
     if argv[1:] != ["train"]:
         raise app.UsageError(f"expected the command `train`, got {argv[1:]}")
+    _check_output_prefix(_OUTPUT.value)
     tokenizer = tokenization.train_sentencepiece_from_source(
         _INPUT.value,
         _VOCAB_SIZE.value,
@@ -44,6 +47,23 @@ def main(argv: list[str]) -> None:
         verbose=True,
     )
     logging.info("wrote %s.model (%d pieces)", _OUTPUT.value, tokenizer.vocab_size)
+
+
+def _check_output_prefix(prefix: str) -> None:
+    """Refuses, before training, an --output that would replace a vocabulary (runs name it as
+    sentencepiece:PREFIX.model) or write hidden `.model`/`.vocab` files into a folder."""
+    # Only the CLI refuses: pre-training retrains into its workdir's prefix on purpose.
+    if not os.path.basename(prefix) or tokenization._isdir(prefix):
+        example = os.path.join(prefix, "spm")
+        what = "names a folder" if prefix else "is empty"
+        raise app.UsageError(f"--output={prefix} {what}; --output is a file prefix: e.g. "
+                             f"--output={example} writes {example}.model and {example}.vocab")
+    existing = [path for path in (f"{prefix}.model", f"{prefix}.vocab")
+                if tokenization._exists(path)]
+    if existing:
+        verb, it = ("exists", "it") if len(existing) == 1 else ("exist", "them")
+        raise app.UsageError(f"{' and '.join(existing)} {verb}: choose another --output or "
+                             f"remove {it}")
 
 
 if __name__ == "__main__":

@@ -17,6 +17,8 @@ import shlex
 import subprocess
 import sys
 
+from command_flags import refuse_a_second_workdir  # beside this script
+
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
@@ -71,6 +73,7 @@ def main(argv=None) -> int:
     command = args.command[1:] if args.command[:1] == ["--"] else args.command
     if not command:
         parser.error("give the command to run after --")
+    refuse_a_second_workdir(parser, command, args.workdir)
     if args.nodes < 1 or args.gpus_per_node < 1:
         parser.error("--nodes and --gpus_per_node must be >= 1")
     for name in ("job_name", "log_dir", "partition", "account", "time"):

@@ -23,6 +23,8 @@ import shlex
 import subprocess
 import sys
 
+from command_flags import refuse_a_second_workdir  # beside this script
+
 REMOTE_DIR = "bert_jax"  # under the worker's home folder
 VENV = "bert_jax_venv"  # likewise: the Python 3.11 environment it runs in
 TARBALL = "/tmp/bert_jax_code.tar.gz"
@@ -109,6 +111,7 @@ def main(argv=None) -> int:
     command = args.command[1:] if args.command[:1] == ["--"] else args.command
     if not command:
         parser.error("give the command to run after --")
+    refuse_a_second_workdir(parser, command, args.workdir)
     if not args.workdir.startswith("gs://"):
         parser.error(f"--workdir must be on gs:// (every worker writes there), got {args.workdir}")
 

@@ -1,6 +1,8 @@
 """CoNLL-2003 NER: reading (IOB1/IOB2, bad input), features and word predictions on the real
 files, and conlleval's entity scores by hand and against seqeval."""
 
+import re
+
 import numpy as np
 import pytest
 
@@ -122,6 +124,25 @@ def test_read_bad_arguments(tmp_path):
     for column in (0, 2, -3):
         with pytest.raises(ValueError, match=r"ok\.txt:1: 2 columns; tag_column"):
             conll.read_conll(path, tag_column=column)
+
+
+def test_missing_file_names_data_dir_and_the_expected_files(tmp_path, tokenizer):
+    """NER with a data.dir that lacks a CoNLL file: which one, and the files it should hold."""
+    from bert_jax.tasks import token_classification
+    from configs.finetune import ner
+
+    _write(tmp_path / "valid.txt", "EU B-ORG\n")
+    config = ner.get_config()
+    config.data.dir = str(tmp_path)
+    task = token_classification.NerFinetuneTask(config.data)
+    expected = (f"no CoNLL file {tmp_path / 'train.txt'} ({tmp_path} has no train.txt); NER's "
+                "data.dir is a folder with the CoNLL-2003 files train.txt, valid.txt, test.txt")
+    with pytest.raises(FileNotFoundError) as e:
+        task.load(tokenizer)
+    assert str(e.value) == expected
+    absent = re.escape(str(tmp_path / "absent"))
+    with pytest.raises(FileNotFoundError, match=rf"\(no folder {absent}\); NER's data.dir"):
+        conll.read_conll(tmp_path / "absent" / "train.txt")
 
 
 def test_label_list_from_types():

@@ -85,12 +85,30 @@ def test_orbax_checkpoint_of_another_program_is_named(tmp_path):
         checkpoint.load_model(str(tmp_path))
 
 
+_SMALL_HF_CONFIG = dict(vocab_size=512, hidden_size=8, num_hidden_layers=1,
+                       num_attention_heads=2, intermediate_size=16)
+
+
 def test_folder_without_weights_is_named(tmp_path):
-    (tmp_path / "config.json").write_text("{}")
+    (tmp_path / "config.json").write_text(json.dumps(_SMALL_HF_CONFIG))
     _write_vocab(tmp_path)
     with pytest.raises(FileNotFoundError,
                        match="neither model.safetensors nor pytorch_model.bin"):
         convert.import_hf(str(tmp_path), str(tmp_path / "out"))
+
+
+def test_a_config_lacking_a_key_names_its_file(tmp_path):
+    """Checked before the weights are read (there are none here)."""
+    config = {k: v for k, v in _SMALL_HF_CONFIG.items() if k != "num_attention_heads"}
+    (tmp_path / "config.json").write_text(json.dumps(config))
+    _write_vocab(tmp_path)
+    with pytest.raises(ValueError) as e:
+        convert.import_hf(str(tmp_path), str(tmp_path / "out"))
+    assert str(e.value) == (f"{tmp_path / 'config.json'}: the BERT config lacks "
+                            "['num_attention_heads'] (transformers' BertConfig names)")
+    (tmp_path / "config.json").write_text(json.dumps([config]))
+    with pytest.raises(ValueError, match="config.json: expected a JSON object .*, got a list"):
+        hf.read_hf_folder(str(tmp_path))
 
 
 def test_a_folder_of_another_architecture_is_named(minilm_folder, tmp_path):

@@ -6,6 +6,8 @@ import signal
 import subprocess
 import sys
 
+import pytest
+
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TRAIN = ["python3", "-m", "bert_jax.pretrain", "--config=configs/pretrain.py:large",
          "--config.mesh.fsdp=-1"]
@@ -155,3 +157,20 @@ def test_slurm_refuses_a_directive_value_with_spaces():
                           capture_output=True, text=True, timeout=60)
     assert proc.returncode == 2
     assert "--log_dir='/shared/my logs' holds whitespace" in proc.stderr
+
+
+def _launch(script: str, *args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, os.path.join(REPO, "launch", script), *args],
+                          capture_output=True, text=True, timeout=60)
+
+
+@pytest.mark.parametrize("theirs", [["--workdir=gs://b/other"], ["--workdir", "gs://b/other"],
+                                    ["-workdir=gs://b/other"]], ids=["equals", "space", "dash"])
+@pytest.mark.parametrize("script", ["slurm.py", "tpu_pod.py"])
+def test_a_command_with_its_own_workdir_is_refused(script, theirs):
+    """The launchers append --workdir; absl would silently take whichever came last."""
+    where = ["--nodes=2"] if script == "slurm.py" else ["--name=b", "--zone=z"]
+    proc = _launch(script, *where, "--workdir=gs://b/run", "--dry-run", "--", *TRAIN, *theirs)
+    assert proc.returncode == 2 and not proc.stdout
+    assert ("the command gives --workdir=gs://b/other, and the launcher adds its own "
+            "--workdir=gs://b/run; give the workdir once") in proc.stderr

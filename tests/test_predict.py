@@ -112,6 +112,14 @@ def test_input_lines_split_at_the_first_tab_only_for_pair_commands(tmp_path):
                                                                    ("second", None)]
 
 
+def test_a_missing_input_file_is_a_usage_error_naming_the_flag(tmp_path):
+    missing = tmp_path / "missing.txt"
+    with pytest.raises(app.UsageError, match=f"^--input_file={missing}: no such file$"):
+        predict.records("ner", _options(input_file=str(missing)))  # before any checkpoint
+    with pytest.raises(app.UsageError, match=f"^--input_file={tmp_path} is a folder"):
+        predict.read_inputs([], [], str(tmp_path), pairs=False)
+
+
 def test_text_b_misuse_is_a_usage_error():
     with pytest.raises(app.UsageError, match="one --text_b per --text"):
         predict.read_inputs(["a", "b"], ["c"], None, pairs=True)

@@ -371,7 +371,7 @@ class _FillsTheDisk:
 
 
 def test_a_failed_write_keeps_the_previous_file(tmp_path, monkeypatch):
-    """`tokenizer train --output=PREFIX` and Tokenizer.save write over earlier files: a write
+    """Pre-training's retrained vocabulary and Tokenizer.save write over earlier files: a write
     that fails (a full disk) leaves the earlier file whole, and no partial one beside it."""
     path = tmp_path / "spm.model"
     path.write_bytes(b"the previous, good model")
@@ -415,6 +415,39 @@ def test_cli_trains_working_model(data_dir, tmp_path):
     assert tokenizer.encode("don't") == tokenizer.encode("don\u2019t")  # --fold_quotes default
 
 
+def _cli_train(data_dir, output: str) -> subprocess.CompletedProcess:
+    command = [sys.executable, "-m", "bert_jax.tokenizer", "train",
+               f"--input={data_dir / 'gutenberg' / '11-0.txt'}", "--vocab_size=300",
+               f"--output={output}"]
+    return subprocess.run(command, check=False, capture_output=True, text=True, timeout=300)
+
+
+@pytest.mark.parametrize("existing", [".model", ".vocab"])
+def test_cli_refuses_to_replace_a_vocabulary(data_dir, tmp_path, existing):
+    """Runs name sentencepiece:PREFIX.model: training again over it would change their ids."""
+    (tmp_path / f"spm{existing}").write_bytes(b"a vocabulary runs still use")
+    result = _cli_train(data_dir, str(tmp_path / "spm"))
+    assert result.returncode != 0
+    assert f"{tmp_path / 'spm'}{existing} exists: choose another --output or remove it" in (
+        result.stderr)
+    assert os.listdir(tmp_path) == [f"spm{existing}"]
+    assert (tmp_path / f"spm{existing}").read_bytes() == b"a vocabulary runs still use"
+
+
+@pytest.mark.parametrize("made", [True, False], ids=["folder", "trailing_slash"])
+def test_cli_refuses_a_folder_as_output_prefix(data_dir, tmp_path, made):
+    folder = tmp_path / "out"
+    if made:
+        folder.mkdir()
+    output = str(folder) + ("" if made else "/")
+    result = _cli_train(data_dir, output)
+    assert result.returncode != 0
+    example = os.path.join(output, "spm")
+    assert (f"--output={output} names a folder; --output is a file prefix: e.g. "
+            f"--output={example} writes {example}.model") in result.stderr
+    assert not folder.exists() or os.listdir(folder) == []  # no hidden .model / .vocab
+
+
 def test_plain_globs_read_as_text_sources_also_when_joined():
     assert tokenization.source_spec("books/*.txt") == "text:books/*.txt"
     assert tokenization.source_spec("books/*.txt+tfds:wikipedia/20230601.en") == (
@@ -453,6 +486,52 @@ def test_missing_file(kind, tmp_path):
     assert str(path) in str(e.value)
 
 
+def test_sentencepiece_spec_naming_another_file(data_dir, tmp_path):
+    prefix = tmp_path / "alice"
+    train_sentencepiece(_book_lines(data_dir, "11-0.txt"), 300, str(prefix), fold_quotes=False)
+    with pytest.raises(ValueError) as e:
+        load_tokenizer(f"sentencepiece:{prefix}.vocab")
+    assert str(e.value).startswith(f"{prefix}.vocab is not a SentencePiece model")
+    assert f"did you mean {prefix}.model?" in str(e.value)
+    vocab_txt = data_dir / "bert_vocab" / "vocab.txt"
+    with pytest.raises(ValueError, match="is not a SentencePiece model") as e:
+        load_tokenizer(f"sentencepiece:{vocab_txt}")
+    assert str(vocab_txt) in str(e.value) and "did you mean" not in str(e.value)
+    (tmp_path / "empty.model").write_bytes(b"")
+    with pytest.raises(ValueError, match="empty.model is not a SentencePiece model"):
+        load_tokenizer(f"sentencepiece:{tmp_path / 'empty.model'}")
+
+
+def _tiny_vocab(path) -> str:
+    path.write_text("[PAD]\n[UNK]\n[CLS]\n[SEP]\n[MASK]\nparis\n", encoding="utf-8")
+    return str(path)
+
+
+@pytest.mark.parametrize("kind", ["wordpiece", "sentencepiece"])
+def test_spec_naming_a_folder(kind, tmp_path):
+    with pytest.raises(IsADirectoryError) as e:
+        load_tokenizer(f"{kind}:{tmp_path}")
+    takes = "a vocab.txt file" if kind == "wordpiece" else "a PREFIX.model file"
+    assert f"{tmp_path} is a folder; {kind}: takes {takes}" in str(e.value)
+    # A folder Tokenizer.save wrote is named alone.
+    WordPieceTokenizer(_tiny_vocab(tmp_path / "vocab.txt")).save(str(tmp_path / "saved"))
+    with pytest.raises(IsADirectoryError, match=f"written by Tokenizer.save: name it alone, "
+                                                f"without '{kind}:'"):
+        load_tokenizer(f"{kind}:{tmp_path / 'saved'}")
+
+
+def test_wordpiece_case_suffix_typo(tmp_path):
+    vocab = _tiny_vocab(tmp_path / "vocab.txt")
+    with pytest.raises(ValueError) as e:
+        load_tokenizer(f"wordpiece:{vocab}:uncase")
+    assert f"unknown suffix ':uncase' after {vocab}; expected ':cased' or ':uncased'" in str(
+        e.value)
+    # A file whose name holds a colon is still read as a whole.
+    os.rename(vocab, tmp_path / "vocab.txt:v2")
+    assert load_tokenizer(f"wordpiece:{tmp_path / 'vocab.txt:v2'}").vocab_size == 6
+    assert load_tokenizer(f"wordpiece:{tmp_path / 'vocab.txt:v2'}:cased").lowercase is False
+
+
 def test_folder_without_metadata(tmp_path):
     with pytest.raises(FileNotFoundError, match=METADATA_FILE):
         load_tokenizer(str(tmp_path))
@@ -475,8 +554,17 @@ def test_vocab_size_too_small(data_dir, tmp_path):
     with pytest.raises(ValueError, match="vocab_size=5 is too small"):
         train_sentencepiece(["some text"], 5, str(tmp_path / "tiny"))
     # Above the specials but below the characters the corpus needs: the trainer's reason.
-    with pytest.raises(ValueError, match=r"vocab_size=20\).*smaller than required_chars"):
+    with pytest.raises(ValueError, match=r"vocab_size=20, .*smaller than required_chars"):
         train_sentencepiece(_book_lines(data_dir, "11-0.txt"), 20, str(tmp_path / "small"))
+
+
+def test_a_trainer_refusal_names_the_options_not_only_vocab_size(data_dir, tmp_path):
+    with pytest.raises(ValueError) as e:
+        train_sentencepiece(_book_lines(data_dir, "11-0.txt"), 300, str(tmp_path / "spm"),
+                            character_coverage=1.5)
+    assert str(e.value).startswith("SentencePiece training failed (vocab_size=300, "
+                                   "model_type=unigram, character_coverage=1.5): ")
+    assert "character_coverage() >= 0.98" in str(e.value)  # the trainer's own reason
 
 
 def test_sentencepiece_model_lacking_specials(data_dir, tmp_path):

@@ -433,7 +433,7 @@ class SentencePieceTokenizer(Tokenizer):
     def __init__(self, model_file: str):
         # Read once, not kept as a path (see WordPieceTokenizer.__init__).
         self._proto = _read_bytes(model_file, what="SentencePiece model")
-        self._sp = spm.SentencePieceProcessor(model_proto=self._proto)
+        self._sp = _parse_sentencepiece(self._proto, model_file)
         super().__init__(_sentencepiece_special_ids(self._sp, model_file))
         n = self._sp.get_piece_size()
         control = {i for i in range(n) if self._sp.is_control(i) or self._sp.is_unknown(i)}
@@ -547,6 +547,22 @@ def _subsequence_items(full: list[int], kept: list[int], items: list) -> list:
     return out
 
 
+def _parse_sentencepiece(proto: bytes, model_file: str) -> spm.SentencePieceProcessor:
+    """The processor of a .model file's bytes; any other file (its .vocab listing) is named."""
+    try:
+        # An empty file parses as a model without pieces.
+        sp = spm.SentencePieceProcessor(model_proto=proto) if proto else None
+    except RuntimeError:  # sentencepiece's "ParseFromArray" names neither file nor cause
+        sp = None
+    if sp is None:
+        prefix, extension = os.path.splitext(model_file)
+        hint = (f"; did you mean {prefix}.model? (PREFIX.vocab only lists the pieces, for "
+                "people to read)" if extension == ".vocab" else "")
+        raise ValueError(f"{model_file} is not a SentencePiece model (PREFIX.model, as "
+                         f"`python -m bert_jax.tokenizer train` writes it){hint}")
+    return sp
+
+
 def _sentencepiece_special_ids(sp: spm.SentencePieceProcessor, model_file: str) -> dict[str, int]:
     """Ids of the five BERT specials; every SentencePiece model has an unknown piece of its own."""
     ids = {UNK: sp.unk_id()}
@@ -622,8 +638,10 @@ def train_sentencepiece(
                 minloglevel=0 if verbose else 2,
                 **normalization,
             )
-    except RuntimeError as e:  # e.g. vocab_size larger than the corpus supports, or too small
-        raise ValueError(f"SentencePiece training (vocab_size={vocab_size}) failed: {e}") from e
+    except RuntimeError as e:  # the trainer's check names the option; the values are given
+        options = (f"vocab_size={vocab_size}, model_type={model_type}, "
+                   f"character_coverage={character_coverage}")
+        raise ValueError(f"SentencePiece training failed ({options}): {e}") from e
     model_file = output_prefix + ".model"
     _write_bytes(model_file, model.getvalue())
     tokenizer = SentencePieceTokenizer(model_file)
@@ -734,11 +752,11 @@ def load_tokenizer(spec: str) -> Tokenizer:
     """`wordpiece:VOCAB_TXT[:cased|:uncased]`, `sentencepiece:MODEL_FILE`, or a saved folder."""
     kind, _, rest = spec.partition(":")
     if kind == "wordpiece":
-        path, _, case = rest.rpartition(":")
-        if case not in ("cased", "uncased"):
-            path, case = rest, "uncased"
-        return WordPieceTokenizer(path, lowercase=case == "uncased")
+        path, lowercase = _wordpiece_spec(rest)
+        _refuse_folder(path, spec, "a vocab.txt file", example="vocab.txt")
+        return WordPieceTokenizer(path, lowercase=lowercase)
     if kind == "sentencepiece":
+        _refuse_folder(rest, spec, "a PREFIX.model file", example="spm.model")
         return SentencePieceTokenizer(rest)
     if _isdir(spec):
         return load_tokenizer_dir(spec)
@@ -746,6 +764,30 @@ def load_tokenizer(spec: str) -> Tokenizer:
     if rest:
         raise ValueError(f"unknown tokenizer kind {kind!r} in spec {spec!r}; expected {expected}")
     raise ValueError(f"tokenizer spec {spec!r} is not a folder; expected {expected}")
+
+
+def _wordpiece_spec(rest: str) -> tuple[str, bool]:
+    """(vocab path, lowercase) of the PATH[:cased|:uncased] after `wordpiece:`."""
+    path, colon, case = rest.rpartition(":")
+    if case in ("cased", "uncased"):
+        return path, case == "uncased"
+    # A suffix without "/" is a case option (gs://...'s colon is followed by one), unless the
+    # whole is a file's name.
+    if colon and path and "/" not in case and not _exists(rest):
+        raise ValueError(f"tokenizer spec wordpiece:{rest}: unknown suffix ':{case}' after "
+                         f"{path}; expected ':cased' or ':uncased' (none means uncased)")
+    return rest, True
+
+
+def _refuse_folder(path: str, spec: str, takes: str, example: str) -> None:
+    """A spec's file that is a folder: say so (reading it would report "not found")."""
+    if not path or not _isdir(path):
+        return
+    kind = spec.partition(":")[0]
+    saved = (f"; {path} was written by Tokenizer.save: name it alone, without '{kind}:'"
+             if _exists(os.path.join(path, METADATA_FILE)) else "")
+    raise IsADirectoryError(f"tokenizer spec {spec}: {path} is a folder; {kind}: takes {takes}, "
+                            f"e.g. {kind}:{os.path.join(path, example)}{saved}")
 
 
 def load_tokenizer_dir(directory: str) -> Tokenizer:
@@ -795,8 +837,10 @@ def _makedirs(path: str) -> None:
 
 
 def _read_bytes(path: str, what: str) -> bytes:
-    if not _exists(path) or _isdir(path):
+    if not _exists(path):
         raise FileNotFoundError(f"{what} file not found: {path}")
+    if _isdir(path):
+        raise IsADirectoryError(f"{what} file {path} is a folder, not a file")
     gfile = _gfile(path)
     with gfile.GFile(path, "rb") if gfile else open(path, "rb") as f:
         return f.read()

@@ -332,21 +332,30 @@ def config_to_hf(config: ModelConfig) -> dict:
 
 def read_hf_folder(folder: str) -> tuple[ModelConfig, dict]:
     """config.json + weights of a HF folder -> (ModelConfig, tensors)."""
-    hf_config = read_hf_config(folder)
-    tensors = read_hf_weights(folder)  # a folder without weights says so before the config
+    hf_config = read_hf_config(folder)  # checked before the (large) weights are read
+    tensors = read_hf_weights(folder)
     return config_from_hf(hf_config), tensors
 
 
 def read_hf_config(folder: str) -> dict:
-    """A HF folder's config.json as written (architectures, labels and all)."""
+    """A HF folder's config.json as written (architectures, labels and all), checked to be a
+    BERT config that config_from_hf takes; its errors name the file."""
     config_path = os.path.join(folder, "config.json")
     if not tf.io.gfile.exists(config_path):
         raise FileNotFoundError(f"{config_path} not found (a Hugging Face BERT folder needs it)")
     with tf.io.gfile.GFile(config_path, "r") as f:
         try:
-            return json.load(f)
+            hf_config = json.load(f)
         except json.JSONDecodeError as e:
             raise ValueError(f"{config_path} is not valid JSON: {e}") from e
+    if not isinstance(hf_config, dict):
+        raise ValueError(f"{config_path}: expected a JSON object of BertConfig fields, got a "
+                         f"{type(hf_config).__name__}")
+    try:
+        config_from_hf(hf_config)
+    except ValueError as e:  # config_from_hf takes a dict and knows no file
+        raise ValueError(f"{config_path}: {e}") from None
+    return hf_config
 
 
 def read_hf_weights(folder: str) -> dict:

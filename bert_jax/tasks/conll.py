@@ -28,6 +28,8 @@ from bert_jax.tasks import conlleval
 
 _DOCSTART = "-DOCSTART-"
 _SCHEMES = ("auto", "iob1", "iob2")
+# The CoNLL-2003 distribution's files (valid = testa, test = testb), as data.dir holds them.
+DISTRIBUTION_FILES = ("train.txt", "valid.txt", "test.txt")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -50,6 +52,25 @@ def _open(path: str, mode: str):
 
         return tf.io.gfile.GFile(path, mode)
     return open(path, mode, encoding="utf-8")
+
+
+def _exists(path: str) -> bool:
+    if "://" in path:
+        import tensorflow as tf
+
+        return tf.io.gfile.exists(path)
+    return os.path.exists(path)
+
+
+def _check_file(path: str) -> None:
+    """A missing file named with what a CoNLL folder (NER's data.dir) holds, instead of open()'s
+    bare "[Errno 2] No such file"."""
+    if _exists(path):
+        return
+    folder, name = os.path.split(path)
+    where = f"{folder} has no {name}" if _exists(folder or ".") else f"no folder {folder}"
+    raise FileNotFoundError(f"no CoNLL file {path} ({where}); NER's data.dir is a folder with "
+                            f"the CoNLL-2003 files {', '.join(DISTRIBUTION_FILES)}")
 
 
 def _token_lines(path: str) -> Iterable[tuple[int, list[str] | None]]:
@@ -123,6 +144,7 @@ def read_conll(path, *, scheme: str = "auto", tag_column: int = -1) -> list[Sent
     path = os.fspath(path)
     if scheme not in _SCHEMES:
         raise ValueError(f"scheme must be one of {_SCHEMES}, not {scheme!r}")
+    _check_file(path)
     raw = _raw_sentences(path, tag_column)
     if not raw:
         raise ValueError(f"{path}: no sentences")
