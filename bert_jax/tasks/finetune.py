@@ -15,8 +15,9 @@ WORKDIR/
   config.json            the run config and the model config
   predictions/<file>     the task's prediction files (GLUE submissions, SQuAD predictions JSON,
                          CoNLL columns) from the best seed's best epoch
-  seed_<s>/tensorboard, seed_<s>/metrics.jsonl  steps ("train": every train.log_every_steps
-                         and each epoch's last), epoch means ("train_epoch") and "dev" metrics
+  seed_<s>/tensorboard, seed_<s>/metrics.jsonl  "train": the means of every
+                         train.log_every_steps steps (and of an epoch's last window),
+                         "train_epoch": each epoch's means, "dev": each epoch's dev metrics
   seed_<s>/checkpoints/<step>  the best epoch's parameters
   seed_<s>/result.json   the seed's epochs and best, once it has finished
   seed_<s>/progress/<step>  while it runs: its state, to resume from (tasks/progress.py)
