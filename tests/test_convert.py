@@ -109,6 +109,13 @@ def test_a_config_lacking_a_key_names_its_file(tmp_path):
     (tmp_path / "config.json").write_text(json.dumps([config]))
     with pytest.raises(ValueError, match="config.json: expected a JSON object .*, got a list"):
         hf.read_hf_folder(str(tmp_path))
+    # The original BERT's bert_config.json alike.
+    from bert_jax.interop import tf1
+
+    (tmp_path / tf1.CONFIG_FILE).write_text(json.dumps(config))
+    with pytest.raises(ValueError, match=rf"{tmp_path / tf1.CONFIG_FILE}: the BERT config "
+                                         r"lacks \['num_attention_heads'\]"):
+        tf1.read_config(str(tmp_path))
 
 
 def test_a_folder_of_another_architecture_is_named(minilm_folder, tmp_path):

@@ -745,6 +745,14 @@ def test_a_trained_tokenizer_is_kept_only_for_the_settings_it_was_trained_with(t
     assert setup_lib.load_or_train_tokenizer(data, str(workdir)).vocab_size == 50
 
 
+def test_a_tokenizer_that_does_not_load_names_the_key(data_dir, tmp_path):
+    data = _get_config("tiny").data
+    data.tokenizer = f"wordpiece:{data_dir}/bert_vocab"  # the folder, not its vocab.txt
+    with pytest.raises(IsADirectoryError, match=r"data.tokenizer='wordpiece:.*bert_vocab': "
+                                                r"tokenizer spec .* is a folder"):
+        setup_lib.load_or_train_tokenizer(data, str(tmp_path / "run"))
+
+
 def test_tokenizer_lowercase_is_rejected_with_a_given_tokenizer(data_dir, tmp_path):
     data = _get_config("tiny").data
     data.update({"tokenizer": f"wordpiece:{data_dir}/bert_vocab/vocab.txt:cased",

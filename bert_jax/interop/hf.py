@@ -343,19 +343,25 @@ def read_hf_config(folder: str) -> dict:
     config_path = os.path.join(folder, "config.json")
     if not tf.io.gfile.exists(config_path):
         raise FileNotFoundError(f"{config_path} not found (a Hugging Face BERT folder needs it)")
-    with tf.io.gfile.GFile(config_path, "r") as f:
+    return read_config_file(config_path)
+
+
+def read_config_file(path: str) -> dict:
+    """A JSON file of BertConfig fields (transformers' config.json, the original's
+    bert_config.json), checked to be one config_from_hf takes; its errors name the file."""
+    with tf.io.gfile.GFile(path, "r") as f:
         try:
-            hf_config = json.load(f)
+            config = json.load(f)
         except json.JSONDecodeError as e:
-            raise ValueError(f"{config_path} is not valid JSON: {e}") from e
-    if not isinstance(hf_config, dict):
-        raise ValueError(f"{config_path}: expected a JSON object of BertConfig fields, got a "
-                         f"{type(hf_config).__name__}")
+            raise ValueError(f"{path} is not valid JSON: {e}") from e
+    if not isinstance(config, dict):
+        raise ValueError(f"{path}: expected a JSON object of BertConfig fields, got a "
+                         f"{type(config).__name__}")
     try:
-        config_from_hf(hf_config)
+        config_from_hf(config)
     except ValueError as e:  # config_from_hf takes a dict and knows no file
-        raise ValueError(f"{config_path}: {e}") from None
-    return hf_config
+        raise ValueError(f"{path}: {e}") from None
+    return config
 
 
 def read_hf_weights(folder: str) -> dict:

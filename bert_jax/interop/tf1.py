@@ -105,8 +105,7 @@ def read_config(folder: str) -> ModelConfig:
     path = os.path.join(folder, CONFIG_FILE)
     if not tf.io.gfile.exists(path):
         raise FileNotFoundError(f"{path} not found (an original BERT folder needs it)")
-    with tf.io.gfile.GFile(path, "r") as f:
-        return hf.config_from_hf(json.load(f))
+    return hf.config_from_hf(hf.read_config_file(path))
 
 
 def read_tf1_folder(folder: str) -> tuple[ModelConfig, dict]:

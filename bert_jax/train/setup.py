@@ -45,7 +45,10 @@ def load_or_train_tokenizer(data_config, workdir: str) -> tokenization.Tokenizer
                 f"{data_config.tokenizer!r} has its own casing (a wordpiece vocabulary takes "
                 f"':cased' or ':uncased', a SentencePiece model keeps the rule it was trained "
                 f"with)")
-        return tokenization.load_tokenizer(data_config.tokenizer)
+        try:
+            return tokenization.load_tokenizer(data_config.tokenizer)
+        except (OSError, ValueError) as e:  # the spec's file is named; the key too, here
+            raise type(e)(f"data.tokenizer={data_config.tokenizer!r}: {e}") from e
     directory = os.path.join(workdir, "tokenizer")
     settings = {"source": data_config.source, "vocab_size": data_config.tokenizer_vocab_size,
                 "lowercase": bool(data_config.tokenizer_lowercase)}
