@@ -312,7 +312,8 @@ def test_hidden_size_not_divisible_by_heads_is_rejected():
 def test_unknown_size_and_dtype_are_rejected():
     with pytest.raises(ValueError, match="unknown model size 'huge'"):
         ModelConfig.from_size("huge")
-    with pytest.raises(TypeError):
+    with pytest.raises(ValueError, match="model.dtype='float13': expected one of float32, "
+                                         "bfloat16, float16"):
         ModelConfig.from_size("tiny", dtype="float13")
 
 
