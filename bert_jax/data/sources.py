@@ -328,39 +328,44 @@ class ConcatSource(Source):
 
 def open_source(spec: str, skips: SkipCounter | None = None) -> Source:
     """The Source a spec names (see the module docstring); raises ValueError for bad specs."""
-    if "+" in spec:
-        skips = skips or SkipCounter()
-        names = [name.strip() for name in spec.split("+")]
-        # A path with '+' in it (c++/...) reads as joined sources: say so, and how to give it.
-        hint = ("'+' joins sources; for a '+' inside a path, write the glob wildcard '?' in "
-                "its place")
-        if not all(names):
-            raise ValueError(f"data source {spec!r}: an empty source between '+' signs ({hint})")
-        for name in names:
-            kind, _, rest = name.partition(":")
-            if name != "builtin" and not (kind in ("text", "prose", "tfds") and rest):
-                raise ValueError(f"data source {spec!r}: unknown data source {name!r} between "
-                                 f"'+' signs; expected builtin, text:GLOB, prose:GLOB or "
-                                 f"tfds:NAME[:VERSION][:SPLIT] ({hint})")
-        return ConcatSource(spec, [open_source(name, skips) for name in names], skips)
+    expected = "expected builtin, text:GLOB, prose:GLOB or tfds:NAME[:VERSION][:SPLIT]"
+    if "+" not in spec:
+        opener = _single_source(spec, skips)
+        if opener is None:
+            raise ValueError(f"unknown data source {spec!r}; {expected}, or several joined "
+                             "by '+'")
+        return opener()
+    skips = skips or SkipCounter()
+    names = [name.strip() for name in spec.split("+")]
+    # A path with '+' in it (c++/...) reads as joined sources: say so, and how to give it.
+    hint = "'+' joins sources; for a '+' inside a path, write the glob wildcard '?' in its place"
+    if not all(names):
+        raise ValueError(f"data source {spec!r}: an empty source between '+' signs ({hint})")
+    openers = [_single_source(name, skips) for name in names]  # all checked before any opens
+    for name, opener in zip(names, openers):
+        if opener is None:
+            raise ValueError(f"data source {spec!r}: unknown data source {name!r} between '+' "
+                             f"signs; {expected} ({hint})")
+    return ConcatSource(spec, [opener() for opener in openers], skips)
+
+
+def _single_source(spec: str, skips: SkipCounter | None):
+    """A function opening the Source of a spec without '+', or None for an unknown spec."""
     kind, _, rest = spec.partition(":")
     if kind == "text" and rest:
-        return TextSource(spec, rest, skips)
+        return lambda: TextSource(spec, rest, skips)
     if kind == "prose" and rest:
-        return ProseSource(spec, rest, skips)
+        return lambda: ProseSource(spec, rest, skips)
     if kind == "tfds" and rest:
         name, _, split = rest.partition(":")
         # NAME:VERSION[:SPLIT], TFDS's way of pinning a version (e.g. wikipedia/20230601.en:1.0.0)
         version = re.fullmatch(r"(\d+\.\d+\.\d+)(?::(.*))?", split)
         if version:
             name, split = f"{name}:{version.group(1)}", version.group(2)
-        return TfdsSource(spec, name, split or "train", skips=skips)
+        return lambda: TfdsSource(spec, name, split or "train", skips=skips)
     if spec == "builtin":
-        return BuiltinSource(spec, skips)
-    raise ValueError(
-        f"unknown data source {spec!r}; expected builtin, text:GLOB, prose:GLOB or "
-        "tfds:NAME[:VERSION][:SPLIT], or several joined by '+'"
-    )
+        return lambda: BuiltinSource(spec, skips)
+    return None
 
 
 # ----------------------------------------------------------------------------------------------

@@ -71,7 +71,7 @@ class ProgressCheckpointer:
     def __init__(self, seed_dir: str, run_config: dict):
         self.seed_dir = seed_dir
         self.run_config = run_config
-        self.root = os.path.join(checkpoint.absolute(seed_dir), PROGRESS_DIR)
+        self.root = progress_root(seed_dir)
         self._checkpointer = checkpoint.TrainCheckpointer(seed_dir, keep=1, root=self.root)
         self._saved_step = self._checkpointer.latest_step()
 
@@ -121,9 +121,13 @@ class ProgressCheckpointer:
         drop_progress(self.seed_dir)
 
 
+def progress_root(seed_dir: str) -> str:
+    return os.path.join(checkpoint.absolute(seed_dir), PROGRESS_DIR)
+
+
 def drop_progress(seed_dir: str) -> None:
     """Removes SEED_DIR/progress, if any (every process calls it; process 0 removes)."""
-    root = os.path.join(checkpoint.absolute(seed_dir), PROGRESS_DIR)
+    root = progress_root(seed_dir)
     multihost_utils.sync_global_devices(f"bert_jax_progress_done_{root}")
     if jax.process_index() == 0 and tf.io.gfile.isdir(root):
         tf.io.gfile.rmtree(root)

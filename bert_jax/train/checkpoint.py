@@ -47,8 +47,7 @@ class PerProcessJsonHandler(ocp.handlers.JsonCheckpointHandler):
     """
 
     async def _save_fn(self, x, directory):
-        name = f"process_{jax.process_index()}-of-{jax.process_count()}.json"
-        (directory / name).write_text(json.dumps(x))
+        (directory / own_data_file()).write_text(json.dumps(x))
 
     def restore(self, directory, item=None, args=None) -> dict:
         """{"process_count": n, "states": [state of process 0, ..., process n-1]}."""
@@ -67,6 +66,11 @@ class PerProcessJsonHandler(ocp.handlers.JsonCheckpointHandler):
             raise ValueError(f"data states in {directory} are incomplete: found processes "
                              f"{sorted(found)} of {sorted(counts)}")
         return {"process_count": counts.pop(), "states": [found[i][1] for i in sorted(found)]}
+
+
+def own_data_file() -> str:
+    """The name of this process's file in a step's data item."""
+    return f"process_{jax.process_index()}-of-{jax.process_count()}.json"
 
 
 @ocp.checkpoint_args.register_with_handler(PerProcessJsonHandler, for_save=True)
@@ -337,8 +341,7 @@ class TrainCheckpointer:
         flight has finished): written beside it, then renamed over it, so the step stays whole
         whenever the process stops."""
         self.wait()
-        name = f"process_{jax.process_index()}-of-{jax.process_count()}.json"
-        path = os.path.join(self.root, str(step), DATA, name)
+        path = os.path.join(self.root, str(step), DATA, own_data_file())
         with tf.io.gfile.GFile(path + ".tmp", "w") as f:
             f.write(json.dumps(data_state))
         tf.io.gfile.rename(path + ".tmp", path, overwrite=True)
