@@ -15,7 +15,8 @@ vocabularies only; the encoder, pooler and pre-training heads) for the original 
 
 --output must be a new or an empty folder: a conversion never writes over or beside earlier
 files. A local output appears only once complete (it is written into OUTPUT.tmp-* beside it,
-then renamed); a failed conversion leaves none.
+then renamed); a failed conversion leaves none. Any end may be on gs://: a --to=hf export
+there is written in a local temporary folder, then uploaded file by file.
 
 Fine-tuned checkpoints travel with their heads (bert_jax.interop.hf_tasks): a GLUE classifier
 exports as a BertForSequenceClassification with its label names, a SQuAD model as a

@@ -290,6 +290,31 @@ def test_export_failing_midway_leaves_no_partial_folder(made_first, converted, t
     assert not made_first or os.listdir(output) == []
 
 
+def test_export_to_a_remote_folder_writes_the_local_export(converted, tmp_path, monkeypatch):
+    """ram:// is a TensorFlow file system like gs://: the export's writers (plain open(),
+    safetensors, tokenizers) reach neither, so the folder is written locally and uploaded.
+    The upload holds the same files, byte for byte, as a local export; a failure before the
+    upload leaves no remote file."""
+    tf = pytest.importorskip("tensorflow")
+    remote = "ram://test_convert/hf"
+    assert convert.export_hf(converted, remote) == remote
+    local = pathlib.Path(convert.export_hf(converted, str(tmp_path / "local")))
+    expected = sorted(p.relative_to(local).as_posix() for p in local.rglob("*") if p.is_file())
+    assert "model.safetensors" in expected and "tokenizer_config.json" in expected
+    uploaded = sorted(tf.io.gfile.listdir(remote))
+    assert uploaded == sorted(name.split("/")[0] + ("/" if "/" in name else "")
+                              for name in expected)
+    for name in expected:
+        with tf.io.gfile.GFile(f"{remote}/{name}", "rb") as f:
+            assert f.read() == (local / name).read_bytes(), name
+    with pytest.raises(FileExistsError, match="is not empty"):
+        convert.export_hf(converted, remote)
+    monkeypatch.setattr(hf_tokenizer, "write_hf_tokenizer", _disk_full)
+    with pytest.raises(OSError, match="No space left on device"):
+        convert.export_hf(converted, "ram://test_convert/failed")
+    assert not tf.io.gfile.exists("ram://test_convert/failed")
+
+
 def test_import_failing_midway_leaves_no_folder(minilm_folder, tmp_path):
     """A folder whose model.safetensors lacks a tensor fails after the tokenizer and weights
     are read: neither the output nor its temporary sibling is left."""

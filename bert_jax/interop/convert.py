@@ -4,6 +4,7 @@ import contextlib
 import json
 import os
 import shutil
+import tempfile
 import uuid
 from collections.abc import Iterator
 
@@ -109,7 +110,7 @@ def _imported_step_path(output: str) -> str:
 
 
 @contextlib.contextmanager
-def _fresh_output(output: str) -> Iterator[str]:
+def _fresh_output(output: str, local_writer: bool = False) -> Iterator[str]:
     """The folder every conversion writes its result into, all or nothing.
 
     Entered before anything is read, it refuses an OUTPUT that holds files: an earlier
@@ -117,12 +118,22 @@ def _fresh_output(output: str) -> Iterator[str]:
     and Orbax keeps an existing step rather than write ours. A local result goes into a
     temporary sibling renamed to OUTPUT once complete, so a failure or a kill leaves no partial
     OUTPUT. A remote one (gs://...) is written in place: renaming a folder there copies it file
-    by file, no more atomic than writing it.
+    by file, no more atomic than writing it. A `local_writer` (plain open(), safetensors,
+    tokenizers: none of them reach gs://) writes a remote result into a local temporary folder,
+    uploaded once complete: a failure before the upload leaves no remote files.
     """
     output = checkpoint.absolute(output)
     _refuse_nonempty(output)
     if "://" in output:
-        yield output
+        if not local_writer:
+            yield output
+            return
+        staging = tempfile.mkdtemp(prefix="bert_jax_export_")
+        try:
+            yield staging
+            _upload(staging, output)
+        finally:
+            shutil.rmtree(staging, ignore_errors=True)
         return
     if os.path.islink(output):  # a link to an empty folder: the rename replaces its target
         output = os.path.realpath(output)
@@ -133,6 +144,16 @@ def _fresh_output(output: str) -> Iterator[str]:
         os.replace(staging, output)  # replaces an empty OUTPUT; fails if one was filled meanwhile
     finally:
         shutil.rmtree(staging, ignore_errors=True)  # what a failure left; nothing once renamed
+
+
+def _upload(local: str, remote: str) -> None:
+    """Copies the local folder's files, subfolders included, into the remote folder."""
+    for folder, _, names in os.walk(local):
+        relative = os.path.relpath(folder, local)
+        target = remote if relative == "." else f"{remote.rstrip('/')}/{relative}"
+        tf.io.gfile.makedirs(target)
+        for name in names:
+            tf.io.gfile.copy(os.path.join(folder, name), f"{target}/{name}")
 
 
 def _refuse_nonempty(output: str) -> None:
@@ -227,7 +248,7 @@ def export_hf(checkpoint_path: str, output: str) -> str:
     import flax.linen as nn
     from safetensors.numpy import save_file
 
-    with _fresh_output(output) as staging:
+    with _fresh_output(output, local_writer=True) as staging:
         loaded = checkpoint.load_model(checkpoint_path)
         config = loaded.model_config
         params = _unrolled(nn.unbox(loaded.params), config)
