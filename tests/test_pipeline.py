@@ -110,6 +110,31 @@ def test_masking_statistics(nsp_batches, tokenizer):
     assert not np.isin(now[is_random], sorted(tokenizer.special_ids)).any()
 
 
+def test_identical_rows_draw_their_masked_positions_independently(data_dir, tokenizer):
+    """Every row draws its own positions: 2,000 copies of one sentence get (nearly) all-distinct
+    position sets, and each maskable position is picked about equally often, 15% of the rows. A
+    draw shared by the rows would mask the same few positions everywhere and never the rest."""
+    text = tokenizer.encode(" ".join(_sentences_of_a_book(data_dir, 8)))
+    assert len(text) >= 60
+    ids = [tokenizer.cls_id, *text[:60], tokenizer.sep_id]
+    rows, length = 2000, 64
+    input_ids = np.zeros((rows, length), np.int32)  # [B, L], 2 tokens of padding
+    input_ids[:, :len(ids)] = ids
+    tables = masking.MaskingTables.from_tokenizer(tokenizer)
+    out = masking.mask_batch(
+        input_ids, (input_ids > 0).astype(np.int32), tables, max_predictions=10,
+        masked_lm_prob=0.15, whole_word=False, rng=np.random.default_rng(0))
+    w = out["masked_weights"] > 0
+    assert (w.sum(1) == 9).all()  # round(0.15 * 60)
+    sets = {tuple(p[m]) for p, m in zip(out["masked_positions"], w)}
+    assert len(sets) >= 0.99 * rows
+    picked = np.bincount(out["masked_positions"][w], minlength=length)  # [L]
+    assert picked[0] == picked[61:].sum() == 0  # [CLS], [SEP] and padding never
+    # Binomial(2000, 0.15) per position: 300 +- 16; the bound is ~4.7 standard deviations.
+    expected = rows * 9 / 60
+    assert np.abs(picked[1:61] - expected).max() < 0.25 * expected, picked[1:61]
+
+
 @pytest.mark.parametrize("value", [-1, 0, 33])
 def test_predictions_per_row_outside_1_to_the_row_length_are_refused(value):
     # -1 failed deep inside jax; more slots than tokens computed logits for nothing.
@@ -135,11 +160,30 @@ def test_is_next_is_half(nsp_batches):
     labels = batch["next_sentence_label"]
     assert set(np.unique(labels)) == {IS_NEXT, NOT_NEXT}
     assert abs((labels == IS_NEXT).mean() - 0.5) < 0.02
-    # token types: [CLS] A [SEP] are 0, B [SEP] are 1, padding 0.
-    types = batch["token_type_ids"]
-    sep_count = (batch["input_ids"] == 102) | (batch["masked_ids"][:, :1] < 0)
-    assert (types[:, 0] == 0).all() and (types * (1 - batch["attention_mask"])).sum() == 0
-    assert sep_count.any()
+
+
+def _unmasked(batch):
+    """The batch's input_ids as they were before masking (masked_ids holds the originals)."""
+    w = batch["masked_weights"] > 0  # [N, P]
+    rows = np.broadcast_to(np.arange(len(w))[:, None], w.shape)
+    original = batch["input_ids"].copy()
+    original[rows[w], batch["masked_positions"][w]] = batch["masked_ids"][w]
+    return original
+
+
+def test_token_types_are_a_through_the_first_sep_and_b_through_the_last(nsp_batches, tokenizer):
+    """BERT's create_pretraining_data gives [CLS] A [SEP] type 0 and B [SEP] type 1, padding 0:
+    the model's segment embeddings learn that boundary, so the first [SEP] belongs to A."""
+    batch, _ = nsp_batches
+    is_sep = _unmasked(batch) == tokenizer.sep_id  # [N, L]
+    assert (is_sep.sum(1) == 2).all()  # no [SEP] inside a segment
+    length = is_sep.shape[1]
+    first = np.argmax(is_sep, axis=1)  # [N]
+    last = length - 1 - np.argmax(is_sep[:, ::-1], axis=1)  # [N]
+    assert np.array_equal(last + 1, batch["attention_mask"].sum(1))  # the row ends on it
+    column = np.arange(length)[None, :]
+    expected = (column > first[:, None]) & (column <= last[:, None])  # [N, L]
+    np.testing.assert_array_equal(batch["token_type_ids"], expected.astype(np.int32))
 
 
 def _documents_by_position(spec, order=None):
@@ -342,6 +386,37 @@ def test_full_sentences_separate_documents_once_and_never_end_on_a_separator():
     assert rows == [[2, *range(10, 18), 3], [2, 18, 19, 20, 3, 21, 22, 3]]
 
 
+def _kept_as_the_original(len_a, len_b, max_num_tokens):
+    """Segment lengths after the original's truncate_seq_pair, one removal at a time: while the
+    pair is too long, the longer segment loses a token, B when they are as long."""
+    while len_a + len_b > max_num_tokens:
+        if len_a > len_b:
+            len_a -= 1
+        else:
+            len_b -= 1
+    return len_a, len_b
+
+
+def test_truncating_a_pair_keeps_what_the_original_keeps_and_trims_both_ends():
+    """_truncate_pair claims the original's rule in closed form: the same kept lengths for any
+    lengths, each kept part a contiguous slice, and each dropped token taken from the front or
+    the back on a fair coin (so the front share of a segment's d dropped is Binomial(d, 1/2))."""
+    lengths = np.random.default_rng(0)
+    rng = np.random.default_rng(1)
+    for _ in range(3000):
+        len_a, len_b = (int(n) for n in lengths.integers(1, 130, 2))
+        max_num_tokens = int(lengths.integers(2, 126))
+        a, b = np.arange(len_a), np.arange(1000, 1000 + len_b)
+        kept_a, kept_b = examples_lib._truncate_pair(a, b, max_num_tokens, rng)
+        assert (len(kept_a), len(kept_b)) == _kept_as_the_original(len_a, len_b, max_num_tokens)
+        for kept, whole in ((kept_a, a), (kept_b, b)):
+            assert np.array_equal(kept, whole[kept[0] - whole[0]:][:len(kept)])
+    # A of 60 tokens, B of 10, room for 40: A keeps 30 and drops 30, ~15 of them at its front.
+    fronts = np.array([examples_lib._truncate_pair(np.arange(60), np.arange(10), 40, rng)[0][0]
+                       for _ in range(4000)])
+    assert abs(fronts.mean() - 15) < 0.3 and 6.5 < fronts.var() < 8.5  # Binomial: 15, 7.5
+
+
 def test_packing_restarts_positions_and_never_overflows(data_dir, tokenizer):
     config = pipeline.PipelineConfig(
         f"text:{data_dir}/bert_sample/sample_text.txt", mode="full_sentences",
@@ -404,6 +479,49 @@ def test_resume_continues_the_same_stream(data_dir, tokenizer, source, mode, pac
         for key in want:
             np.testing.assert_array_equal(got[key], want[key], err_msg=key)
     resumed.close()
+
+
+def _selected(batch):
+    """[B, L] bool: the positions the batch masked."""
+    w = batch["masked_weights"] > 0
+    rows = np.broadcast_to(np.arange(len(w))[:, None], w.shape)
+    selected = np.zeros(batch["input_ids"].shape, bool)
+    selected[rows[w], batch["masked_positions"][w]] = True
+    return selected
+
+
+def test_hosts_mask_their_rows_independently(gutenberg, tokenizer):
+    """Each host seeds its masks with its own index: two hosts' rows at the same index (full
+    rows, nearly the same maskable positions) share about 15% of their masked positions, as
+    independent draws do; one seed for all hosts would mask the same positions (~90% shared)
+    in every host's row k, a correlation across the global batch."""
+    config = pipeline.PipelineConfig(gutenberg, max_seq_length=128)
+    selected = []
+    for host in range(2):
+        it = pipeline.make_pretraining_iterator(config, tokenizer, batch_size=64, seed=0,
+                                                process_index=host, process_count=2)
+        selected.append(_selected(next(it)))
+        it.close()
+    shared = (selected[0] & selected[1]).sum() / selected[0].sum()
+    assert 0.08 < shared < 0.25, shared
+
+
+def test_each_epoch_makes_new_examples(data_dir, tokenizer):
+    """The module's promise: epochs repeat with new pairings and shuffles. With one unit (so the
+    same unit order every epoch), the second epoch's examples differ from the first's."""
+    config = pipeline.PipelineConfig(f"text:{data_dir}/bert_sample/sample_text.txt",
+                                     max_seq_length=64, eval_fraction=0.0)
+
+    def examples(epochs):
+        return [e.ids.tobytes() for e, _ in pipeline.iter_examples(config, tokenizer, seed=0,
+                                                                   epochs=epochs)]
+
+    first = examples(1)
+    both = examples(2)
+    assert both[:len(first)] == first and len(both) > len(first) >= 10
+    second = both[len(first):]
+    # Sequences of 64 tokens from new pairings and lengths: few come out the same again.
+    assert len(set(second) & set(first)) <= len(second) // 4, (len(first), len(second))
 
 
 def test_source_repeats_read_each_source_that_many_times_an_epoch():

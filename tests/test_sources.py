@@ -39,6 +39,12 @@ def test_split_sentences_keeps_abbreviations_initials_and_dialogue():
     ]
 
 
+def test_sentences_that_open_with_a_digit_are_split():
+    """Years and counts open sentences in prose; a digit after a full stop is a boundary."""
+    assert sentences.split_sentences("The war ended in 1918. 1919 brought peace. 3 men came.") == [
+        "The war ended in 1918.", "1919 brought peace.", "3 men came."]
+
+
 def test_text_source_reads_bert_format(data_dir):
     spec = f"text:{data_dir}/bert_sample/sample_text.txt"
     docs = list(sources.iter_documents(spec))
