@@ -250,6 +250,24 @@ def test_features_by_hand(tokenizer):
         conll.word_predictions(features, np.full([3, 5], 7), labels, 2)
 
 
+def test_a_split_word_is_labelled_on_its_first_piece(tokenizer):
+    """The original BERT NER recipe (and transformers' token classification) labels a word on
+    its first WordPiece and ignores the continuations (-1); predictions are read there too."""
+    sentence = conll.Sentence(("Tsipras", "met", "Kwiatkowski", "in", "Athens"),
+                              ("B-PER", "O", "B-PER", "O", "B-LOC"), "x:1")
+    labels = conll.label_list(["LOC", "PER"])  # O B-LOC I-LOC B-PER I-PER
+    features = conll.make_features([sentence], tokenizer, labels, max_seq_length=16)
+    pieces = [tokenizer.id_to_token(i) for i in features.input_ids[0, 1:11]]
+    assert pieces == ["ts", "##ip", "##ras", "met", "kw", "##ia", "##t", "##kowski", "in",
+                      "athens"]
+    #                        [CLS] ts ##ip ##ras met kw ##ia ##t ##kowski in athens [SEP]
+    assert features.label_ids[0, :12].tolist() == [-1, 3, -1, -1, 0, 3, -1, -1, -1, 0, 1, -1]
+    assert features.word_index[0, :12].tolist() == [-1, 0, -1, -1, 1, 2, -1, -1, -1, 3, 4, -1]
+    # A model that tags continuations I-PER still predicts each word from its first piece.
+    predicted = np.where(features.label_ids >= 0, features.label_ids, 4)  # [1, 16]
+    assert conll.word_predictions(features, predicted, labels, 1) == [list(sentence.tags)]
+
+
 def test_features_bad_input(tokenizer):
     sentence = conll.Sentence(("Paris",), ("B-LOC",), "f.txt:9")
     with pytest.raises(ValueError, match=r"f\.txt:9: tags \['B-LOC'\] are not in the label"):

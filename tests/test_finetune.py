@@ -137,6 +137,39 @@ def test_results_json_per_epoch_best_and_median(finetuned):
     assert (pathlib.Path(workdir) / "seed_0" / "tensorboard").is_dir()
 
 
+def test_the_best_epoch_by_the_main_metric_is_kept(pretrained, mrpc_dir, monkeypatch, tmp_path):
+    """Dev F1 (MRPC's main metric) of 0.5, 0.8, 0.6 over three epochs: epoch 2 is the seed's
+    best, in results.json and as the one checkpoint kept, with epoch 2's parameters; accuracy,
+    scripted to fall then rise, does not rank. Evaluation is scripted; one step an epoch."""
+    scripted = iter([(0.5, 0.9), (0.8, 0.1), (0.6, 0.5)])  # (f1, accuracy) per epoch
+    evaluated = []
+
+    def evaluate(run, params):
+        evaluated.append(_flat(jax.device_get(params)))
+        f1, accuracy = next(scripted)
+        return {"f1": f1, "accuracy": accuracy}
+
+    monkeypatch.setattr(finetune, "evaluate", evaluate)
+    config = _finetune_config(pretrained, mrpc_dir, seeds=(0,), **{
+        "train.num_epochs": 3, "data.max_train_examples": 8, "data.predict_test": False})
+    results = finetune.finetune_and_evaluate(config, str(tmp_path))
+    on_disk = json.loads((tmp_path / "results.json").read_text())
+    seed = on_disk["seeds"]["0"]
+    assert [(e["epoch"], e["step"], e["f1"]) for e in seed["epochs"]] == [
+        (1, 1, 0.5), (2, 2, 0.8), (3, 3, 0.6)]
+    assert (seed["best"]["epoch"], seed["best"]["step"]) == (2, 2)
+    assert on_disk["best"]["f1"] == 0.8 and results["best"]["epoch"] == 2
+    assert sorted(p.name for p in (tmp_path / "seed_0" / "checkpoints").iterdir()) == ["2"]
+    assert seed["checkpoint"] == str(tmp_path / "seed_0" / "checkpoints" / "2")
+    kept = checkpoint.load_model(seed["checkpoint"])
+    assert kept.step == 2 and kept.meta["dev_metrics"]["f1"] == 0.8
+    stored = _flat(kept.params)
+    assert stored.keys() == evaluated[1].keys()
+    for name, value in stored.items():
+        np.testing.assert_array_equal(value, evaluated[1][name], err_msg=name)
+    assert any(not np.array_equal(value, evaluated[2][name]) for name, value in stored.items())
+
+
 def test_metrics_jsonl_holds_each_step_once_and_epoch_means_apart(finetuned):
     _, workdir, results = finetuned
     logged = [json.loads(line) for line in

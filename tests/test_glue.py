@@ -2,9 +2,11 @@
 
 import numpy as np
 import pytest
+from sklearn import metrics as sk_metrics
 
 from bert_jax.data import tokenization
-from bert_jax.tasks import batching, glue
+from bert_jax.tasks import batching, classification, glue
+from configs.finetune import glue as glue_configs
 
 # (task, split, rows, label counts) from the staged data's MANIFEST.md.
 REAL_FILES = [
@@ -44,6 +46,62 @@ def test_metrics_match_hand_computed_values():
     assert cola["matthews_corrcoef"] == pytest.approx(0.5)
     assert glue.compute_metrics(glue.get_task("cola"), 1 - labels, labels)[
         "matthews_corrcoef"] == pytest.approx(-1.0)
+
+
+def test_f1_is_the_positive_class_f1_not_an_average():
+    """MRPC and QQP report the F1 of class 1 (paraphrase / duplicate), scikit-learn's
+    average="binary"; on unbalanced errors the macro, micro or weighted averages differ."""
+    labels = np.array([1, 1, 1, 1, 0, 0])
+    preds = np.array([1, 1, 0, 0, 0, 1])
+    # Class 1: tp=2 fp=1 fn=2, P 2/3 R 1/2 -> F1 4/7. Class 0: P 1/3 R 1/2 -> F1 2/5, so
+    # macro 17/35; micro = accuracy 1/2.
+    for name in ("mrpc", "qqp"):
+        scores = glue.compute_metrics(glue.get_task(name), preds, labels)
+        assert scores == pytest.approx({"f1": 4 / 7, "accuracy": 0.5})
+        assert scores["f1"] == pytest.approx(sk_metrics.f1_score(labels, preds,
+                                                                 average="binary"))
+        assert scores["f1"] != pytest.approx(sk_metrics.f1_score(labels, preds,
+                                                                 average="macro"))
+
+
+def test_each_task_picks_its_best_epoch_by_the_metric_bert_reports():
+    """The BERT paper's GLUE table: Matthews correlation for CoLA, F1 for MRPC and QQP, Spearman
+    for STS-B, accuracy for the rest (MNLI: the matched dev set's). The first metric is the one
+    the fine-tuning loop ranks epochs and seeds by."""
+    main = {"cola": "matthews_corrcoef", "sst2": "accuracy", "mrpc": "f1", "stsb": "spearman",
+            "qqp": "f1", "mnli": "accuracy", "qnli": "accuracy", "rte": "accuracy",
+            "wnli": "accuracy"}
+    assert {name: task.main_metric for name, task in glue.TASKS.items()} == main
+    data = glue_configs.get_config("sst2").data
+    for name, metric in main.items():
+        assert classification.GlueFinetuneTask(glue.get_task(name), data).main_metric == metric
+
+
+def test_mnli_matched_and_mismatched_dev_files_score_under_their_own_keys(tmp_path, tokenizer):
+    """dev_matched.tsv gives `accuracy` (the main metric), dev_mismatched.tsv
+    `accuracy_mismatched`: two files with different labels, one model that always says
+    entailment."""
+    header = "index\tsentence1\tsentence2\tgold_label\n"
+    _write(tmp_path / "MNLI" / "dev_matched.tsv", header
+           + "0\tA cat sat.\tA cat sat.\tentailment\n"
+           + "1\tA dog ran.\tAn animal ran.\tentailment\n")
+    _write(tmp_path / "MNLI" / "dev_mismatched.tsv", header
+           + "0\tIt rained.\tIt was wet.\tentailment\n"
+           + "1\tIt rained.\tIt was dry.\tcontradiction\n"
+           + "2\tShe sang.\tShe was quiet.\tcontradiction\n"
+           + "3\tHe left.\tHe stayed.\tneutral\n")
+    config = glue_configs.get_config("mnli")
+    config.data.dir = str(tmp_path)
+    config.data.predict_test = False
+    task = classification.GlueFinetuneTask(glue.get_task("mnli"), config.data)
+    features = task.load(tokenizer, with_train=False)
+    assert {split: len(f) for split, f in features.items()} == {"dev": 2, "dev_mismatched": 4}
+    scores = {}
+    for split in task.dev_splits:
+        entailment = [{"logits": np.array([1.0, 0.0, 0.0])}] * len(features[split])
+        scores.update(task.evaluate(split, features[split], entailment))
+    assert scores == pytest.approx({"accuracy": 1.0, "accuracy_mismatched": 0.25})
+    assert task.main_metric == "accuracy"
 
 
 def test_correlations_of_a_monotone_but_nonlinear_relation():

@@ -504,6 +504,67 @@ def test_postprocess_v2_null_answer(wordpiece):
     assert plain["q0"] == "Normandy" and none == {}
 
 
+# Ten one-piece words: context token k of a window starting at piece a sits at row position
+# 4 + k - a, after [CLS] q ? [SEP].
+NUMBERS = "one two three four five six seven eight nine ten"
+
+
+def _number_features(wordpiece, max_seq_length, doc_stride=128):
+    example = _example("n", NUMBERS, [("one", 0)])
+    f = squad.make_features([example], wordpiece, max_seq_length=max_seq_length,
+                            doc_stride=doc_stride, max_query_length=4, training=False)
+    assert f.input_ids[0, :4].tolist() == [wordpiece.cls_id, *wordpiece.encode("q?"),
+                                           wordpiece.sep_id]
+    zeros = np.zeros(f.input_ids.shape, np.float32)
+    return [example], f, zeros, zeros.copy()
+
+
+def test_longest_answer_has_exactly_max_answer_length_tokens(wordpiece):
+    """The original keeps a span when end - start + 1 <= max_answer_length: a best-scoring span
+    one token longer is skipped, one exactly at the limit is the answer."""
+    examples, f, start, end = _number_features(wordpiece, 32)
+    assert len(f) == 1
+    start[0, 4 + 1] = 10.0  # "two"
+    end[0, 4 + 4] = 10.0  # "five": "two ... five" is 4 tokens, score 20
+    end[0, 4 + 3] = 9.0  # "four": "two three four" is 3 tokens, score 19
+    at_limit, _, nbest = squad.postprocess(examples, f, start, end, max_answer_length=3)
+    assert at_limit == {"n": "two three four"}
+    assert "two three four five" not in [e["text"] for e in nbest["n"]]
+    longer, _, _ = squad.postprocess(examples, f, start, end, max_answer_length=4)
+    assert longer == {"n": "two three four five"}
+
+
+def test_a_start_is_taken_only_from_its_max_context_window(wordpiece):
+    """Windows [0, 6) and [4, 10) share "five" and "six"; "six" (piece 5) has more context in
+    the second. A start on it in the first window is not a candidate, however high its logit,
+    as in the original's token_is_max_context check: the answer "six" scores from window 2."""
+    examples, f, start, end = _number_features(wordpiece, 11, doc_stride=4)
+    assert len(f) == 2 and f.lengths.tolist() == [11, 11]
+    assert f.token_is_max_context[0, 4:10].tolist() == [True] * 5 + [False]
+    assert f.token_is_max_context[1, 4:10].tolist() == [False] + [True] * 5
+    start[0, 4 + 5] = 20.0  # "six" in window 1 (not its max context): "six" would score 20
+    start[1, 4 + 1] = end[1, 4 + 1] = 8.0  # "six" in window 2: 16
+    predictions, _, nbest = squad.postprocess(examples, f, start, end)
+    assert predictions == {"n": "six"}
+    assert (nbest["n"][0]["start_logit"], nbest["n"][0]["end_logit"]) == (8.0, 8.0)
+
+
+def test_null_score_is_the_smallest_over_the_windows(wordpiece):
+    """The original run_squad.py keeps the smallest [CLS] start + end logit over a question's
+    windows as its null score: windows scoring 10, 2, 2 give 2, so "one", scoring 6, wins."""
+    examples, f, start, end = _number_features(wordpiece, 11, doc_stride=2)
+    assert len(f) == 3
+    start[0, 0] = end[0, 0] = 5.0  # null 10 in window 1
+    start[1:, 0] = end[1:, 0] = 1.0  # null 2 in windows 2 and 3
+    start[0, 4] = end[0, 4] = 3.0  # "one" (only in window 1): 6
+    predictions, diff, nbest = squad.postprocess(examples, f, start, end,
+                                                 version_2_with_negative=True)
+    assert diff == pytest.approx({"n": 2.0 - 6.0})
+    assert predictions == {"n": "one"}
+    assert nbest["n"][0]["text"] == "one"
+    assert [e["start_logit"] for e in nbest["n"] if e["text"] == ""] == [1.0]
+
+
 def test_answer_ending_in_a_combining_mark_keeps_it(wordpiece):
     """The uncased vocabulary's normalisation drops a decomposed accent (e + U+0301), so the
     piece's offsets end before it; the answer is the whole word, as the gold answer is."""
