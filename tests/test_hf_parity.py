@@ -11,6 +11,7 @@ from ml_collections import config_dict
 
 from bert_jax.interop import hf
 from bert_jax.model import BertEncoder, BertForPreTraining, ModelConfig
+from bert_jax.model.layers import Embeddings
 from bert_jax.train import optim, steps
 from bert_jax.train.state import TrainState
 from tests.conftest import require
@@ -55,12 +56,12 @@ def test_minilm_sequence_and_pooled_outputs_match_transformers(minilm_folder):
     np.testing.assert_allclose(pooled, ref.pooler_output.numpy(), atol=1e-4, rtol=0)
 
 
-def _random_hf_pretraining_model(torch, transformers):
+def _random_hf_pretraining_model(torch, transformers, **config_overrides):
     torch.manual_seed(0)
-    hf_config = transformers.BertConfig(
-        vocab_size=512, hidden_size=64, num_hidden_layers=3, num_attention_heads=4,
-        intermediate_size=128, max_position_embeddings=64,
-    )
+    hf_config = transformers.BertConfig(**{
+        **dict(vocab_size=512, hidden_size=64, num_hidden_layers=3, num_attention_heads=4,
+               intermediate_size=128, max_position_embeddings=64),
+        **config_overrides})
     model = transformers.BertForPreTraining(hf_config).eval()
     # Random biases and LayerNorm parameters too, so a transposition or a swap cannot hide.
     with torch.no_grad():
@@ -101,6 +102,64 @@ def test_random_pretraining_model_mlm_and_nsp_logits_match_transformers():
     np.testing.assert_allclose(out["mlm_logits"], ref_mlm, atol=1e-4, rtol=0)
     np.testing.assert_allclose(out["nsp_logits"], ref.seq_relationship_logits.numpy(),
                                atol=1e-4, rtol=0)
+
+
+def _assert_logits_match(torch, model, config, params, seed):
+    """Our pre-training logits from `params` against transformers' `model` on a padded batch."""
+    input_ids, token_type_ids, attention_mask, masked_positions = _random_batch(
+        np.random.default_rng(seed))
+    with torch.no_grad():
+        ref = model(input_ids=torch.from_numpy(input_ids).long(),
+                    token_type_ids=torch.from_numpy(token_type_ids).long(),
+                    attention_mask=torch.from_numpy(attention_mask).long())
+    ref_mlm = np.take_along_axis(ref.prediction_logits.numpy(), masked_positions[..., None], 1)
+    out = BertForPreTraining(config).apply(
+        {"params": params}, input_ids, token_type_ids, attention_mask,
+        masked_positions=masked_positions)
+    np.testing.assert_allclose(out["mlm_logits"], ref_mlm, atol=1e-4, rtol=0)
+    np.testing.assert_allclose(out["nsp_logits"], ref.seq_relationship_logits.numpy(),
+                               atol=1e-4, rtol=0)
+
+
+def test_layer_norm_eps_of_the_checkpoint_is_used():
+    """A checkpoint trained with layer_norm_eps=1e-5 (not BERT's 1e-12) is imported with it. The
+    embedding LayerNorm shows it: at BERT's initial scale its input's variance is ~1e-3, so 1e-5
+    changes its output by ~0.4% (later LayerNorms see variances near 1, and post-LN layers undo
+    a change of scale, so the logits alone would barely tell)."""
+    torch = require("torch")
+    transformers = require("transformers")
+    model, hf_config = _random_hf_pretraining_model(torch, transformers, layer_norm_eps=1e-5)
+    config = hf.config_from_hf(hf_config.to_dict())
+    assert config.layer_norm_eps == 1e-5
+    params = hf.params_from_hf(_torch_tensors(model), config, with_heads=True)
+    input_ids, token_type_ids, _, _ = _random_batch(np.random.default_rng(2))
+    position_ids = np.broadcast_to(np.arange(input_ids.shape[1]), input_ids.shape)
+    with torch.no_grad():
+        ref = model.bert.embeddings(input_ids=torch.from_numpy(input_ids).long(),
+                                    token_type_ids=torch.from_numpy(token_type_ids).long())
+    embedded = Embeddings(config).apply({"params": params["bert"]["embeddings"]}, input_ids,
+                                        token_type_ids, position_ids, True)
+    np.testing.assert_allclose(embedded, ref.numpy(), atol=1e-5, rtol=0)  # 1e-12: 2e-2 off
+    _assert_logits_match(torch, model, config, params, seed=2)
+
+
+def test_legacy_gamma_beta_layer_norm_names_import_to_the_same_model():
+    """Checkpoints converted from the original TensorFlow BERT (and older transformers) name the
+    LayerNorm parameters gamma (the weight) and beta (the bias); the importer reads them as such.
+    The helper's LayerNorm weights and biases are random, so a swap would show."""
+    torch = require("torch")
+    transformers = require("transformers")
+    model, hf_config = _random_hf_pretraining_model(torch, transformers)
+    legacy = {}
+    for name, tensor in _torch_tensors(model).items():
+        if ".LayerNorm." in name:
+            name = name.replace("LayerNorm.weight", "LayerNorm.gamma").replace(
+                "LayerNorm.bias", "LayerNorm.beta")
+        legacy[name] = tensor
+    assert sum(name.endswith(("LayerNorm.gamma", "LayerNorm.beta")) for name in legacy) == 16
+    config = hf.config_from_hf(hf_config.to_dict())
+    params = hf.params_from_hf(legacy, config, with_heads=True)
+    _assert_logits_match(torch, model, config, params, seed=3)
 
 
 def test_scanned_layout_gives_the_same_outputs_as_unrolled():

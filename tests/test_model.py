@@ -268,6 +268,43 @@ def test_layer_norm_is_flax_layer_norm_and_keeps_only_its_input_for_backward(dty
                for leaf in jax.tree_util.tree_leaves(flax_backward)) >= 2
 
 
+def test_layer_norm_uses_the_configured_epsilon():
+    """LayerNorm takes its epsilon from layer_norm_eps, not BERT's 1e-12: imported checkpoints
+    may carry another (RoBERTa-style models 1e-5). On an input whose variance (1e-4) is below
+    a 1e-3 epsilon, the epsilon sets the output's size."""
+    config = ModelConfig.from_size("tiny", layer_norm_eps=1e-3)
+    keys = jax.random.split(jax.random.key(0), 3)
+    x = jax.random.normal(keys[0], (3, 10, config.hidden_size)) * 0.01 + 0.5
+    params = {"params": {"scale": 1.0 + 0.3 * jax.random.normal(keys[1], (config.hidden_size,)),
+                         "bias": 0.3 * jax.random.normal(keys[2], (config.hidden_size,))}}
+    out = jax.jit(layers.LayerNorm(config).apply)(params, x)
+    expected = jax.jit(nn.LayerNorm(epsilon=1e-3).apply)(params, x)
+    np.testing.assert_array_equal(out, expected)
+    # The input does tell epsilons apart: BERT's default gives outputs ~3x as far from the bias.
+    default = jax.jit(nn.LayerNorm(epsilon=1e-12).apply)(params, x)
+    assert np.abs(np.asarray(default) - np.asarray(expected)).max() > 0.5
+
+
+def test_attention_dropout_path_scales_scores_like_the_fused_path(tiny_params):
+    """The explicit attention taken only while training with attention dropout must compute
+    softmax(q k^T / sqrt(head_dim)), as jax.nn.dot_product_attention does at evaluation. With a
+    rate too small to drop anything (1 - 1e-9 rounds to a keep probability of 1 in float32) and
+    no hidden dropout, training and evaluation outputs agree. Query and key kernels are 4x
+    BERT's initial size so the scores are O(1): without the 1/8 scale they would be 8x as large."""
+    ids = _random_ids(np.random.default_rng(6), (2, 12))
+    mask = jnp.asarray([[1] * 12, [1] * 7 + [0] * 5], jnp.int32)
+    params = jax.tree_util.tree_map_with_path(
+        lambda path, leaf: leaf * 4.0 if any(getattr(k, "key", None) in ("query", "key")
+                                             for k in path) else leaf, tiny_params)
+    for fused_qkv in (True, False):
+        model = _jitted_apply(_tiny(hidden_dropout=0.0, attention_dropout=1e-9,
+                                    fused_qkv=fused_qkv))
+        evaluated = model({"params": params}, ids, None, mask)[0]
+        trained = model({"params": params}, ids, None, mask, deterministic=False,
+                        rngs={"dropout": jax.random.key(1)})[0]
+        np.testing.assert_allclose(trained, evaluated, atol=2e-6, rtol=0)
+
+
 def test_dropout_is_active_only_when_not_deterministic(tiny_params):
     ids = _random_ids(np.random.default_rng(4), (2, 12))
     model = _jitted_apply(_tiny())

@@ -132,6 +132,64 @@ def test_coordinator_that_never_answers_fails_in_bounded_time():
     assert time.monotonic() - start < 10
 
 
+# ---------------------------------------------------------------------------------------------
+# Checkpoints: each process resumes its own part of the data.
+
+
+class _AsProcess:
+    """jax as the checkpoint module sees it, from process `index` of `count`."""
+
+    def __init__(self, index: int, count: int):
+        self._index, self._count = index, count
+
+    def process_index(self) -> int:
+        return self._index
+
+    def process_count(self) -> int:
+        return self._count
+
+    def __getattr__(self, name):
+        import jax
+
+        return getattr(jax, name)
+
+
+def test_each_process_restores_its_own_data_state(tmp_path, monkeypatch):
+    """Every process reads one data iterator over its own shards, so a resumed process must take
+    the state it saved, not another process's: two states as 2 processes write them (each its
+    own file in the step's data item), read back by each of them; a run on another number of
+    processes gets none. The end-to-end run restores on 1 process, where any index is 0."""
+    import jax
+    import jax.numpy as jnp
+
+    from bert_jax.train import checkpoint
+    from bert_jax.train.state import TrainState
+
+    state = TrainState(step=jnp.asarray(7, jnp.int32), params={"w": jnp.arange(4.0)},
+                       opt_state={"m": jnp.ones(4)})
+    states = [{"shard": 0, "offset": 11}, {"shard": 1, "offset": 29}]
+    checkpointer = checkpoint.TrainCheckpointer(str(tmp_path), keep=1, async_save=False)
+    try:
+        monkeypatch.setattr(checkpoint, "jax", _AsProcess(0, 2))
+        checkpointer.save(7, state, states[0], {"step": 7})
+        checkpointer.wait()
+        monkeypatch.setattr(checkpoint, "jax", _AsProcess(1, 2))
+        checkpointer.replace_data(7, states[1])  # process 1's file, beside process 0's
+        written = os.listdir(tmp_path / "checkpoints" / "7" / checkpoint.DATA)
+        assert sorted(name for name in written if name.endswith(".json")) == [
+            "process_0-of-2.json", "process_1-of-2.json"]
+        for index in (1, 0):
+            monkeypatch.setattr(checkpoint, "jax", _AsProcess(index, 2))
+            restored, data_state, meta = checkpointer.restore(7, state)
+            assert data_state == states[index], index
+        assert meta["step"] == 7 and int(restored.step) == 7
+        np.testing.assert_array_equal(restored.params["w"], np.arange(4.0))
+        monkeypatch.setattr(checkpoint, "jax", jax)
+        assert checkpointer.restore(7, state)[1] is None  # written by 2, read by 1
+    finally:
+        checkpointer.close()
+
+
 def test_entrypoint_reports_missing_host(data_dir, tmp_path):
     """The pretrain entrypoint, process 0 of 2, alone: a clear error, not a hang or an abort."""
     start = time.monotonic()

@@ -223,6 +223,56 @@ def test_large_token_embedding_rule_without_devices():
     assert memory.shard_shape((30522, 1024), spec, sizes) == (30522, 128)
 
 
+_UNSHARDED_NAMES = ("layers", "kv", "position", "type", "length", "act_embed")
+# preset -> the mesh axis of every logical name (None: replicated), as rules.py's docstring says.
+_PRESET_TABLES = {
+    "data": {"batch": ("data", "fsdp"), "embed": None, "heads": None, "mlp": None,
+             "vocab": None, "act_heads": None, "act_mlp": None},
+    "fsdp": {"batch": ("data", "fsdp"), "embed": "fsdp", "heads": None, "mlp": None,
+             "vocab": None, "act_heads": None, "act_mlp": None},
+    "fsdp_tensor": {"batch": ("data", "fsdp"), "embed": "fsdp", "heads": "tensor",
+                    "mlp": "tensor", "vocab": "tensor", "act_heads": "tensor",
+                    "act_mlp": "tensor"},
+}
+
+
+@pytest.mark.parametrize("preset", sorted(_PRESET_TABLES))
+def test_each_preset_maps_every_logical_name_to_its_mesh_axis(preset):
+    """The whole logical -> mesh table of each preset, one rule a name: a lost rule leaves its
+    name replicated, which still trains correctly (only the 8-device slow run would see the
+    memory), so the table itself is pinned. Every name the model's parameters carry is in it."""
+    import flax.linen as nn
+    import jax.numpy as jnp
+
+    from bert_jax.model import BertForPreTraining, ModelConfig
+    from bert_jax.parallel import rules
+
+    table = rules.logical_axis_rules(preset)
+    assert len({name for name, _ in table}) == len(table)  # flax takes a name's first rule
+    assert dict(table) == {**_PRESET_TABLES[preset],
+                           **{name: None for name in _UNSHARDED_NAMES}}
+
+    config = ModelConfig.from_size("tiny", scan_layers=True)
+    boxed = jax.eval_shape(lambda: BertForPreTraining(config).init(
+        jax.random.key(0), jnp.ones((1, 4), jnp.int32),
+        masked_positions=jnp.zeros((1, 1), jnp.int32)))["params"]
+    param_names = {name for leaf in jax.tree_util.tree_leaves(
+        boxed, is_leaf=lambda x: isinstance(x, nn.LogicallyPartitioned)) for name in leaf.names}
+    assert param_names - {None} <= set(dict(table))
+
+    specs = nn.logical_to_mesh(nn.get_partition_spec(boxed), table)["bert"]["encoder"]["layers"]
+    attention = specs["attention"]
+    axis = _PRESET_TABLES[preset]
+    # query [layers, embed, heads, kv]; out [layers, heads, kv, embed]
+    assert attention["query"]["kernel"] == jax.sharding.PartitionSpec(
+        None, axis["embed"], axis["heads"], None)
+    assert attention["out"]["kernel"] == jax.sharding.PartitionSpec(
+        None, axis["heads"], None, axis["embed"])
+    if preset == "fsdp_tensor":
+        assert attention["query"]["kernel"] == jax.sharding.PartitionSpec(
+            None, "fsdp", "tensor", None)
+
+
 def test_a_layout_whose_shards_do_not_divide_is_refused_by_name():
     # BERT's own vocabulary (30,522 rows) over a tensor axis of 4: jax would refuse it only
     # when placing the parameters, naming no config key; the planner would round it up.
