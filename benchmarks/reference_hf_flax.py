@@ -41,13 +41,13 @@ def matmul_peak_flops(size: int = 4096, trials: int = 5) -> float:
 
 
 def flops_per_token(config: BertConfig, seq_len: int, predictions: int) -> float:
-    """6 x non-embedding params + attention scores/values + the MLM output layer (masked only):
+    """6 x the encoder's matmul params + attention scores/values + the MLM head (masked only):
     bert_jax.train.metrics.flops_per_token, restated so this script runs without bert_jax."""
     hidden, layers, inner = config.hidden_size, config.num_hidden_layers, config.intermediate_size
     per_layer = 4 * hidden * hidden + 4 * hidden + 2 * hidden * inner + inner + 5 * hidden
-    non_embedding = layers * per_layer + hidden * hidden + hidden  # + the MLM transform
-    return (6 * non_embedding + 12 * layers * hidden * seq_len
-            + 6 * hidden * config.vocab_size * predictions / seq_len)
+    mlm_head = hidden * hidden + hidden + hidden * config.vocab_size  # transform; decoder
+    return (6 * layers * per_layer + 12 * layers * hidden * seq_len
+            + 6 * mlm_head * predictions / seq_len)
 
 
 def main(argv):

@@ -29,20 +29,23 @@ _FAST_FLOAT32 = (None, "default", "fastest")
 _TRUE_FLOAT32 = ("highest", "float32", "F32_F32_F32")
 
 
-def non_embedding_params(config: ModelConfig) -> int:
-    """Parameters that take part in the per-token matmuls (encoder layers + MLM transform)."""
+def encoder_matmul_params(config: ModelConfig) -> int:
+    """Parameters of the encoder layers' matmuls, which every token goes through."""
     h, i = config.hidden_size, config.intermediate_size
     per_layer = 4 * h * h + 4 * h + 2 * h * i + i + h + 4 * h
-    return config.num_layers * per_layer + h * h + h
+    return config.num_layers * per_layer
 
 
 def flops_per_token(config: ModelConfig, seq_len: int, predictions_per_seq: int) -> float:
-    """Training FLOPs per token: 6N for the matmuls, attention scores, and the MLM decoder,
-    which runs only at the P masked positions of each sequence."""
+    """Training FLOPs per token: 6N for the encoder's matmuls, the attention scores and values,
+    and the MLM head (its transform and the tied decoder), which runs only at the P masked
+    positions of each sequence. The pooler and the small heads (NSP, a task's) run once a
+    sequence or with a few outputs a token: under 0.1% of the total, left out."""
     h = config.hidden_size
-    return (6 * non_embedding_params(config)
+    mlm_head = h * h + h + h * config.vocab_size  # transform; decoder
+    return (6 * encoder_matmul_params(config)
             + 12 * config.num_layers * h * seq_len
-            + 6 * h * config.vocab_size * predictions_per_seq / seq_len)
+            + 6 * mlm_head * predictions_per_seq / seq_len)
 
 
 def datasheet_peak(dtype: str, device=None) -> float | None:
