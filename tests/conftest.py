@@ -10,6 +10,12 @@ from bert_jax.data import shared_data
 jax.config.update("jax_numpy_rank_promotion", "raise")
 
 
+def pytest_collection_modifyitems(items):
+    """Slow tests first (in file order otherwise): with several workers (pytest -n 2, as the
+    README runs the suite), a 5-minute test started last would run alone at the end."""
+    items.sort(key=lambda item: item.get_closest_marker("slow") is None)
+
+
 @pytest.fixture(scope="session")
 def data_dir():
     """The staged real data; skipped with a reason when absent, required under CI."""
