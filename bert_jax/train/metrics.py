@@ -30,7 +30,8 @@ _TRUE_FLOAT32 = ("highest", "float32", "F32_F32_F32")
 
 
 def encoder_matmul_params(config: ModelConfig) -> int:
-    """Parameters of the encoder layers' matmuls, which every token goes through."""
+    """The encoder layers' parameters (matmul weights and biases, LayerNorms), all of which
+    every token goes through."""
     h, i = config.hidden_size, config.intermediate_size
     per_layer = 4 * h * h + 4 * h + 2 * h * i + i + h + 4 * h
     return config.num_layers * per_layer
