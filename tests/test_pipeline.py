@@ -85,13 +85,26 @@ def test_batches_follow_the_contract(nsp_batches):
     assert lengths.max() <= 128 and lengths.min() >= 5
 
 
+def _masked_slots(batch):
+    """(rows, positions) of the batch's real prediction slots, one entry a masked token."""
+    w = batch["masked_weights"] > 0  # [N, P]
+    rows = np.broadcast_to(np.arange(len(w))[:, None], w.shape)
+    return rows[w], batch["masked_positions"][w]
+
+
+def _unmasked(batch):
+    """The batch's input_ids as they were before masking (masked_ids holds the originals)."""
+    original = batch["input_ids"].copy()
+    original[_masked_slots(batch)] = batch["masked_ids"][batch["masked_weights"] > 0]
+    return original
+
+
 def test_masking_statistics(nsp_batches, tokenizer):
     batch, _ = nsp_batches
     w = batch["masked_weights"] > 0  # [N, P]
     rows = np.broadcast_to(np.arange(len(w))[:, None], w.shape)
     positions = batch["masked_positions"]
-    original = batch["input_ids"].copy()
-    original[rows[w], positions[w]] = batch["masked_ids"][w]  # undo the corruption
+    original = _unmasked(batch)  # undo the corruption
     special = np.isin(original, sorted(tokenizer.special_ids))
     maskable = (batch["attention_mask"] > 0) & ~special
     selected_fraction = w.sum() / maskable.sum()
@@ -160,15 +173,6 @@ def test_is_next_is_half(nsp_batches):
     labels = batch["next_sentence_label"]
     assert set(np.unique(labels)) == {IS_NEXT, NOT_NEXT}
     assert abs((labels == IS_NEXT).mean() - 0.5) < 0.02
-
-
-def _unmasked(batch):
-    """The batch's input_ids as they were before masking (masked_ids holds the originals)."""
-    w = batch["masked_weights"] > 0  # [N, P]
-    rows = np.broadcast_to(np.arange(len(w))[:, None], w.shape)
-    original = batch["input_ids"].copy()
-    original[rows[w], batch["masked_positions"][w]] = batch["masked_ids"][w]
-    return original
 
 
 def test_token_types_are_a_through_the_first_sep_and_b_through_the_last(nsp_batches, tokenizer):
@@ -483,10 +487,8 @@ def test_resume_continues_the_same_stream(data_dir, tokenizer, source, mode, pac
 
 def _selected(batch):
     """[B, L] bool: the positions the batch masked."""
-    w = batch["masked_weights"] > 0
-    rows = np.broadcast_to(np.arange(len(w))[:, None], w.shape)
     selected = np.zeros(batch["input_ids"].shape, bool)
-    selected[rows[w], batch["masked_positions"][w]] = True
+    selected[_masked_slots(batch)] = True
     return selected
 
 
